@@ -1,0 +1,23 @@
+"""keras_mnv2: MobileNetV2 for Keras 3, from the classifier to the device."""
+
+from keras_mnv2.blocks import inverted_residual, make_divisible
+from keras_mnv2.imagenet import decode_predictions, preprocess_input
+from keras_mnv2.mobilenet_v2 import MobileNetV2, block_plan, feature_extractor
+from keras_mnv2.profiler import Profile, count_madds, profile
+from keras_mnv2.weights import copy_weights
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "MobileNetV2",
+    "Profile",
+    "block_plan",
+    "copy_weights",
+    "count_madds",
+    "decode_predictions",
+    "feature_extractor",
+    "inverted_residual",
+    "make_divisible",
+    "preprocess_input",
+    "profile",
+]

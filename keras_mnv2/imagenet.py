@@ -1,0 +1,76 @@
+"""ImageNet pre- and post-processing for the classifier (Keras' own utilities where they fit)."""
+
+import json
+import os
+import warnings
+
+import numpy as np
+
+from keras_mnv2.mobilenet_v2 import keras_cache_dir
+
+CLASS_INDEX_FILE = "imagenet_class_index.json"
+CLASS_INDEX_URL = (
+    "https://storage.googleapis.com/download.tensorflow.org/data/imagenet_class_index.json"
+)
+_class_index = None
+
+
+def preprocess_input(x, data_format=None):
+    """Scales uint8-range RGB pixels to [-1, 1], as the MobileNetV2 weights expect."""
+    from keras.applications import mobilenet_v2
+
+    return mobilenet_v2.preprocess_input(x, data_format=data_format)
+
+
+def class_index():
+    """{index: (wnid, name)} for the 1000 ImageNet classes.
+
+    Names come from Keras' ``imagenet_class_index.json`` (cached in the Keras directory, or
+    fetched where a network exists). Offline without that file, the WordNet ids shipped with
+    tensorflow-datasets are used as names, with a warning saying which file to add.
+    """
+    global _class_index
+    if _class_index is not None:
+        return _class_index
+    local = os.path.join(keras_cache_dir(), "models", CLASS_INDEX_FILE)
+    path = local if os.path.exists(local) else None
+    if path is None:
+        import keras
+
+        try:
+            path = keras.utils.get_file(CLASS_INDEX_FILE, CLASS_INDEX_URL, cache_subdir="models")
+        except Exception:
+            path = None
+    if path is not None:
+        with open(path) as f:
+            _class_index = {int(k): tuple(v) for k, v in json.load(f).items()}
+        return _class_index
+    import tensorflow_datasets as tfds
+
+    labels = os.path.join(os.path.dirname(tfds.__file__), "datasets", "imagenet2012", "labels.txt")
+    with open(labels) as f:
+        wnids = [line.strip() for line in f if line.strip()]
+    warnings.warn(
+        f"ImageNet class names not found; using WordNet ids. Put {CLASS_INDEX_FILE} "
+        f"(from {CLASS_INDEX_URL}) at {local} for names.",
+        stacklevel=2,
+    )
+    _class_index = {i: (wnid, wnid) for i, wnid in enumerate(wnids)}
+    return _class_index
+
+
+def decode_predictions(preds, top=5):
+    """Top ``top`` (wnid, name, score) tuples for each row of a [batch, 1000] prediction array."""
+    preds = np.asarray(preds)
+    if preds.ndim != 2 or preds.shape[1] != 1000:
+        raise ValueError(
+            f"decode_predictions expects predictions of shape (batch, 1000), got {preds.shape}"
+        )
+    if not 1 <= top <= 1000:
+        raise ValueError(f"top must be in [1, 1000], got {top}")
+    index = class_index()
+    results = []
+    for row in preds:
+        best = np.argsort(row)[::-1][:top]
+        results.append([(*index[int(i)], float(row[i])) for i in best])
+    return results

@@ -1,0 +1,270 @@
+"""MobileNetV2 (Sandler et al., CVPR 2018): the classifier and backbone builder.
+
+The body is driven by the paper's Table 2 ``[t, c, n, s]`` table and one shared
+``inverted_residual`` block; layer names match keras.applications.MobileNetV2 so its official
+ImageNet weight files load unchanged.
+"""
+
+import os
+
+from keras_mnv2.blocks import conv_bn, inverted_residual, make_divisible
+from keras_mnv2.frameworks import get_keras
+
+# Paper Table 2: expansion t, output channels c, repeats n, first stride s.
+BLOCK_SPECS = (
+    (1, 16, 1, 1),
+    (6, 24, 2, 2),
+    (6, 32, 3, 2),
+    (6, 64, 4, 2),
+    (6, 96, 3, 1),
+    (6, 160, 3, 2),
+    (6, 320, 1, 1),
+)
+
+WEIGHTS_BASE_URL = "https://storage.googleapis.com/tensorflow/keras-applications/mobilenet_v2/"
+IMAGENET_ALPHAS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)
+IMAGENET_SIZES = (96, 128, 160, 192, 224)
+OUTPUT_STRIDES = (8, 16, 32, None)
+POOLINGS = (None, "avg", "max")
+MIN_INPUT_SIZE = 32
+
+
+def block_plan(output_stride=None):
+    """Expands the spec table into one entry per block: (block_id, t, c, stride, dilation).
+
+    With ``output_stride`` set, the TF-slim rule applies: once the running stride reaches the
+    target, a later stride-2 block runs at stride 1 with the current rate, and the rate then
+    doubles for the blocks after it (atrous convolution, DeepLabv3 section 3.1).
+    """
+    if output_stride not in OUTPUT_STRIDES:
+        raise ValueError(f"output_stride must be one of {OUTPUT_STRIDES}, got {output_stride!r}")
+    plan = []
+    current_stride, rate, block_id = 2, 1, 0  # Conv1 has stride 2.
+    for t, c, n, s in BLOCK_SPECS:
+        for i in range(n):
+            stride = s if i == 0 else 1
+            if output_stride is not None and current_stride == output_stride:
+                layer_stride, layer_rate = 1, rate
+                rate *= stride
+            else:
+                layer_stride, layer_rate = stride, 1
+                current_stride *= stride
+            plan.append((block_id, t, c, layer_stride, layer_rate))
+            block_id += 1
+    return tuple(plan)
+
+
+def _validate(alpha, input_shape, include_top, weights, pooling, classes, output_stride,
+              dropout_rate):
+    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or alpha <= 0:
+        raise ValueError(f"alpha must be a number > 0, got {alpha!r}")
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+    if not isinstance(classes, int) or isinstance(classes, bool) or classes < 1:
+        raise ValueError(f"classes must be an integer >= 1, got {classes!r}")
+    if output_stride not in OUTPUT_STRIDES:
+        raise ValueError(f"output_stride must be one of {OUTPUT_STRIDES}, got {output_stride!r}")
+    if not 0 <= dropout_rate < 1:
+        raise ValueError(f"dropout_rate must be in [0, 1), got {dropout_rate!r}")
+    if input_shape is not None:
+        if len(input_shape) != 3:
+            raise ValueError(
+                f"input_shape must be (height, width, channels) (channels-last), got {input_shape!r}"
+            )
+        for side in input_shape[:2]:
+            if side is not None and side < MIN_INPUT_SIZE:
+                raise ValueError(
+                    f"input_shape height and width must be at least {MIN_INPUT_SIZE} px, "
+                    f"got {input_shape!r}"
+                )
+    if weights == "imagenet":
+        if input_shape is not None and input_shape[-1] != 3:
+            raise ValueError(
+                f"weights='imagenet' needs 3-channel input, got input_shape={input_shape!r}"
+            )
+        if float(alpha) not in IMAGENET_ALPHAS:
+            raise ValueError(
+                f"weights='imagenet' exists only for alpha in {IMAGENET_ALPHAS}, got {alpha!r}"
+            )
+        if include_top and classes != 1000:
+            raise ValueError(
+                f"weights='imagenet' with include_top=True needs classes=1000, got {classes!r}"
+            )
+        if include_top and input_shape is not None and (
+            input_shape[0] != input_shape[1] or input_shape[0] not in IMAGENET_SIZES
+        ):
+            raise ValueError(
+                "weights='imagenet' with include_top=True needs a square input_shape with "
+                f"side in {IMAGENET_SIZES}, got {input_shape!r}"
+            )
+    elif weights is not None and not isinstance(weights, (str, os.PathLike)):
+        raise ValueError(
+            f"weights must be None, 'imagenet' or a path to a weights file, got {weights!r}"
+        )
+    elif weights is not None and not os.path.exists(weights):
+        raise FileNotFoundError(f"weights file not found: {weights}")
+
+
+def MobileNetV2(
+    alpha=1.0,
+    input_shape=None,
+    include_top=True,
+    weights=None,
+    input_tensor=None,
+    pooling=None,
+    classes=1000,
+    classifier_activation="softmax",
+    dropout_rate=0.2,
+    output_stride=None,
+    name=None,
+    framework="keras",
+):
+    """Builds MobileNetV2 and returns a functional ``keras.Model``.
+
+    Args:
+        alpha: width multiplier (> 0). Channel counts are ``make_divisible(c * alpha, 8)``; the
+            last 1x1 conv stays 1280 wide for alpha <= 1 (paper section 6.1).
+        input_shape: (height, width, 3), channels-last; sides of at least 32 px or None. Defaults
+            to (224, 224, 3) with the top (or with ImageNet weights), else (None, None, 3).
+        include_top: whether to end with global pooling, dropout and the classifier.
+        weights: None (random), "imagenet" (the official keras.applications file for this alpha
+            and resolution, from the Keras cache) or the path of a .weights.h5 / .h5 / .keras file.
+        input_tensor: optional Keras tensor to build on instead of a new Input.
+        pooling: without the top, None (4-D feature map), "avg" or "max".
+        classes: number of classes of the top.
+        classifier_activation: activation of the top ("softmax", None for logits, ...).
+        dropout_rate: dropout before the logits (training only; TF-slim uses 0.2).
+        output_stride: None or 32 (classification), 16 or 8 (atrous convolution, for
+            segmentation).
+        name: model name; defaults to ``mobilenetv2_{alpha:.2f}_{rows}`` as keras.applications.
+        framework: "keras" (Keras 3) or "tf_keras" (Keras 2, for TFMOT).
+    """
+    keras = get_keras(framework)
+    layers = keras.layers
+    if input_shape is not None:
+        input_shape = tuple(input_shape)
+    _validate(alpha, input_shape, include_top, weights, pooling, classes, output_stride,
+              dropout_rate)
+
+    if input_tensor is not None:
+        tensor_shape = tuple(input_tensor.shape[1:])
+        _validate(alpha, tensor_shape, include_top, weights, pooling, classes, output_stride,
+                  dropout_rate)
+        input_shape = tensor_shape
+    elif input_shape is None:
+        input_shape = (224, 224, 3) if include_top or weights == "imagenet" else (None, None, 3)
+
+    if input_tensor is None:
+        img_input = layers.Input(shape=input_shape)
+        inputs = img_input
+    else:
+        img_input = input_tensor
+        inputs = keras.utils.get_source_inputs(input_tensor)
+
+    x = conv_bn(keras, img_input, make_divisible(32 * alpha), 3, "Conv1", "bn_Conv1",
+                strides=2, relu_name="Conv1_relu")
+    for block_id, t, c, stride, dilation in block_plan(output_stride):
+        x = inverted_residual(keras, x, t, make_divisible(int(c * alpha)), stride, block_id,
+                              dilation)
+    last_filters = make_divisible(1280 * alpha) if alpha > 1.0 else 1280
+    x = conv_bn(keras, x, last_filters, 1, "Conv_1", "Conv_1_bn", relu_name="out_relu")
+
+    if include_top:
+        x = layers.GlobalAveragePooling2D(name="global_average_pooling2d")(x)
+        if dropout_rate:
+            x = layers.Dropout(dropout_rate, name="dropout")(x)
+        x = layers.Dense(classes, activation=classifier_activation, name="predictions")(x)
+    elif pooling == "avg":
+        x = layers.GlobalAveragePooling2D(name="global_average_pooling2d")(x)
+    elif pooling == "max":
+        x = layers.GlobalMaxPooling2D(name="global_max_pooling2d")(x)
+
+    rows = input_shape[0]
+    if name is None:
+        name = f"mobilenetv2_{alpha:0.2f}_{rows}"
+    model = keras.Model(inputs, x, name=name)
+
+    if weights == "imagenet":
+        model.load_weights(imagenet_weights_path(alpha, rows, include_top))
+    elif weights is not None:
+        load_weights_file(model, weights)
+    return model
+
+
+def imagenet_weights_filename(alpha, rows, include_top=True):
+    """File name of the official keras.applications weights for (alpha, rows)."""
+    suffix = ".h5" if include_top else "_no_top.h5"
+    return f"mobilenet_v2_weights_tf_dim_ordering_tf_kernels_{float(alpha)}_{rows}{suffix}"
+
+
+def keras_cache_dir():
+    """The Keras cache directory ($KERAS_HOME, or ~/.keras)."""
+    return os.environ.get("KERAS_HOME", os.path.join(os.path.expanduser("~"), ".keras"))
+
+
+def imagenet_weights_path(alpha, rows, include_top=True):
+    """Local path of the official ImageNet weights, fetched with get_file where a network exists.
+
+    Offline and not cached, raises FileNotFoundError saying which file to put where.
+    """
+    if rows not in IMAGENET_SIZES:
+        # keras.applications does the same: the nearest weights are not exact for other sizes,
+        # so without the top it falls back to 224.
+        rows = 224
+    filename = imagenet_weights_filename(alpha, rows, include_top)
+    local = os.path.join(keras_cache_dir(), "models", filename)
+    if os.path.exists(local):
+        return local
+    import keras
+
+    try:
+        return keras.utils.get_file(filename, WEIGHTS_BASE_URL + filename, cache_subdir="models")
+    except Exception as err:
+        raise FileNotFoundError(
+            f"ImageNet weights for MobileNetV2 alpha={alpha} at {rows} px are not cached and "
+            f"could not be downloaded ({type(err).__name__}). Put the file {filename} "
+            f"(from {WEIGHTS_BASE_URL + filename}) at {local}, or pass weights=<path>."
+        ) from err
+
+
+def load_weights_file(model, path):
+    """Loads a .weights.h5, legacy .h5 or .keras file into ``model`` (matched by layer name for .h5
+    files written by keras.applications or tf_keras; by structure for Keras 3 files)."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"weights file not found: {path}")
+    if path.endswith(".keras"):
+        from keras_mnv2.weights import copy_weights
+        import keras
+
+        copy_weights(keras.saving.load_model(path, compile=False), model)
+    elif path.endswith(".weights.h5") or path.endswith(".h5"):
+        model.load_weights(path)
+    else:
+        raise ValueError(
+            f"weights file must end in .weights.h5, .h5 or .keras, got {os.path.basename(path)}"
+        )
+
+
+def feature_extractor(model, layer_names=("block_13_expand_relu", "out_relu"), name=None):
+    """A model from ``model``'s input to the named layers' outputs, as a dict keyed by name.
+
+    It shares layers and weights with ``model`` (no rebuild). The defaults are the SSDLite taps
+    (stride 16 and 32); DeepLabV3 uses ``block_16_project_BN`` (the 320-channel output).
+    """
+    keras = get_keras(_framework(model))
+    outputs = {}
+    for layer_name in layer_names:
+        try:
+            outputs[layer_name] = model.get_layer(layer_name).output
+        except ValueError as err:
+            raise ValueError(
+                f"model {model.name!r} has no layer named {layer_name!r}"
+            ) from err
+    return keras.Model(model.inputs, outputs, name=name or f"{model.name}_features")
+
+
+def _framework(model):
+    from keras_mnv2.frameworks import framework_of
+
+    return framework_of(model)
