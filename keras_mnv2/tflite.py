@@ -1,5 +1,8 @@
 """TFLite (LiteRT) conversion and execution helpers."""
 
+import contextlib
+import io
+
 import numpy as np
 
 
@@ -11,7 +14,8 @@ def convert_float(model):
 
     framework_of(model)  # raises TypeError for anything but a Keras model
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
-    return converter.convert()
+    with contextlib.redirect_stdout(io.StringIO()):  # the SavedModel export prints its signature
+        return converter.convert()
 
 
 def interpreter(model_content, num_threads=1):

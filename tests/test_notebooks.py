@@ -1,0 +1,30 @@
+"""The notebooks run top to bottom (executed with nbclient, outputs discarded)."""
+
+import os
+import pathlib
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+NOTEBOOKS = pathlib.Path(__file__).resolve().parent.parent / "notebooks"
+
+
+def execute(name, tmp_path):
+    notebook = nbformat.read(NOTEBOOKS / name, as_version=4)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    NotebookClient(notebook, timeout=600, kernel_name="python3",
+                   resources={"metadata": {"path": str(tmp_path)}}).execute()
+    return notebook
+
+
+def _text(cell):
+    return "".join(out.get("text", "") for out in cell.get("outputs", []))
+
+
+@pytest.mark.slow
+def test_classifier_notebook(tmp_path):
+    notebook = execute("01_classifier.ipynb", tmp_path)
+    outputs = "\n".join(_text(cell) for cell in notebook.cells if cell.cell_type == "code")
+    assert "2,663,064 parameters" in outputs  # alpha 0.75 at 224, 1000 classes
+    assert "max |Keras - TFLite|" in outputs
