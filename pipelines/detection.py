@@ -1,0 +1,255 @@
+"""The COCO detection job: SSDLite-MobileNetV2 trained with the shared driver, evaluated with
+pycocotools. ``keras-mnv2 train coco`` / ``make train-coco``.
+
+With ``--coco-dir`` (a COCO-format directory) or ``--tfds-data-dir`` it trains the paper
+configuration; with neither it generates the embedded synthetic COCO-format dataset once and
+trains the embedded default on it (see ``EMBEDDED``).
+"""
+
+import dataclasses
+import os
+import time
+
+import numpy as np
+import tensorflow as tf
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+@dataclasses.dataclass(frozen=True)
+class CocoRecipe:
+    """Training recipe. PAPER follows the TF Object Detection API ssdlite_mobilenet_v2_coco config
+    (320 px, batch 24, RMSProp 0.004 momentum 0.9 decay 0.9, L2 4e-5, 3:1 hard negatives)."""
+
+    alpha: float = 1.0
+    input_size: int = 320
+    batch_size: int = 24
+    epochs: int = 100
+    optimizer: str = "rmsprop"
+    learning_rate: float = 0.004
+    warmup_epochs: float = 1.0
+    weight_decay: float = 4e-5
+    class_loss: str = "softmax"
+    background_prior: float = 0.99
+    augment: str = "ssd"  # "ssd" (crop, expand, flip, photometric) or "flip"
+    cache: bool = False
+    score_threshold: float = 0.01
+    nms_iou: float = 0.6
+    max_detections: int = 100
+    seed: int = 0
+
+
+PAPER = CocoRecipe()
+# The embedded default: small and quick on 2 CPU cores (chosen by measurement, see README).
+EMBEDDED = CocoRecipe(
+    alpha=0.35,
+    input_size=160,
+    batch_size=32,
+    epochs=12,
+    optimizer="adam",
+    learning_rate=3e-3,
+    warmup_epochs=0.5,
+    weight_decay=0.0,
+    augment="flip",
+    cache=True,
+)
+SYNTHETIC = dict(num_train=2000, num_val=250, image_size=256, num_classes=5, seed=0)
+
+
+def _encode(anchors):
+    from keras_mnv2.matching import encode_targets
+
+    anchors = tf.constant(anchors)
+
+    def encode(image, element):
+        box_targets, class_targets = encode_targets(
+            element["boxes"], element["labels"], anchors, is_crowd=element["is_crowd"]
+        )
+        labels = tf.cast(class_targets, tf.float32)[:, None]
+        return image, {"boxes": tf.concat([box_targets, labels], axis=-1),
+                       "classes": class_targets}
+
+    return encode
+
+
+def train_dataset(source, recipe, anchors):
+    """Source elements -> augmented, target-encoded, batched (image, targets) pairs."""
+    from pipelines import augment
+
+    ds = source.cache() if recipe.cache else source
+    ds = ds.shuffle(1024, seed=recipe.seed, reshuffle_each_iteration=True)
+    size = recipe.input_size
+
+    def prepare(element):
+        if recipe.augment == "ssd":
+            element = augment.ssd_train_augment(element, size)
+        else:
+            element = augment.random_flip(element)
+            element = augment.eval_preprocess(element, size)
+        return element["image"], element
+
+    ds = ds.map(prepare, num_parallel_calls=AUTOTUNE)
+    ds = ds.map(_encode(anchors), num_parallel_calls=AUTOTUNE)
+    return ds.repeat().batch(recipe.batch_size, drop_remainder=True).prefetch(AUTOTUNE)
+
+
+def eval_dataset(source, recipe):
+    from pipelines import augment
+
+    def prepare(element):
+        element = augment.eval_preprocess(element, recipe.input_size)
+        return element["image"], element["image_id"]
+
+    return source.map(prepare, num_parallel_calls=AUTOTUNE).batch(recipe.batch_size)
+
+
+def make_optimizer(recipe, steps_per_epoch):
+    import keras
+
+    total = max(1, recipe.epochs * steps_per_epoch)
+    warmup = int(recipe.warmup_epochs * steps_per_epoch)
+    schedule = keras.optimizers.schedules.CosineDecay(
+        0.0 if warmup else recipe.learning_rate, total - warmup, alpha=0.01,
+        warmup_target=recipe.learning_rate if warmup else None, warmup_steps=warmup,
+    )
+    kwargs = dict(learning_rate=schedule, weight_decay=recipe.weight_decay or None)
+    if recipe.optimizer == "rmsprop":
+        return keras.optimizers.RMSprop(rho=0.9, momentum=0.9, epsilon=1.0, **kwargs)
+    if recipe.optimizer == "adam":
+        return keras.optimizers.Adam(**kwargs)
+    if recipe.optimizer == "sgd":
+        return keras.optimizers.SGD(momentum=0.9, **kwargs)
+    raise ValueError(f"optimizer must be rmsprop, adam or sgd, got {recipe.optimizer!r}")
+
+
+def predict_detections(model, dataset, anchors, recipe):
+    """Runs the model and decodes with class-wise NMS: a list of per-image detection dicts."""
+    from keras_mnv2.postprocess import decode_detections
+
+    detections = []
+    for images, image_ids in dataset:
+        outputs = model(images, training=False)
+        decoded = decode_detections(
+            outputs["boxes"], outputs["classes"], anchors,
+            score_threshold=recipe.score_threshold, iou_threshold=recipe.nms_iou,
+            max_detections=recipe.max_detections, mode=recipe.class_loss,
+        )
+        for i, image_id in enumerate(image_ids.numpy()):
+            n = int(decoded["num_detections"][i])
+            detections.append({
+                "image_id": int(image_id),
+                "boxes": decoded["boxes"][i, :n].numpy(),
+                "scores": decoded["scores"][i, :n].numpy(),
+                "classes": decoded["classes"][i, :n].numpy(),
+            })
+    return detections
+
+
+def draw_detections(dataset_source, detections, path, label_names, count=8, min_score=0.3):
+    """PNG grid of val images: predicted boxes (green, with class and score), true boxes (red)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    by_id = {d["image_id"]: d for d in detections}
+    cols = 4
+    rows = (count + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.2 * rows), squeeze=False)
+    for ax, element in zip(axes.flat, dataset_source.take(count)):
+        image = element["image"].numpy()
+        h, w = image.shape[:2]
+        ax.imshow(image)
+        ax.axis("off")
+        for box in element["boxes"].numpy():
+            ax.add_patch(Rectangle((box[1] * w, box[0] * h), (box[3] - box[1]) * w,
+                                   (box[2] - box[0]) * h, fill=False, color="red", lw=1.5))
+        found = by_id.get(int(element["image_id"]))
+        if found is None:
+            continue
+        for box, score, label in zip(found["boxes"], found["scores"], found["classes"]):
+            if score < min_score:
+                continue
+            ax.add_patch(Rectangle((box[1] * w, box[0] * h), (box[3] - box[1]) * w,
+                                   (box[2] - box[0]) * h, fill=False, color="lime", lw=1.5))
+            ax.text(box[1] * w, box[0] * h, f"{label_names.get(int(label), label)} {score:.2f}",
+                    color="black", backgroundcolor="lime", fontsize=6)
+    for ax in list(axes.flat)[count:]:
+        ax.axis("off")
+    fig.suptitle("val: predicted (green) vs true (red)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
+def run(coco_dir=None, tfds_data_dir=None, run_dir="runs/coco", recipe=None,
+        backbone_weights=None, data_root="data/synthetic_coco", train_split="train",
+        val_split="val", verbose="auto"):
+    """Trains and evaluates; returns the metrics dict (also written to run_dir/metrics.json)."""
+    import keras
+
+    from keras_mnv2.losses import ssd_losses
+    from keras_mnv2.ssdlite import SSDLite
+    from pipelines import coco, driver, synthetic_coco
+
+    start = time.time()
+    embedded = coco_dir is None and tfds_data_dir is None
+    recipe = recipe or (EMBEDDED if embedded else PAPER)
+    if embedded:
+        print(f"No COCO given: using the embedded synthetic COCO-format dataset in {data_root}")
+        synthetic_coco.generate(data_root, **SYNTHETIC)
+        coco_dir = data_root
+    if tfds_data_dir is not None:
+        train_source = coco.tfds_coco_dataset("train", data_dir=tfds_data_dir)
+        val_source = coco.tfds_coco_dataset("validation", data_dir=tfds_data_dir)
+        from pipelines import coco_eval
+
+        val = coco_eval.ground_truth_from_dataset(val_source, coco.tfds_label_to_category())
+        num_classes, num_train, skipped = 80, None, None
+    else:
+        train = coco.load_coco(coco_dir, train_split)
+        val = coco.load_coco(coco_dir, val_split)
+        print(train.report())
+        num_classes, num_train = train.num_classes, train.num_images
+        train_source = coco.coco_dataset(train)
+        val_source = coco.coco_dataset(val)
+        skipped = (train.skipped_images, val.skipped_images)
+
+    model = SSDLite(num_classes, alpha=recipe.alpha, input_size=recipe.input_size,
+                    backbone_weights=backbone_weights, background_prior=recipe.background_prior)
+    anchors = model.anchors
+    train_ds = train_dataset(train_source, recipe, anchors)
+    steps = num_train // recipe.batch_size if num_train else None
+    model.compile(optimizer=make_optimizer(recipe, steps),
+                  loss=ssd_losses(mode=recipe.class_loss))
+    os.makedirs(run_dir, exist_ok=True)
+    nan = driver.fit(model, train_ds, recipe.epochs, run_dir, steps_per_epoch=steps,
+                     verbose=verbose)
+    train_seconds = time.time() - start
+
+    from pipelines import coco_eval
+
+    detections = predict_detections(model, eval_dataset(val_source, recipe), anchors, recipe)
+    stats = coco_eval.coco_evaluate(
+        val.coco, detections, val.label_to_category,
+        results_path=os.path.join(run_dir, "detections_val.json"),
+    )
+    label_names = {label: val.coco.cats[cat]["name"]
+                   for label, cat in val.label_to_category.items() if cat in val.coco.cats}
+    draw_detections(val_source, detections, os.path.join(run_dir, "detections.png"), label_names)
+    metrics = dict(stats)
+    metrics.update({
+        "recipe": dataclasses.asdict(recipe),
+        "dataset": os.path.abspath(coco_dir) if coco_dir else f"tfds:{tfds_data_dir}",
+        "train_images": num_train,
+        "val_images": len(detections),
+        "skipped_images": {"train": skipped[0].skipped, "val": skipped[1].skipped}
+        if skipped else None,
+        "stopped_on_nan": nan,
+        "seconds": round(time.time() - start, 1),
+        "train_seconds": round(train_seconds, 1),
+    })
+    driver.write_metrics(run_dir, metrics)
+    return metrics

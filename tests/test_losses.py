@@ -1,0 +1,127 @@
+"""SSD losses: exact values on crafted targets, hard-negative counts, ignore, focal by hand."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_mnv2.losses import SSDBoxLoss, SSDClassLoss, ssd_losses
+
+
+def _cross_entropy(logits, label):
+    logits = np.asarray(logits, "float64")
+    return np.log(np.sum(np.exp(logits))) - logits[label]
+
+
+def test_box_loss_exact_value_and_perfect_prediction():
+    # Image 0: classes (1, 0, -1); image 1: (2, 1, 0). Three positives in the batch.
+    targets = np.zeros((2, 3, 5), "float32")
+    targets[..., :4] = np.random.RandomState(0).normal(size=(2, 3, 4))
+    targets[..., 4] = [[1, 0, -1], [2, 1, 0]]
+    preds = targets[..., :4].copy()
+    preds[0, 0] += [0.5, -2.0, 0, 0]   # 0.5 * .25 + (2 - .5) = 1.625
+    preds[0, 1] += 7.0                 # background: not counted
+    preds[0, 2] += 7.0                 # ignored: not counted
+    preds[1, 0] += [1.0, 0, 0, 0]      # |x| = 1: 1 - .5 = .5
+    preds[1, 1] += [0.2, 0, 0, -0.4]   # .5 * (.04 + .16) = .1
+    preds[1, 2] += 3.0                 # background
+    loss = SSDBoxLoss()
+    np.testing.assert_allclose(loss(targets, preds), (1.625 + 0.5 + 0.1) / 3, rtol=1e-6)
+    # Per image, values carry the batch size: B * numerator / P.
+    per_image = SSDBoxLoss(reduction="none")(targets, preds)
+    np.testing.assert_allclose(per_image, [2 * 1.625 / 3, 2 * 0.6 / 3], rtol=1e-6)
+    assert float(loss(targets, targets[..., :4])) == 0.0
+    targets[..., 4] = 0  # no positives: 0, not NaN
+    assert float(loss(targets, preds)) == 0.0
+
+
+def _mining_batch():
+    rng = np.random.RandomState(1)
+    labels = np.zeros((3, 12), "int32")
+    logits = rng.normal(size=(3, 12, 3)).astype("float32") * 3
+    labels[0, 0] = 2                     # image 0: 1 positive, 10 negatives, 1 ignored
+    labels[0, 11] = -1
+    labels[1, :2] = [1, 2]               # image 1: 2 positives -> 6 hard negatives of 10
+    labels[2, 5:] = -1                   # image 2: no positive -> min_negatives = 3 of 5
+    logits[0, 11] = [30.0, -30.0, -30.0]  # an ignored anchor with a huge loss for any label > 0
+    return labels, logits
+
+
+def test_hard_negative_mining_counts():
+    labels, logits = _mining_batch()
+    ce = np.array([[_cross_entropy(logits[b, n], max(labels[b, n], 0)) for n in range(12)]
+                   for b in range(3)])
+    neg0 = np.sort(ce[0, 1:11])[::-1]
+    assert len(set(np.round(neg0, 6))) == 10  # distinct losses, so "the 3 largest" is defined
+    expected = (ce[0, 0] + neg0[:3].sum()
+                + ce[1, :2].sum() + np.sort(ce[1, 2:])[::-1][:6].sum()
+                + np.sort(ce[2, :5])[::-1][:3].sum()) / 3  # 3 positives in the batch
+    np.testing.assert_allclose(SSDClassLoss()(labels, logits), expected, rtol=1e-5)
+    # One image alone: positive CE + the 3 largest of its 10 negative CEs, over 1 positive.
+    np.testing.assert_allclose(SSDClassLoss()(labels[:1], logits[:1]),
+                               ce[0, 0] + neg0[:3].sum(), rtol=1e-5)
+    np.testing.assert_allclose(SSDClassLoss(negatives_per_positive=5)(labels[:1], logits[:1]),
+                               ce[0, 0] + neg0[:5].sum(), rtol=1e-5)
+
+
+def test_ignored_anchors_never_count():
+    labels, logits = _mining_batch()
+    base = float(SSDClassLoss()(labels, logits))
+    changed = logits.copy()
+    changed[0, 11] = [-50.0, 50.0, 0.0]
+    changed[2, 5:] = 40.0 * np.random.RandomState(2).normal(size=(7, 3))
+    for mode in ("softmax", "focal"):
+        assert np.isclose(float(SSDClassLoss(mode=mode)(labels, changed)),
+                          float(SSDClassLoss(mode=mode)(labels, logits)), rtol=1e-6)
+    assert np.isclose(float(SSDClassLoss()(labels, changed)), base, rtol=1e-6)
+
+
+def test_confident_correct_logits_give_near_zero_loss():
+    labels = np.array([[1, 0, 2, -1, 0]], "int32")
+    logits = np.full((1, 5, 3), -20.0, "float32")
+    logits[0, np.arange(5), np.maximum(labels[0], 0)] = 20.0
+    for mode in ("softmax", "focal"):
+        assert float(SSDClassLoss(mode=mode)(labels, logits)) < 1e-6
+
+
+def test_focal_by_hand():
+    # Anchor 0 is class 1 with foreground logits (0, 0): p = .5 for both classes.
+    #   class 1 (target 1): .25 * .5^2 * log 2 = .0433217; class 2 (target 0): .75 * .5^2 * log 2
+    #   = .1299651.
+    # Anchor 1 is background with logits (0, ln 3): class 1 .1299651; class 2 p = .75, p_t = .25:
+    #   .75 * .75^2 * -log(.25) = .5848429.
+    # Anchor 2 is ignored. Column 0 is never used. Sum .8880948 over 1 positive.
+    labels = np.array([[1, 0, -1]], "int32")
+    logits = np.array([[[9.0, 0.0, 0.0], [-9.0, 0.0, np.log(3.0)], [0.0, 50.0, -50.0]]], "float32")
+    np.testing.assert_allclose(SSDClassLoss(mode="focal")(labels, logits), 0.8880948, rtol=1e-5)
+
+
+def test_serialization_and_bad_mode():
+    loss = SSDClassLoss(mode="focal", negatives_per_positive=2, min_negatives=0, gamma=1.5)
+    clone = keras.losses.deserialize(keras.losses.serialize(loss))
+    assert isinstance(clone, SSDClassLoss)
+    assert (clone.mode, clone.negatives_per_positive, clone.min_negatives, clone.gamma) == \
+        ("focal", 2, 0, 1.5)
+    assert isinstance(SSDBoxLoss.from_config(SSDBoxLoss().get_config()), SSDBoxLoss)
+    with pytest.raises(ValueError):
+        SSDClassLoss(mode="hinge")
+
+
+def test_compile_and_fit_with_dict_outputs():
+    num_anchors, num_classes = 6, 2
+    inputs = keras.Input((4,))
+    boxes = keras.layers.Reshape((num_anchors, 4), name="boxes")(
+        keras.layers.Dense(num_anchors * 4)(inputs))
+    classes = keras.layers.Reshape((num_anchors, num_classes + 1), name="classes")(
+        keras.layers.Dense(num_anchors * (num_classes + 1))(inputs))
+    model = keras.Model(inputs, {"boxes": boxes, "classes": classes})
+    losses = ssd_losses(mode="softmax")
+    assert set(losses) == {"boxes", "classes"}
+    model.compile(optimizer="sgd", loss=losses)
+    class_targets = np.array([[1, 0, 0, 2, -1, 0]] * 4, "int32")
+    box_targets = np.concatenate([np.zeros((4, num_anchors, 4), "float32"),
+                                  class_targets[..., None].astype("float32")], axis=-1)
+    data = tf.data.Dataset.from_tensor_slices(
+        (np.ones((4, 4), "float32"), {"boxes": box_targets, "classes": class_targets})).batch(2)
+    history = model.fit(data, epochs=1, verbose=0, shuffle=False)
+    assert np.isfinite(history.history["loss"][0])
