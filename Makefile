@@ -25,8 +25,10 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m benchmarks.run
 
+# COCO_DIR=<COCO-format dir> or TFDS_DIR=<TFDS data dir> for real data; neither: embedded data.
 train-coco: $(STAMP)
-	$(PY) -m pipelines.cli train coco $(ARGS)
+	$(PY) -m pipelines.cli train coco $(if $(COCO_DIR),--coco-dir $(COCO_DIR)) \
+		$(if $(TFDS_DIR),--tfds-data-dir $(TFDS_DIR)) $(ARGS)
 
 train-imagenet: $(STAMP)
 	$(PY) -m pipelines.cli train imagenet $(ARGS)

@@ -4,6 +4,7 @@ from keras_mnv2.blocks import inverted_residual, make_divisible
 from keras_mnv2.imagenet import decode_predictions, preprocess_input
 from keras_mnv2.mobilenet_v2 import MobileNetV2, block_plan, feature_extractor
 from keras_mnv2.profiler import Profile, count_madds, profile
+from keras_mnv2.ssdlite import SSDLite, ssdlite_anchors
 from keras_mnv2.weights import copy_weights
 
 __version__ = "0.1.0"
@@ -11,6 +12,7 @@ __version__ = "0.1.0"
 __all__ = [
     "MobileNetV2",
     "Profile",
+    "SSDLite",
     "block_plan",
     "copy_weights",
     "count_madds",
@@ -20,4 +22,5 @@ __all__ = [
     "make_divisible",
     "preprocess_input",
     "profile",
+    "ssdlite_anchors",
 ]

@@ -14,7 +14,7 @@ import tensorflow as tf
 
 # The mean RGB of ImageNet (0-255), what SSD fills the zoomed-out canvas with.
 MEAN_RGB = (123.675, 116.28, 103.53)
-MIN_IOUS = (0.1, 0.3, 0.5, 0.7, 0.9)
+MIN_IOUS = (0.0, 0.1, 0.3, 0.5, 0.7, 0.9)  # SSD's crop samplers; 0: any patch
 MIN_BOX_SIZE = 1e-3  # normalized height or width below which a box is dropped
 
 
@@ -122,8 +122,9 @@ def _centres_inside(windows, boxes):
     return (cy >= w[..., 0]) & (cy <= w[..., 2]) & (cx >= w[..., 1]) & (cx <= w[..., 3])
 
 
-def random_iou_crop(
-    element,
+def sample_crop_window(
+    image_shape,
+    boxes,
     seed=None,
     min_ious=MIN_IOUS,
     min_scale=0.3,
@@ -131,51 +132,59 @@ def random_iou_crop(
     aspect_range=(0.5, 2.0),
     num_trials=50,
 ):
-    """SSD's IoU-constrained random crop.
+    """SSD's IoU-constrained crop window, sampled as the SSD Caffe code does.
 
-    Draws one option uniformly: the whole image, any patch, or a patch whose IoU with some box is
-    at least one of ``min_ious``. Patch sides are ``[min_scale, max_scale]`` of the image's, with
-    width / height in ``aspect_range`` (pixels). A patch must hold the centre of at least one box
-    (of an image with boxes). ``num_trials`` candidates are drawn at once and the first valid one
-    is taken; with none valid the image is kept whole. Boxes whose centres fall outside the crop
-    are dropped; the rest are clipped to it.
+    One sampler per entry of ``min_ious`` (0 means any patch) draws ``num_trials`` patches and
+    keeps its first valid one; the window is then picked uniformly among the whole image and the
+    samplers that found a patch. A patch has sides ``[min_scale, max_scale]`` of the image's,
+    width / height in ``aspect_range`` (pixels), IoU with some box at least the sampler's
+    minimum, and the centre of at least one box (of an image with boxes).
+    Returns float32 pixel (top, left, height, width), whole pixels.
     """
-    image, boxes = element["image"], element["boxes"]
-    option_seed, size_seed, pos_seed = _split(seed, 3)
-    # inf: no candidate passes, i.e. the whole image; 0: any patch.
-    thresholds = tf.constant((float("inf"), 0.0) + tuple(min_ious), tf.float32)
-    option = tf.random.stateless_uniform(
-        [], option_seed, 0, len(min_ious) + 2, dtype=tf.int32
-    )
-    threshold = thresholds[option]
+    size_seed, pos_seed, pick_seed = _split(seed, 3)
+    thresholds = tf.constant(min_ious, tf.float32)
+    k = len(min_ious)
+    height = tf.cast(image_shape[0], tf.float32)
+    width = tf.cast(image_shape[1], tf.float32)
 
-    shape = tf.shape(image)
-    height, width = tf.cast(shape[0], tf.float32), tf.cast(shape[1], tf.float32)
-    scales = _uniform(size_seed, [num_trials, 2], min_scale, max_scale)
-    crop_h = tf.maximum(tf.round(scales[:, 0] * height), 1.0)
-    crop_w = tf.maximum(tf.round(scales[:, 1] * width), 1.0)
-    positions = _uniform(pos_seed, [num_trials, 2])
-    top = tf.minimum(tf.floor(positions[:, 0] * (height - crop_h + 1)), height - crop_h)
-    left = tf.minimum(tf.floor(positions[:, 1] * (width - crop_w + 1)), width - crop_w)
-    windows = tf.stack(
-        [top / height, left / width, (top + crop_h) / height, (left + crop_w) / width], axis=1
+    scales = _uniform(size_seed, [k, num_trials, 2], min_scale, max_scale)
+    crop_h = tf.maximum(tf.round(scales[..., 0] * height), 1.0)
+    crop_w = tf.maximum(tf.round(scales[..., 1] * width), 1.0)
+    positions = _uniform(pos_seed, [k, num_trials, 2])
+    top = tf.minimum(tf.floor(positions[..., 0] * (height - crop_h + 1)), height - crop_h)
+    left = tf.minimum(tf.floor(positions[..., 1] * (width - crop_w + 1)), width - crop_w)
+    windows = tf.reshape(
+        tf.stack([top / height, left / width, (top + crop_h) / height, (left + crop_w) / width],
+                 axis=-1),
+        [-1, 4],
     )
-    aspect = crop_w / crop_h
     has_boxes = tf.shape(boxes)[0] > 0
     max_iou = tf.where(has_boxes, tf.reduce_max(_pairwise_iou(windows, boxes), axis=1), 0.0)
     has_centre = tf.reduce_any(_centres_inside(windows, boxes), axis=1) | ~has_boxes
+    aspect = crop_w / crop_h
     valid = (
         (aspect >= aspect_range[0])
         & (aspect <= aspect_range[1])
-        & (max_iou >= threshold)
-        & has_centre
+        & (tf.reshape(max_iou, [k, num_trials]) >= thresholds[:, None])
+        & tf.reshape(has_centre, [k, num_trials])
     )
-    found = tf.reduce_any(valid)
-    pick = tf.argmax(tf.cast(valid, tf.int32), output_type=tf.int32)
-    whole = tf.stack([0.0, 0.0, height, width])
-    y0, x0, ch, cw = tf.unstack(
-        tf.where(found, tf.stack([top[pick], left[pick], crop_h[pick], crop_w[pick]]), whole)
-    )
+    first = tf.argmax(tf.cast(valid, tf.int32), axis=1, output_type=tf.int32)  # per sampler
+    found = tf.concat([tf.reduce_any(valid, axis=1), [True]], axis=0)  # last: the whole image
+    sampler = tf.argmax(tf.where(found, _uniform(pick_seed, [k + 1]), -1.0),
+                        output_type=tf.int32)
+    candidates = tf.stack([top, left, crop_h, crop_w], axis=-1)  # [k, trials, 4]
+    candidates = tf.gather_nd(candidates, tf.stack([tf.range(k), first], axis=1))  # [k, 4]
+    candidates = tf.concat([candidates, [tf.stack([0.0, 0.0, height, width])]], axis=0)
+    return candidates[sampler]
+
+
+def random_iou_crop(element, seed=None, **sampling):
+    """Crops to ``sample_crop_window`` (which takes ``sampling``). Boxes whose centres fall
+    outside the crop are dropped with their labels; the rest are clipped to it."""
+    image, boxes = element["image"], element["boxes"]
+    shape = tf.shape(image)
+    y0, x0, ch, cw = tf.unstack(sample_crop_window(shape, boxes, seed, **sampling))
+    height, width = tf.cast(shape[0], tf.float32), tf.cast(shape[1], tf.float32)
     window = tf.stack([y0 / height, x0 / width, (y0 + ch) / height, (x0 + cw) / width])
 
     y0i, x0i, chi, cwi = (tf.cast(v, tf.int32) for v in (y0, x0, ch, cw))

@@ -22,12 +22,39 @@ def _profile(args):
 
 
 def _train(args):
-    print(
-        f"keras-mnv2 train {args.job}: not built yet (tracked in issue {ISSUES[args.job]}). "
-        "The MobileNetV2 builder, profile and TFLite conversion are available now; see README.md.",
-        file=sys.stderr,
-    )
-    return 2
+    if args.job != "coco":
+        print(
+            f"keras-mnv2 train {args.job}: not built yet (tracked in issue {ISSUES[args.job]}).",
+            file=sys.stderr,
+        )
+        return 2
+    import dataclasses
+
+    from pipelines import detection
+
+    embedded = args.coco_dir is None and args.tfds_data_dir is None
+    recipe = detection.EMBEDDED if embedded else detection.PAPER
+    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(recipe)
+                 if getattr(args, f.name, None) is not None}
+    recipe = dataclasses.replace(recipe, **overrides)
+    metrics = detection.run(coco_dir=args.coco_dir, tfds_data_dir=args.tfds_data_dir,
+                            run_dir=args.run_dir, recipe=recipe,
+                            backbone_weights=args.backbone_weights)
+    return 1 if metrics.get("stopped_on_nan") else 0
+
+
+def _add_recipe_flags(parser, recipe_class):
+    """One --flag per recipe field (default None: the recipe's own value applies)."""
+    import dataclasses
+
+    for field in dataclasses.fields(recipe_class):
+        kind = type(field.default)
+        flag = "--" + field.name.replace("_", "-")
+        if kind is bool:
+            parser.add_argument(flag, type=lambda v: v.lower() in ("1", "true", "yes"),
+                                default=None, metavar="BOOL")
+        else:
+            parser.add_argument(flag, type=kind, default=None)
 
 
 def build_parser():
@@ -45,12 +72,23 @@ def build_parser():
 
     train = sub.add_parser("train", help="train a model on a dataset")
     train.add_argument("job", choices=JOBS)
+    train.add_argument("--coco-dir", default=None,
+                       help="COCO-format directory (annotations/instances_<split>.json + images)")
+    train.add_argument("--tfds-data-dir", default=None, help="TFDS data dir holding coco/2017")
+    train.add_argument("--run-dir", default=None, help="where checkpoints and figures go")
+    train.add_argument("--backbone-weights", default=None,
+                       help="'imagenet' or a MobileNetV2 weights file")
+    from pipelines.detection import CocoRecipe
+
+    _add_recipe_flags(train, CocoRecipe)
     train.set_defaults(func=_train)
     return parser
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    if getattr(args, "run_dir", "") is None:
+        args.run_dir = f"runs/{args.job}"
     try:
         return args.func(args)
     except ValueError as err:

@@ -361,7 +361,8 @@ def coco_dataset(
 
     ``source`` is a ``CocoIndex`` or what ``load_coco`` takes. Undecodable images are skipped,
     logged and counted in ``index.skipped_images`` (``.skipped``, ``.files``); the index is also
-    reachable as ``dataset.coco_index``. ``shuffle`` shuffles the image order (all images, with
+    reachable as ``dataset.coco_index``. A missing image file is an error (TensorFlow's
+    ``NotFoundError``, naming the file), not a skip. ``shuffle`` shuffles the image order (all images, with
     ``seed``, reshuffled each iteration); ``deterministic=False`` lets the parallel decode return
     images out of order for speed.
     """

@@ -184,6 +184,37 @@ def draw_detections(dataset_source, detections, path, label_names, count=8, min_
     return path
 
 
+@dataclasses.dataclass
+class GroundTruth:
+    """What evaluation needs of a split: a pycocotools COCO and the label -> category id map."""
+
+    coco: object
+    label_to_category: dict
+
+
+def ground_truth_from_dataset(source, label_to_category):
+    """Builds pycocotools ground truth from dataset elements (for TFDS, which has no JSON file)."""
+    from pycocotools.coco import COCO
+
+    images, annotations = [], []
+    for element in source.as_numpy_iterator():
+        h, w = element["image"].shape[:2]
+        image_id = int(element["image_id"])
+        images.append({"id": image_id, "height": int(h), "width": int(w)})
+        for box, label, crowd in zip(element["boxes"], element["labels"], element["is_crowd"]):
+            bw, bh = float(box[3] - box[1]) * w, float(box[2] - box[0]) * h
+            annotations.append({
+                "id": len(annotations) + 1, "image_id": image_id, "iscrowd": int(crowd),
+                "category_id": int(label_to_category[int(label)]), "area": bw * bh,
+                "bbox": [float(box[1]) * w, float(box[0]) * h, bw, bh],
+            })
+    gt = COCO()
+    gt.dataset = {"images": images, "annotations": annotations,
+                  "categories": [{"id": c, "name": str(c)} for c in label_to_category.values()]}
+    gt.createIndex()
+    return GroundTruth(gt, dict(label_to_category))
+
+
 def run(coco_dir=None, tfds_data_dir=None, run_dir="runs/coco", recipe=None,
         backbone_weights=None, data_root="data/synthetic_coco", train_split="train",
         val_split="val", verbose="auto"):
@@ -204,10 +235,11 @@ def run(coco_dir=None, tfds_data_dir=None, run_dir="runs/coco", recipe=None,
     if tfds_data_dir is not None:
         train_source = coco.tfds_coco_dataset("train", data_dir=tfds_data_dir)
         val_source = coco.tfds_coco_dataset("validation", data_dir=tfds_data_dir)
-        from pipelines import coco_eval
+        val = ground_truth_from_dataset(val_source, coco.tfds_label_to_category())
+        import tensorflow_datasets as tfds
 
-        val = coco_eval.ground_truth_from_dataset(val_source, coco.tfds_label_to_category())
-        num_classes, num_train, skipped = 80, None, None
+        info = tfds.builder("coco/2017", data_dir=tfds_data_dir).info
+        num_classes, num_train, skipped = 80, info.splits["train"].num_examples, None
     else:
         train = coco.load_coco(coco_dir, train_split)
         val = coco.load_coco(coco_dir, val_split)
@@ -221,7 +253,7 @@ def run(coco_dir=None, tfds_data_dir=None, run_dir="runs/coco", recipe=None,
                     backbone_weights=backbone_weights, background_prior=recipe.background_prior)
     anchors = model.anchors
     train_ds = train_dataset(train_source, recipe, anchors)
-    steps = num_train // recipe.batch_size if num_train else None
+    steps = max(1, num_train // recipe.batch_size)
     model.compile(optimizer=make_optimizer(recipe, steps),
                   loss=ssd_losses(mode=recipe.class_loss))
     os.makedirs(run_dir, exist_ok=True)

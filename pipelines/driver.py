@@ -85,9 +85,10 @@ def read_history(run_dir):
     for epoch in sorted(rows):
         for key, value in rows[epoch].items():
             try:
-                columns.setdefault(key, []).append(float(value))
-            except (TypeError, ValueError):
+                number = float(value)
+            except (TypeError, ValueError):  # "NA" for a quantity not logged that epoch
                 continue
+            columns.setdefault(key, []).append(number)
     return columns
 
 
@@ -105,8 +106,10 @@ def plot_curves(run_dir, path=None):
     epochs = [e + 1 for e in history["epoch"]]
     fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2), squeeze=False)
     for ax, key in zip(axes[0], keys):
+        if len(history[key]) != len(epochs):
+            continue
         ax.plot(epochs, history[key], marker="o", label="train")
-        if "val_" + key in history:
+        if len(history.get("val_" + key, [])) == len(epochs):
             ax.plot(epochs, history["val_" + key], marker="o", label="val")
         ax.set_title(key)
         ax.set_xlabel("epoch")

@@ -124,7 +124,7 @@ def _write_split(root, split, count, params):
     for i in range(count):
         image_id = offset + i + 1
         # One generator per image: the image depends only on (seed, split, index).
-        rng = np.random.default_rng([params["seed"], offset // 1000 + 1, i])
+        rng = np.random.default_rng([params["seed"], list(SPLIT_ID_OFFSET).index(split), i])
         pixels, objects = _render(rng, params["image_size"], params["num_classes"])
         file_name = f"{image_id:012d}.jpg"
         Image.fromarray(pixels).save(folder / file_name, quality=params["jpeg_quality"])
@@ -314,7 +314,7 @@ def _render_crowd(rng, canvas, num_classes, placed):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="Write the synthetic shapes dataset (COCO format).")
+    parser = argparse.ArgumentParser(description="Writes the synthetic shapes dataset (COCO).")
     parser.add_argument("root")
     parser.add_argument("--num-train", type=int, default=2000)
     parser.add_argument("--num-val", type=int, default=250)

@@ -83,8 +83,9 @@ def test_images_and_annotations_are_valid_coco(root):
             else:
                 assert isinstance(a["segmentation"], list)  # polygons
                 # a polygon has no hole: the ring's area is its pixels, its polygon the disc
-                if min(w, h) >= 12 and coco.cats[a["category_id"]]["name"] != "ring":
-                    assert a["area"] == pytest.approx(mask.sum(), rel=0.2)
+                # (the two rasterizations differ by up to about a pixel along the outline)
+                if coco.cats[a["category_id"]]["name"] != "ring":
+                    assert abs(a["area"] - mask.sum()) <= 1.5 * (w + h)
                 side = max(w, h) / (1.0 if coco.cats[a["category_id"]]["name"] != "bar" else 2)
                 assert 0.04 * 72 <= side <= 0.8 * 96
     per_image = np.array(per_image)
