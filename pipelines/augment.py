@@ -12,6 +12,8 @@ per element (e.g. zip the data with ``tf.data.Dataset.random(seed).batch(2)``). 
 
 import tensorflow as tf
 
+from keras_mnv2.matching import iou
+
 # The mean RGB of ImageNet (0-255), what SSD fills the zoomed-out canvas with.
 MEAN_RGB = (123.675, 116.28, 103.53)
 MIN_IOUS = (0.0, 0.1, 0.3, 0.5, 0.7, 0.9)  # SSD's crop samplers; 0: any patch
@@ -103,17 +105,6 @@ def random_expand(element, seed=None, max_ratio=4.0, probability=0.5, fill=MEAN_
     return _with(element, image=canvas, boxes=boxes)
 
 
-def _pairwise_iou(a, b):
-    """IoU between every box of a [T, 4] and of b [M, 4] (same coordinate frame): [T, M]."""
-    a, b = a[:, None, :], b[None, :, :]
-    inter_h = tf.maximum(tf.minimum(a[..., 2], b[..., 2]) - tf.maximum(a[..., 0], b[..., 0]), 0.0)
-    inter_w = tf.maximum(tf.minimum(a[..., 3], b[..., 3]) - tf.maximum(a[..., 1], b[..., 1]), 0.0)
-    inter = inter_h * inter_w
-    area_a = (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1])
-    area_b = (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
-    return inter / tf.maximum(area_a + area_b - inter, 1e-12)
-
-
 def _centres_inside(windows, boxes):
     """Whether each box centre lies in each window: [T, M]."""
     cy = (boxes[:, 0] + boxes[:, 2]) / 2
@@ -159,7 +150,7 @@ def sample_crop_window(
         [-1, 4],
     )
     has_boxes = tf.shape(boxes)[0] > 0
-    max_iou = tf.where(has_boxes, tf.reduce_max(_pairwise_iou(windows, boxes), axis=1), 0.0)
+    max_iou = tf.where(has_boxes, tf.reduce_max(iou(windows, boxes), axis=1), 0.0)
     has_centre = tf.reduce_any(_centres_inside(windows, boxes), axis=1) | ~has_boxes
     aspect = crop_w / crop_h
     valid = (
