@@ -32,19 +32,21 @@ def correct_pad(size, kernel_size=3):
     return tuple((half - (1 if dim is None else 1 - dim % 2), half) for dim in size)
 
 
-def conv_bn(keras, x, filters, kernel_size, name, bn_name, strides=1, relu_name=None):
+def conv_bn(keras, x, filters, kernel_size, name, bn_name, strides=1, relu_name=None,
+            bn_momentum=BN_MOMENTUM):
     """Conv2D (no bias) + BatchNorm (+ ReLU6 when ``relu_name`` is given)."""
     layers = keras.layers
     x = layers.Conv2D(
         filters, kernel_size, strides=strides, padding="same", use_bias=False, name=name
     )(x)
-    x = layers.BatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=bn_name)(x)
+    x = layers.BatchNormalization(epsilon=BN_EPSILON, momentum=bn_momentum, name=bn_name)(x)
     if relu_name:
         x = layers.ReLU(6.0, name=relu_name)(x)
     return x
 
 
-def inverted_residual(keras, x, expansion, filters, stride, block_id, dilation=1):
+def inverted_residual(keras, x, expansion, filters, stride, block_id, dilation=1,
+                      bn_momentum=BN_MOMENTUM):
     """Inverted residual block: expand 1x1 + BN + ReLU6, depthwise 3x3 + BN + ReLU6,
     linear projection 1x1 + BN, and a residual connection when the shapes allow it.
 
@@ -60,7 +62,7 @@ def inverted_residual(keras, x, expansion, filters, stride, block_id, dilation=1
             expansion * in_channels, 1, padding="same", use_bias=False, name=prefix + "expand"
         )(x)
         x = layers.BatchNormalization(
-            epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=prefix + "expand_BN"
+            epsilon=BN_EPSILON, momentum=bn_momentum, name=prefix + "expand_BN"
         )(x)
         x = layers.ReLU(6.0, name=prefix + "expand_relu")(x)
     else:
@@ -77,14 +79,14 @@ def inverted_residual(keras, x, expansion, filters, stride, block_id, dilation=1
         name=prefix + "depthwise",
     )(x)
     x = layers.BatchNormalization(
-        epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=prefix + "depthwise_BN"
+        epsilon=BN_EPSILON, momentum=bn_momentum, name=prefix + "depthwise_BN"
     )(x)
     x = layers.ReLU(6.0, name=prefix + "depthwise_relu")(x)
 
     # Linear bottleneck: no non-linearity after the projection (paper section 3.2).
     x = layers.Conv2D(filters, 1, padding="same", use_bias=False, name=prefix + "project")(x)
     x = layers.BatchNormalization(
-        epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=prefix + "project_BN"
+        epsilon=BN_EPSILON, momentum=bn_momentum, name=prefix + "project_BN"
     )(x)
     if stride == 1 and in_channels == filters:
         x = layers.Add(name=prefix + "add")([inputs, x])

@@ -118,6 +118,7 @@ def MobileNetV2(
     output_stride=None,
     name=None,
     framework="keras",
+    bn_momentum=0.999,
 ):
     """Builds MobileNetV2 and returns a functional ``keras.Model``.
 
@@ -138,6 +139,8 @@ def MobileNetV2(
             segmentation).
         name: model name; defaults to ``mobilenetv2_{alpha:.2f}_{rows}`` as keras.applications.
         framework: "keras" (Keras 3) or "tf_keras" (Keras 2, for TFMOT).
+        bn_momentum: batch-norm moving-average momentum (0.999 as keras.applications; short
+            training runs need less, or the inference statistics lag far behind).
     """
     keras = get_keras(framework)
     layers = keras.layers
@@ -162,12 +165,13 @@ def MobileNetV2(
         inputs = keras.utils.get_source_inputs(input_tensor)
 
     x = conv_bn(keras, img_input, make_divisible(32 * alpha), 3, "Conv1", "bn_Conv1",
-                strides=2, relu_name="Conv1_relu")
+                strides=2, relu_name="Conv1_relu", bn_momentum=bn_momentum)
     for block_id, t, c, stride, dilation in block_plan(output_stride):
         x = inverted_residual(keras, x, t, make_divisible(int(c * alpha)), stride, block_id,
-                              dilation)
+                              dilation, bn_momentum=bn_momentum)
     last_filters = make_divisible(1280 * alpha) if alpha > 1.0 else 1280
-    x = conv_bn(keras, x, last_filters, 1, "Conv_1", "Conv_1_bn", relu_name="out_relu")
+    x = conv_bn(keras, x, last_filters, 1, "Conv_1", "Conv_1_bn", relu_name="out_relu",
+                bn_momentum=bn_momentum)
 
     if include_top:
         x = layers.GlobalAveragePooling2D(name="global_average_pooling2d")(x)

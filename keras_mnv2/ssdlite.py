@@ -43,31 +43,32 @@ def ssdlite_anchors(input_size=320, min_scale=0.2, max_scale=0.95, aspect_ratios
                        aspect_ratios=aspect_ratios)
 
 
-def _bn_relu6(keras, x, name):
-    x = keras.layers.BatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM,
+def _bn_relu6(keras, x, name, bn_momentum=BN_MOMENTUM):
+    x = keras.layers.BatchNormalization(epsilon=BN_EPSILON, momentum=bn_momentum,
                                         name=name + "_BN")(x)
     return keras.layers.ReLU(6.0, name=name + "_relu")(x)
 
 
-def extra_layer(keras, x, depth, index):
+def extra_layer(keras, x, depth, index, bn_momentum=BN_MOMENTUM):
     """1x1 conv (depth / 2) -> 3x3 depthwise stride 2 -> 1x1 conv (depth), each with BN + ReLU6."""
     layers = keras.layers
     prefix = f"extra_{index}_"
     x = layers.Conv2D(depth // 2, 1, use_bias=False, name=prefix + "reduce")(x)
-    x = _bn_relu6(keras, x, prefix + "reduce")
+    x = _bn_relu6(keras, x, prefix + "reduce", bn_momentum)
     x = layers.DepthwiseConv2D(3, strides=2, padding="same", use_bias=False,
                                name=prefix + "depthwise")(x)
-    x = _bn_relu6(keras, x, prefix + "depthwise")
+    x = _bn_relu6(keras, x, prefix + "depthwise", bn_momentum)
     x = layers.Conv2D(depth, 1, use_bias=False, name=prefix + "project")(x)
-    return _bn_relu6(keras, x, prefix + "project")
+    return _bn_relu6(keras, x, prefix + "project", bn_momentum)
 
 
-def predictor(keras, x, outputs_per_box, num_boxes, name, bias_initializer="zeros"):
+def predictor(keras, x, outputs_per_box, num_boxes, name, bias_initializer="zeros",
+              bn_momentum=BN_MOMENTUM):
     """SSDLite predictor: 3x3 depthwise + BN + ReLU6, then a 1x1 conv, reshaped to
     [B, H * W * num_boxes, outputs_per_box] (anchor order: row, column, box)."""
     layers = keras.layers
     y = layers.DepthwiseConv2D(3, padding="same", use_bias=False, name=name + "_depthwise")(x)
-    y = _bn_relu6(keras, y, name + "_depthwise")
+    y = _bn_relu6(keras, y, name + "_depthwise", bn_momentum)
     y = layers.Conv2D(num_boxes * outputs_per_box, 1, bias_initializer=bias_initializer,
                       name=name)(y)
     h, w = y.shape[1], y.shape[2]
@@ -86,6 +87,7 @@ def SSDLite(
     background_prior=0.99,
     name=None,
     framework="keras",
+    bn_momentum=BN_MOMENTUM,
 ):
     """Builds SSDLite-MobileNetV2; returns a functional model with raw outputs.
 
@@ -99,6 +101,7 @@ def SSDLite(
         background_prior: initial background probability of the class logits' bias (helps
             training from scratch; None leaves the bias at zero).
         framework: "keras" or "tf_keras" (the QAT twin).
+        bn_momentum: batch-norm momentum everywhere (lower it for short training runs).
 
     The model has ``model.anchors`` (np.float32 [N, 4], cy/cx/h/w normalized), the anchors its
     outputs line up with; ``ssdlite_anchors(input_size, ...)`` recomputes them.
@@ -118,23 +121,25 @@ def SSDLite(
     layers = keras.layers
 
     backbone = MobileNetV2(alpha=alpha, input_shape=(input_size, input_size, 3),
-                           include_top=False, weights=backbone_weights, framework=framework)
+                           include_top=False, weights=backbone_weights, framework=framework,
+                           bn_momentum=bn_momentum)
     features = [backbone.get_layer(tap).output for tap in FEATURE_TAPS]
     x = features[-1]
     for index, depth in enumerate(extra_depths, start=1):
-        x = extra_layer(keras, x, max(int(depth * alpha), MIN_EXTRA_DEPTH), index)
+        x = extra_layer(keras, x, max(int(depth * alpha), MIN_EXTRA_DEPTH), index, bn_momentum)
         features.append(x)
 
     boxes_per_layer = num_boxes_per_layer(len(features), aspect_ratios=aspect_ratios)
     box_outputs, class_outputs = [], []
     for i, (feature, num_boxes) in enumerate(zip(features, boxes_per_layer)):
-        box_outputs.append(predictor(keras, feature, 4, num_boxes, f"box_predictor_{i}"))
+        box_outputs.append(predictor(keras, feature, 4, num_boxes, f"box_predictor_{i}",
+                                     bn_momentum=bn_momentum))
         class_bias = "zeros"
         if background_prior is not None:
             class_bias = _class_bias(keras, num_classes, num_boxes, background_prior)
         class_outputs.append(
             predictor(keras, feature, num_classes + 1, num_boxes, f"class_predictor_{i}",
-                      bias_initializer=class_bias)
+                      bias_initializer=class_bias, bn_momentum=bn_momentum)
         )
     outputs = {
         "boxes": layers.Concatenate(axis=1, name="boxes")(box_outputs),

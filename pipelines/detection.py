@@ -31,6 +31,7 @@ class CocoRecipe:
     weight_decay: float = 4e-5
     class_loss: str = "softmax"
     background_prior: float = 0.99
+    bn_momentum: float = 0.999
     augment: str = "ssd"  # "ssd" (crop, expand, flip, photometric) or "flip"
     cache: bool = False
     score_threshold: float = 0.01
@@ -52,6 +53,7 @@ EMBEDDED = CocoRecipe(
     weight_decay=0.0,
     augment="flip",
     cache=True,
+    bn_momentum=0.9,  # 744 steps: at 0.999 the moving statistics would still be near their init
 )
 SYNTHETIC = dict(num_train=2000, num_val=250, image_size=256, num_classes=5, seed=0)
 
@@ -250,7 +252,8 @@ def run(coco_dir=None, tfds_data_dir=None, run_dir="runs/coco", recipe=None,
         skipped = (train.skipped_images, val.skipped_images)
 
     model = SSDLite(num_classes, alpha=recipe.alpha, input_size=recipe.input_size,
-                    backbone_weights=backbone_weights, background_prior=recipe.background_prior)
+                    backbone_weights=backbone_weights, background_prior=recipe.background_prior,
+                    bn_momentum=recipe.bn_momentum)
     anchors = model.anchors
     train_ds = train_dataset(train_source, recipe, anchors)
     steps = max(1, num_train // recipe.batch_size)

@@ -77,3 +77,11 @@ def test_tf_keras_twin_matches(images):
 def test_invalid_arguments(kwargs, pattern):
     with pytest.raises(ValueError, match=pattern):
         SSDLite(**kwargs)
+
+
+def test_bn_momentum_reaches_backbone_and_head():
+    model = SSDLite(3, alpha=0.35, input_size=96, bn_momentum=0.9)
+    assert model.get_layer("bn_Conv1").momentum == 0.9
+    assert model.get_layer("block_5_project_BN").momentum == 0.9
+    assert model.get_layer("class_predictor_2_depthwise_BN").momentum == 0.9
+    assert keras_mnv2.MobileNetV2(alpha=0.35).get_layer("bn_Conv1").momentum == 0.999
