@@ -8,7 +8,7 @@ ImageNet weight files load unchanged.
 import os
 
 from keras_mnv2.blocks import conv_bn, inverted_residual, make_divisible
-from keras_mnv2.frameworks import get_keras
+from keras_mnv2.frameworks import framework_of, get_keras
 
 # Paper Table 2: expansion t, output channels c, repeats n, first stride s.
 BLOCK_SPECS = (
@@ -256,7 +256,7 @@ def feature_extractor(model, layer_names=("block_13_expand_relu", "out_relu"), n
     It shares layers and weights with ``model`` (no rebuild). The defaults are the SSDLite taps
     (stride 16 and 32); DeepLabV3 uses ``block_16_project_BN`` (the 320-channel output).
     """
-    keras = get_keras(_framework(model))
+    keras = get_keras(framework_of(model))
     outputs = {}
     for layer_name in layer_names:
         try:
@@ -267,8 +267,3 @@ def feature_extractor(model, layer_names=("block_13_expand_relu", "out_relu"), n
             ) from err
     return keras.Model(model.inputs, outputs, name=name or f"{model.name}_features")
 
-
-def _framework(model):
-    from keras_mnv2.frameworks import framework_of
-
-    return framework_of(model)

@@ -221,8 +221,6 @@ def run(coco_dir=None, tfds_data_dir=None, run_dir="runs/coco", recipe=None,
         backbone_weights=None, data_root="data/synthetic_coco", train_split="train",
         val_split="val", verbose="auto"):
     """Trains and evaluates; returns the metrics dict (also written to run_dir/metrics.json)."""
-    import keras
-
     from keras_mnv2.losses import ssd_losses
     from keras_mnv2.ssdlite import SSDLite
     from pipelines import coco, driver, synthetic_coco
