@@ -28,3 +28,18 @@ def test_classifier_notebook(tmp_path):
     outputs = "\n".join(_text(cell) for cell in notebook.cells if cell.cell_type == "code")
     assert "2,663,064 parameters" in outputs  # alpha 0.75 at 224, 1000 classes
     assert "max |Keras - TFLite|" in outputs
+
+
+@pytest.mark.slow
+def test_detection_notebook(tmp_path):
+    import re
+
+    notebook = execute("02_detection.ipynb", tmp_path)
+    outputs = "\n".join(_text(cell) for cell in notebook.cells if cell.cell_type == "code")
+    assert "2034 anchors" in outputs
+    params = float(re.search(r"SSDLite 320, 80 classes: ([\d.]+)M parameters", outputs).group(1))
+    assert abs(params - 4.3) / 4.3 < 0.05
+    first, last = map(float, re.search(r"loss: first epoch ([\d.]+), last epoch ([\d.]+)",
+                                       outputs).groups())
+    assert last < 0.8 * first
+    assert (tmp_path / "detections.png").stat().st_size > 10_000
