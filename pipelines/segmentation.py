@@ -1,0 +1,419 @@
+"""The PASCAL VOC segmentation job: Mobile DeepLabv3 trained with the shared driver, scored by
+mean IoU over a confusion matrix of the whole val split. ``keras-mnv2 train voc``.
+
+With ``voc_dir`` (a VOCdevkit folder; add ``sbd_dir`` for ``train_aug``) it trains the paper
+configuration; with neither it generates the embedded synthetic VOC-format dataset once and trains
+the embedded default on it (see ``EMBEDDED``).
+"""
+
+import dataclasses
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+IGNORE_LABEL = 255
+
+
+@dataclasses.dataclass(frozen=True)
+class VocRecipe:
+    """Training recipe. PAPER follows DeepLabv3 (Chen et al. 2017, Sec. 4) as the MobileNetV2
+    paper used it (Sec. 6.3): 513 crops, output stride 16, batch 16, momentum SGD 0.007 with the
+    poly schedule (power 0.9) for 30K steps on train_aug, weight decay 4e-5, BN decay 0.9997,
+    random scale 0.5-2.0 in steps of 0.25 and left-right flips."""
+
+    alpha: float = 1.0
+    crop_size: int = 513
+    eval_size: int = 513  # val images are padded (label 255) to eval_size x eval_size
+    output_stride: int = 16
+    aspp: bool = True
+    dropout_rate: float = 0.1
+    batch_size: int = 16
+    epochs: int = 46  # 30K steps of 16 over the 10,582 train_aug images
+    optimizer: str = "sgd"  # "sgd" (momentum 0.9) or "adam"
+    learning_rate: float = 0.007
+    schedule: str = "poly"  # "poly" or "cosine"
+    poly_power: float = 0.9
+    warmup_epochs: float = 0.0  # cosine only
+    weight_decay: float = 4e-5  # decoupled, on conv kernels (not BN, not biases)
+    bn_momentum: float = 0.9997
+    min_scale: float = 0.5
+    max_scale: float = 2.0
+    scale_step: float = 0.25  # 0: any scale in [min_scale, max_scale]
+    flip: bool = True
+    eval_scales: str = "1.0"  # e.g. "0.5,0.75,1.0,1.25,1.5,1.75" for multi-scale evaluation
+    eval_flip: bool = False
+    cache: bool = False  # keep decoded images in memory (small datasets only)
+    skip_bad: bool = False  # skip and count bad examples instead of stopping with an error
+    seed: int = 0
+
+
+PAPER = VocRecipe()
+# The embedded default: small and quick on 2 CPU cores (chosen by measurement, see README).
+EMBEDDED = VocRecipe(
+    alpha=0.35,
+    crop_size=128,
+    eval_size=128,
+    output_stride=8,
+    aspp=False,
+    batch_size=16,
+    epochs=12,
+    optimizer="adam",
+    learning_rate=2e-3,
+    schedule="cosine",
+    warmup_epochs=0.5,
+    weight_decay=0.0,
+    bn_momentum=0.9,  # ~750 steps: at 0.999 the moving statistics would lag far behind
+    min_scale=0.75,
+    max_scale=1.5,
+    scale_step=0.0,
+    cache=True,
+)
+SYNTHETIC = dict(num_train=1000, num_val=200, image_size=128, num_classes=5, seed=0, border=1)
+
+
+def parse_scales(text):
+    """"0.5,1.0,1.5" -> (0.5, 1.0, 1.5); every scale must be > 0."""
+    try:
+        scales = tuple(float(s) for s in str(text).split(",") if s.strip())
+    except ValueError:
+        raise ValueError(f"eval_scales must be comma-separated numbers, got {text!r}") from None
+    if not scales or any(not math.isfinite(s) or s <= 0 for s in scales):
+        raise ValueError(f"eval_scales must be positive numbers, got {text!r}")
+    return scales
+
+
+def check_recipe(recipe):
+    """Raises ValueError for a recipe that cannot run (before any data is read)."""
+    if recipe.crop_size < 32 or recipe.eval_size < 32:
+        raise ValueError(f"crop_size and eval_size must be >= 32, got {recipe.crop_size}, "
+                         f"{recipe.eval_size}")
+    if recipe.output_stride not in (8, 16):
+        raise ValueError(f"output_stride must be 8 or 16, got {recipe.output_stride}")
+    if recipe.optimizer not in ("sgd", "adam"):
+        raise ValueError(f"optimizer must be sgd or adam, got {recipe.optimizer!r}")
+    if recipe.schedule not in ("poly", "cosine"):
+        raise ValueError(f"schedule must be poly or cosine, got {recipe.schedule!r}")
+    if recipe.schedule == "poly" and recipe.warmup_epochs:
+        raise ValueError("warmup_epochs needs the cosine schedule")
+    if not 0 < recipe.min_scale <= recipe.max_scale:
+        raise ValueError(f"need 0 < min_scale <= max_scale, got {recipe.min_scale}, "
+                         f"{recipe.max_scale}")
+    if recipe.batch_size < 1 or recipe.epochs < 1:
+        raise ValueError("batch_size and epochs must be >= 1")
+    parse_scales(recipe.eval_scales)
+
+
+def train_dataset(index, recipe):
+    """Index -> decoded (cached if asked), shuffled, augmented, batched (image, label) pairs:
+    float32 [B, crop, crop, 3] in [-1, 1] and int32 [B, crop, crop] with 255 = ignore."""
+    import tensorflow as tf
+
+    from pipelines import seg_augment, voc
+
+    if recipe.cache:
+        ds = voc.voc_dataset(index).cache()
+        ds = ds.shuffle(index.num_images, seed=recipe.seed, reshuffle_each_iteration=True)
+    else:  # shuffling the file list is enough, and cheap
+        ds = voc.voc_dataset(index, shuffle=True, seed=recipe.seed)
+    ds = tf.data.Dataset.zip((ds.repeat(), tf.data.Dataset.random(seed=recipe.seed).batch(2)))
+
+    def prepare(element, seed):
+        return seg_augment.train_preprocess(
+            element["image"], element["label"], recipe.crop_size, recipe.min_scale,
+            recipe.max_scale, recipe.scale_step, recipe.flip, seed=seed,
+        )
+
+    ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.batch(recipe.batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
+
+def eval_dataset(index, eval_size, batch_size):
+    """Full val images padded to eval_size (label 255), batched: (image, label) pairs."""
+    import tensorflow as tf
+
+    from pipelines import seg_augment, voc
+
+    def prepare(element):
+        return seg_augment.eval_preprocess(element["image"], element["label"], eval_size,
+                                           element["image_id"])
+
+    ds = voc.voc_dataset(index).map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def make_optimizer(recipe, steps_per_epoch):
+    import keras
+
+    total = max(1, recipe.epochs * steps_per_epoch)
+    if recipe.schedule == "poly":
+        schedule = keras.optimizers.schedules.PolynomialDecay(
+            recipe.learning_rate, total, end_learning_rate=0.0, power=recipe.poly_power)
+    else:
+        warmup = int(recipe.warmup_epochs * steps_per_epoch)
+        schedule = keras.optimizers.schedules.CosineDecay(
+            0.0 if warmup else recipe.learning_rate, max(1, total - warmup), alpha=0.01,
+            warmup_target=recipe.learning_rate if warmup else None, warmup_steps=warmup,
+        )
+    kwargs = dict(learning_rate=schedule, weight_decay=recipe.weight_decay or None)
+    if recipe.optimizer == "sgd":
+        optimizer = keras.optimizers.SGD(momentum=0.9, **kwargs)
+    else:
+        optimizer = keras.optimizers.Adam(**kwargs)
+    if recipe.weight_decay:
+        optimizer.exclude_from_weight_decay(var_names=["gamma", "beta", "bias"])
+    return optimizer
+
+
+def build_model(recipe, num_classes, size, backbone_weights=None):
+    from keras_mnv2.deeplab import DeepLabV3
+
+    return DeepLabV3(num_classes, alpha=recipe.alpha, input_shape=(size, size, 3),
+                     output_stride=recipe.output_stride, aspp=recipe.aspp,
+                     backbone_weights=backbone_weights, dropout_rate=recipe.dropout_rate,
+                     bn_momentum=recipe.bn_momentum)
+
+
+def resized_model_builder(model, recipe, num_classes):
+    """``size -> model``: the recipe's DeepLabV3 at another input size, with ``model``'s
+    weights (DeepLabV3 has a static input size; multi-scale evaluation needs one per scale)."""
+    cache = {int(model.input_shape[1]): model}
+
+    def at_size(size):
+        if size not in cache:
+            other = build_model(recipe, num_classes, size)
+            other.set_weights(model.get_weights())
+            cache[size] = other
+        return cache[size]
+
+    return at_size
+
+
+def scaled_size(size, scale):
+    """Input side at ``scale`` (TF DeepLab's rule: (size - 1) * scale + 1, so 513 -> 257 at 0.5)."""
+    return int((size - 1) * scale + 1)
+
+
+def predict_probabilities(model, images, scales=(1.0,), flip=False, model_at_size=None):
+    """Softmax probabilities [B, S, S, C] for padded images [B, S, S, 3], averaged over the
+    scales (the image resized, the logits resized back) and, with ``flip``, the mirror images.
+
+    The models run eagerly (``model(x, training=False)``): one pass over a val split does not
+    repay tracing a predict function per input size and batch shape."""
+    import tensorflow as tf
+
+    size = int(images.shape[1])
+    total, count = 0.0, 0
+    for scale in scales:
+        side = scaled_size(size, scale)
+        if side == size:
+            net, x = model, images
+        else:
+            if model_at_size is None:
+                raise ValueError(
+                    "multi-scale evaluation needs model_at_size (size -> model with the same "
+                    "weights; see resized_model_builder): DeepLabV3 has a static input size"
+                )
+            net = model_at_size(side)
+            x = tf.image.resize(images, [side, side], method="bilinear")
+        for mirrored in ((False, True) if flip else (False,)):
+            inputs = tf.reverse(x, [2]) if mirrored else x
+            logits = tf.convert_to_tensor(net(inputs, training=False))
+            if mirrored:
+                logits = tf.reverse(logits, [2])
+            if side != size:
+                logits = tf.image.resize(logits, [size, size], method="bilinear")
+            total += tf.nn.softmax(logits, axis=-1)
+            count += 1
+    return (total / count).numpy()
+
+
+def evaluate(model, dataset, num_classes, scales=(1.0,), flip=False, model_at_size=None,
+             class_names=None, ignore_label=IGNORE_LABEL):
+    """Mean IoU of ``model`` over ``dataset`` (batches of (images [B, S, S, 3] in [-1, 1],
+    labels [B, S, S] with ``ignore_label``), from one confusion matrix over all of it.
+
+    ``scales``/``flip``: multi-scale and mirrored evaluation (averaged softmax); scales other
+    than 1 need ``model_at_size``. Returns a dict: mean_iou, per_class_iou (by class name; None
+    for a class absent from both labels and predictions), pixel_accuracy, num_images,
+    confusion_matrix (rows: labels, columns: predictions).
+    """
+    from keras_mnv2.segmentation import confusion_matrix, iou_from_confusion
+
+    names = list(class_names) if class_names is not None else [str(c) for c in range(num_classes)]
+    if len(names) != num_classes:
+        raise ValueError(f"{len(names)} class names for {num_classes} classes")
+    cm = np.zeros((num_classes, num_classes), dtype=np.int64)
+    images_seen = 0
+    for images, labels in dataset:
+        probabilities = predict_probabilities(model, images, tuple(scales), flip, model_at_size)
+        cm += confusion_matrix(labels, np.argmax(probabilities, axis=-1), num_classes,
+                               ignore_label=ignore_label)
+        images_seen += int(images.shape[0])
+    if images_seen == 0:
+        raise ValueError("evaluation dataset is empty")
+    mean_iou, per_class = iou_from_confusion(cm)
+    total = cm.sum()
+    return {
+        "mean_iou": _finite_or_none(mean_iou),
+        "per_class_iou": {name: _finite_or_none(v) for name, v in zip(names, per_class)},
+        "pixel_accuracy": float(np.trace(cm) / total) if total else None,
+        "num_images": images_seen,
+        "eval_scales": list(scales),
+        "eval_flip": bool(flip),
+        "confusion_matrix": cm.tolist(),
+    }
+
+
+def _finite_or_none(value):
+    value = float(value)
+    return round(value, 6) if math.isfinite(value) else None
+
+
+def _overlay(image, label, palette, alpha=0.55):
+    colours = palette[label].astype(np.float32)
+    out = image.astype(np.float32)
+    painted = label != 0
+    out[painted] = (1 - alpha) * out[painted] + alpha * colours[painted]
+    out[label == IGNORE_LABEL] = 255.0
+    return out.astype(np.uint8)
+
+
+def draw_predictions(model, index, eval_size, path, count=6):
+    """PNG: val images, their true masks and the predicted masks overlaid (VOC colours; white:
+    ignore). Predictions are made on the padded image and cropped back to it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from pipelines import seg_augment, voc
+
+    palette = voc.voc_palette()
+    examples = list(voc.voc_dataset(index).take(count))
+    padded = np.stack([seg_augment.eval_preprocess(e["image"], e["label"], eval_size)[0]
+                       for e in examples])
+    predictions = np.argmax(model(padded, training=False), axis=-1)
+    rows = len(examples)
+    fig, axes = plt.subplots(rows, 3, figsize=(3 * 3, 3 * rows), squeeze=False)
+    for row, element, predicted in zip(axes, examples, predictions):
+        image = element["image"].numpy()
+        label = element["label"].numpy()[..., 0]
+        predicted = predicted[:label.shape[0], :label.shape[1]]
+        for ax, picture, title in zip(
+            row, (image, _overlay(image, label, palette), _overlay(image, predicted, palette)),
+            (element["image_id"].numpy().decode(), "true", "predicted"),
+        ):
+            ax.imshow(picture)
+            ax.set_title(title, fontsize=8)
+            ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
+def _write_confusion(path, cm, class_names):
+    """The confusion matrix as CSV: one row per true class, one column per predicted class."""
+    import csv
+
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["true \\ predicted"] + list(class_names))
+        for name, row in zip(class_names, cm):
+            writer.writerow([name] + list(row))
+
+
+def dataset_class_names(voc_dir):
+    """Class names from a ``manifest.json`` beside VOC2012 (the synthetic data), else VOC's."""
+    from pipelines import voc
+
+    root = voc.find_voc_root(voc_dir)
+    for manifest in (root.parent / "manifest.json", root / "manifest.json"):
+        try:
+            names = json.loads(manifest.read_text()).get("class_names")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if names:
+            return tuple(names)
+    return voc.VOC_CLASSES
+
+
+def run(voc_dir=None, sbd_dir=None, run_dir="runs/voc", recipe=None, backbone_weights=None,
+        data_root="data/synthetic_voc", train_split=None, val_split="val", verbose="auto"):
+    """Trains and evaluates; returns the metrics dict (also written to run_dir/metrics.json).
+
+    ``train_split`` defaults to ``train_aug`` with ``sbd_dir``, else ``train``.
+    """
+    from keras_mnv2.segmentation import MeanIoU, SegmentationLoss
+    from pipelines import driver, synthetic_voc, voc
+
+    start = time.time()
+    embedded = voc_dir is None
+    if embedded and sbd_dir is not None:
+        raise ValueError("sbd_dir needs voc_dir (SBD only adds masks to a VOCdevkit)")
+    recipe = recipe or (EMBEDDED if embedded else PAPER)
+    check_recipe(recipe)
+    if embedded:
+        print(f"No VOC given: using the embedded synthetic VOC-format dataset in {data_root}")
+        synthetic_voc.generate(data_root, **SYNTHETIC)
+        voc_dir = data_root
+    class_names = dataset_class_names(voc_dir)
+    train_split = train_split or ("train_aug" if sbd_dir is not None else "train")
+    train = voc.load_voc(voc_dir, train_split, sbd_dir=sbd_dir, class_names=class_names,
+                         skip_bad=recipe.skip_bad)
+    val = voc.load_voc(voc_dir, val_split, class_names=class_names, skip_bad=recipe.skip_bad)
+    voc.check_disjoint(train, val)
+    print(train.report())
+    print(val.report())
+    num_classes = len(class_names)
+
+    import keras
+
+    keras.utils.set_random_seed(recipe.seed)  # the same initial weights on every run
+    model = build_model(recipe, num_classes, recipe.crop_size, backbone_weights)
+    steps = max(1, train.num_images // recipe.batch_size)
+    model.compile(optimizer=make_optimizer(recipe, steps),
+                  loss=SegmentationLoss(ignore_label=IGNORE_LABEL),
+                  metrics=[MeanIoU(num_classes, ignore_label=IGNORE_LABEL)])
+    # Slot variables made now, eagerly: made inside the first traced train step they cost
+    # ~20x more each, and the step is traced twice (about a minute on 2 cores).
+    model.optimizer.build(model.trainable_variables)
+    os.makedirs(run_dir, exist_ok=True)
+    nan = driver.fit(model, train_dataset(train, recipe), recipe.epochs, run_dir,
+                     steps_per_epoch=steps, verbose=verbose)
+    train_seconds = time.time() - start
+
+    at_size = resized_model_builder(model, recipe, num_classes)
+    eval_model = at_size(recipe.eval_size)
+    results = evaluate(
+        eval_model, eval_dataset(val, recipe.eval_size, recipe.batch_size), num_classes,
+        scales=parse_scales(recipe.eval_scales), flip=recipe.eval_flip, model_at_size=at_size,
+        class_names=class_names,
+    )
+    draw_predictions(eval_model, val, recipe.eval_size, os.path.join(run_dir, "predictions.png"))
+    metrics = dict(results)
+    _write_confusion(os.path.join(run_dir, "confusion_matrix.csv"),
+                     metrics.pop("confusion_matrix"), class_names)
+    metrics.update({
+        "recipe": dataclasses.asdict(recipe),
+        "dataset": str(Path(voc_dir).resolve()),
+        "sbd": str(Path(sbd_dir).resolve()) if sbd_dir is not None else None,
+        "train_split": train_split,
+        "val_split": val_split,
+        "class_names": list(class_names),
+        "num_classes": num_classes,
+        "params": int(model.count_params()),
+        "train_images": train.num_images,
+        "val_images": results["num_images"],
+        "skipped": {"train": train.skipped.skipped, "val": val.skipped.skipped,
+                    "files": {**train.skipped.reasons, **val.skipped.reasons}},
+        "stopped_on_nan": nan,
+        "seconds": round(time.time() - start, 1),
+        "train_seconds": round(train_seconds, 1),
+    })
+    driver.write_metrics(run_dir, metrics)
+    return metrics

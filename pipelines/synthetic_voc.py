@@ -1,0 +1,180 @@
+"""A synthetic segmentation dataset written in the real PASCAL VOC 2012 on-disk format.
+
+Layout (``root`` plays the VOCdevkit folder)::
+
+    root/VOC2012/JPEGImages/2024_000001.jpg ...           (train ids 2024_*, val ids 2025_*)
+    root/VOC2012/SegmentationClass/2024_000001.png ...    palette PNGs (mode "P", VOC palette)
+    root/VOC2012/ImageSets/Segmentation/{train,val,trainval}.txt
+    root/manifest.json          # the parameters; a matching manifest makes generate() a no-op
+
+Each image is a textured, noisy background with 1-4 flat-coloured shapes of ``num_classes``
+classes (the shapes and colour families of ``pipelines.synthetic_coco``), which may partly occlude
+each other. The mask holds 0 for background, 1..num_classes for the shapes, and 255 (ignore) on a
+band ``2 * border`` px wide along every boundary between labels, as VOC outlines its objects.
+
+    python -m pipelines.synthetic_voc /tmp/shapes_voc
+"""
+
+import argparse
+import json
+import math
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from pipelines import synthetic_coco
+from pipelines.voc import IGNORE_LABEL, voc_palette
+
+FORMAT_VERSION = 1
+MAX_CLASSES = 5  # circle, square, triangle, cross, ring
+SPLITS = {"train": "2024", "val": "2025"}  # split -> id prefix (a VOC-like "year")
+MIN_SCALE, MAX_SCALE = 0.15, 0.6  # object side / image shorter side
+MAX_OBJECTS = 4
+MAX_COVER = 0.35  # at most this fraction of either box may lie under the other
+
+
+def class_names(num_classes=MAX_CLASSES):
+    """("background", "circle", ...) for the first ``num_classes`` shape classes."""
+    return ("background",) + tuple(name for _, name, _ in synthetic_coco.CLASSES[:num_classes])
+
+
+def generate(root, num_train=1000, num_val=200, image_size=128, num_classes=MAX_CLASSES, seed=0,
+             border=1, jpeg_quality=90):
+    """Writes the dataset under ``root`` unless a manifest with the same parameters is there.
+
+    ``image_size`` is the longer image side; the shorter side is drawn per image from
+    [0.75, 1] times it. ``border`` is the half width in px of the 255 band. Returns ``root`` as a
+    ``Path``.
+    """
+    if not 1 <= num_classes <= MAX_CLASSES:
+        raise ValueError(f"num_classes must be in 1..{MAX_CLASSES}, got {num_classes}")
+    if image_size < 32:
+        raise ValueError(f"image_size must be at least 32, got {image_size}")
+    if border < 0:
+        raise ValueError(f"border must be >= 0, got {border}")
+    root = Path(root)
+    params = {
+        "format_version": FORMAT_VERSION,
+        "num_train": int(num_train),
+        "num_val": int(num_val),
+        "image_size": int(image_size),
+        "num_classes": int(num_classes),
+        "seed": int(seed),
+        "border": int(border),
+        "jpeg_quality": int(jpeg_quality),
+        "class_names": list(class_names(num_classes)),
+    }
+    voc = root / "VOC2012"
+    lists = voc / "ImageSets" / "Segmentation"
+    manifest = root / "manifest.json"
+    if _manifest_matches(manifest, params, lists):
+        return root
+    if manifest.exists():  # ours, with other parameters: start from a clean slate
+        manifest.unlink()
+        shutil.rmtree(voc, ignore_errors=True)
+    for folder in (voc / "JPEGImages", voc / "SegmentationClass", lists):
+        folder.mkdir(parents=True, exist_ok=True)
+    palette = voc_palette().tobytes()
+    written = {}
+    for split_number, (split, prefix) in enumerate(SPLITS.items()):
+        ids = []
+        for i in range(params[f"num_{split}"]):
+            image_id = f"{prefix}_{i + 1:06d}"
+            # One generator per image: the image depends only on (seed, split, index).
+            rng = np.random.default_rng([seed, split_number, i])
+            pixels, labels = render(rng, image_size, num_classes, border)
+            Image.fromarray(pixels).save(voc / "JPEGImages" / f"{image_id}.jpg",
+                                         quality=jpeg_quality)
+            mask = Image.fromarray(labels)
+            mask.putpalette(palette)  # mode "L" -> "P": the pixel values stay the labels
+            mask.save(voc / "SegmentationClass" / f"{image_id}.png")
+            ids.append(image_id)
+        written[split] = ids
+    for name, ids in (("train", written["train"]), ("val", written["val"]),
+                      ("trainval", written["train"] + written["val"])):
+        _write_text(lists / f"{name}.txt", "".join(f"{i}\n" for i in ids))
+    _write_text(manifest, json.dumps(params, indent=1))  # last, so an interrupted run is redone
+    return root
+
+
+def _manifest_matches(manifest, params, lists):
+    try:
+        if json.loads(manifest.read_text()) != params:
+            return False
+    except (OSError, ValueError):
+        return False
+    return all((lists / f"{s}.txt").is_file() for s in ("train", "val", "trainval"))
+
+
+def _write_text(path, text):
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def void_band(labels, border):
+    """``labels`` with 255 wherever a different label lies within ``border`` px (Chebyshev)."""
+    if border == 0:
+        return labels.copy()
+    h, w = labels.shape
+    padded = np.pad(labels, border, mode="edge")
+    differs = np.zeros(labels.shape, dtype=bool)
+    for dy in range(-border, border + 1):
+        for dx in range(-border, border + 1):
+            differs |= padded[border + dy:border + dy + h, border + dx:border + dx + w] != labels
+    out = labels.copy()
+    out[differs] = IGNORE_LABEL
+    return out
+
+
+def render(rng, image_size, num_classes, border=1):
+    """One image (uint8 [H, W, 3]) and its mask (uint8 [H, W], 255 bands included)."""
+    long_side = image_size
+    short_side = int(round(image_size * rng.uniform(0.75, 1.0)))
+    height, width = (long_side, short_side) if rng.random() < 0.5 else (short_side, long_side)
+    canvas = synthetic_coco._background(rng, height, width)
+    labels = np.zeros((height, width), dtype=np.uint8)
+    side = min(height, width)
+    placed = []
+    for _ in range(int(rng.integers(1, MAX_OBJECTS + 1))):
+        cls = int(rng.integers(num_classes))
+        _, kind, base = synthetic_coco.CLASSES[cls]
+        for _attempt in range(20):
+            s = side * math.exp(rng.uniform(math.log(MIN_SCALE), math.log(MAX_SCALE)))
+            aspect = math.exp(rng.uniform(-0.22, 0.22))
+            w = min(width, max(6, int(round(s * aspect))))
+            h = min(height, max(6, int(round(s / aspect))))
+            x, y = int(rng.integers(0, width - w + 1)), int(rng.integers(0, height - h + 1))
+            box = (x, y, x + w, y + h)
+            if all(synthetic_coco._cover(box, other) <= MAX_COVER for other in placed):
+                break
+        else:
+            continue
+        mask, _ = synthetic_coco._draw_shape(kind, w, h, rng)
+        synthetic_coco._paint(canvas, mask, x, y, synthetic_coco._colour(rng, base))
+        labels[y:y + h, x:x + w][mask > 0] = cls + 1  # later shapes occlude earlier ones
+        placed.append(box)
+    return canvas, void_band(labels, border)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Writes the synthetic shapes dataset (VOC).")
+    parser.add_argument("root")
+    parser.add_argument("--num-train", type=int, default=1000)
+    parser.add_argument("--num-val", type=int, default=200)
+    parser.add_argument("--image-size", type=int, default=128)
+    parser.add_argument("--num-classes", type=int, default=MAX_CLASSES)
+    parser.add_argument("--border", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    root = generate(args.root, num_train=args.num_train, num_val=args.num_val,
+                    image_size=args.image_size, num_classes=args.num_classes,
+                    border=args.border, seed=args.seed)
+    print(f"synthetic VOC dataset at {root}")
+
+
+if __name__ == "__main__":
+    main()

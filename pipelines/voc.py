@@ -1,0 +1,388 @@
+"""PASCAL VOC 2012 segmentation input: an index of a VOCdevkit folder (optionally with the SBD
+annotations for ``train_aug``), and a tf.data pipeline over it.
+
+The on-disk layout read here is the VOCdevkit one::
+
+    VOCdevkit/VOC2012/JPEGImages/<id>.jpg
+    VOCdevkit/VOC2012/SegmentationClass/<id>.png        palette PNGs: the pixel values are labels
+    VOCdevkit/VOC2012/ImageSets/Segmentation/{train,val,trainval}.txt
+
+and, for ``train_aug``, the Semantic Boundaries Dataset (Hariharan et al., ICCV 2011)::
+
+    benchmark_RELEASE/dataset/cls/<id>.mat              GTcls.Segmentation, uint8 labels 0..20
+    benchmark_RELEASE/dataset/{train,val}.txt
+
+``train_aug`` is the usual 10,582-image training set of DeepLab: VOC train plus SBD train and val,
+minus every image of VOC val. Where an image has a VOC mask it is used; the others take the SBD
+mask.
+
+Every dataset here yields::
+
+    {"image":    uint8 [H, W, 3]  (RGB),
+     "label":    uint8 [H, W, 1]  (class indices; 255 = ignore, the VOC object borders),
+     "image_id": string scalar}
+
+Masks are read as indices with PIL (a palette PNG is mode "P"; ``tf.io.decode_png`` would expand
+the palette to RGB) in a ``tf.numpy_function``, which also checks each mask against its image: a
+size mismatch, labels outside ``0..num_classes-1`` (other than 255), an unreadable image or mask
+raise ``VocFormatError`` naming the file; a missing mask or image is found when the index is
+built. With ``skip_bad=True`` such examples are instead skipped, logged and counted
+(``index.skipped``), so a bad file is never silently scored.
+"""
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+IGNORE_LABEL = 255
+VOC_CLASSES = (
+    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
+    "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
+    "train", "tvmonitor",
+)
+NUM_TRAIN_AUG = 10582  # images in train_aug built from the full VOC 2012 and SBD releases
+NUM_VOC_VAL = 1449
+
+
+class VocFormatError(ValueError):
+    """A VOC or SBD file or list that cannot be used as segmentation ground truth."""
+
+
+def voc_palette():
+    """The VOC colour map: 256 RGB triples (uint8 [256, 3]); label 255 is (224, 224, 192).
+
+    Label i's colour spreads the bits of i over the high bits of R, G and B in turn.
+    """
+    palette = np.zeros((256, 3), dtype=np.uint8)
+    for label in range(256):
+        c, rgb = label, [0, 0, 0]
+        for bit in range(8):
+            for channel in range(3):
+                rgb[channel] |= ((c >> channel) & 1) << (7 - bit)
+            c >>= 3
+        palette[label] = rgb
+    return palette
+
+
+class BadExamples:
+    """Examples skipped (``skip_bad=True``) with the reason, by file. Thread safe."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._reasons = {}
+
+    @property
+    def skipped(self):
+        return len(self._reasons)
+
+    @property
+    def files(self):
+        return list(self._reasons)
+
+    @property
+    def reasons(self):
+        return dict(self._reasons)
+
+    def add(self, path, reason):
+        """Records a skip; True the first time this file is met."""
+        with self._lock:
+            first = path not in self._reasons
+            self._reasons.setdefault(path, reason)
+        if first:
+            log.warning("skipping %s: %s", path, reason)
+        return first
+
+    def __repr__(self):
+        return f"BadExamples(skipped={self.skipped})"
+
+
+@dataclass(repr=False)
+class VocIndex:
+    """One split: per-example ids, image and mask paths (VOC PNG or SBD .mat), the classes."""
+
+    root: Path  # the VOC2012 folder
+    split: str
+    ids: list
+    image_paths: list
+    mask_paths: list
+    class_names: tuple = VOC_CLASSES
+    skip_bad: bool = False
+    skipped: BadExamples = field(default_factory=BadExamples)
+
+    @property
+    def num_images(self):
+        return len(self.ids)
+
+    @property
+    def num_classes(self):
+        return len(self.class_names)
+
+    @property
+    def num_sbd_masks(self):
+        return sum(p.endswith(".mat") for p in self.mask_paths)
+
+    def report(self):
+        return (
+            f"{self.root} {self.split}: {self.num_images} images ({self.num_sbd_masks} with SBD "
+            f"masks), {self.num_classes} classes; skipped {self.skipped.skipped} bad examples"
+        )
+
+    def __repr__(self):
+        return f"VocIndex({self.report()})"
+
+
+def find_voc_root(voc_dir):
+    """The VOC2012 folder of ``voc_dir`` (a VOCdevkit folder, its parent, or VOC2012 itself)."""
+    voc_dir = Path(voc_dir)
+    candidates = [voc_dir, voc_dir / "VOC2012", voc_dir / "VOCdevkit" / "VOC2012"]
+    for path in candidates:
+        if (path / "JPEGImages").is_dir():
+            return path
+    raise FileNotFoundError(
+        f"no VOC2012 folder (with JPEGImages/) at {voc_dir}: tried "
+        + ", ".join(str(p) for p in candidates)
+    )
+
+
+def find_sbd_root(sbd_dir):
+    """The SBD ``dataset`` folder (holding cls/, train.txt, val.txt) of ``sbd_dir``."""
+    sbd_dir = Path(sbd_dir)
+    candidates = [sbd_dir, sbd_dir / "dataset", sbd_dir / "benchmark_RELEASE" / "dataset"]
+    for path in candidates:
+        if (path / "cls").is_dir():
+            return path
+    raise FileNotFoundError(
+        f"no SBD dataset folder (with cls/) at {sbd_dir}: tried "
+        + ", ".join(str(p) for p in candidates)
+    )
+
+
+def read_ids(path):
+    """Image ids of a list file, one per line, in order; duplicates and an empty list are errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"split list not found: {path}")
+    ids = [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+    if not ids:
+        raise VocFormatError(f"{path}: the split list is empty")
+    seen = set()
+    for image_id in ids:
+        if image_id in seen:
+            raise VocFormatError(f"{path}: image id {image_id!r} is listed twice")
+        seen.add(image_id)
+    return ids
+
+
+def split_ids(voc_root, split, sbd_dir=None):
+    """The image ids of a split; ``train_aug`` needs ``sbd_dir``."""
+    lists = Path(voc_root) / "ImageSets" / "Segmentation"
+    if split != "train_aug":
+        return read_ids(lists / f"{split}.txt")
+    if sbd_dir is None:
+        raise ValueError("split 'train_aug' needs the SBD annotations (sbd_dir)")
+    return train_aug_ids(voc_root, sbd_dir)
+
+
+def train_aug_ids(voc_root, sbd_dir):
+    """VOC train + SBD train + SBD val - VOC val, sorted (10,582 ids on the full releases)."""
+    lists = Path(voc_root) / "ImageSets" / "Segmentation"
+    sbd = find_sbd_root(sbd_dir)
+    val = set(read_ids(lists / "val.txt"))
+    pool = set(read_ids(lists / "train.txt"))
+    pool.update(read_ids(sbd / "train.txt"))
+    pool.update(read_ids(sbd / "val.txt"))
+    ids = sorted(pool - val)
+    overlap = set(ids) & val
+    if overlap:  # by construction never; an explicit guard against an evaluation leak
+        raise AssertionError(f"train_aug shares {len(overlap)} images with VOC val")
+    if len(val) == NUM_VOC_VAL and len(ids) != NUM_TRAIN_AUG:
+        log.warning("train_aug from %s and %s has %d images, not the usual %d: are the lists "
+                    "complete?", voc_root, sbd, len(ids), NUM_TRAIN_AUG)
+    return ids
+
+
+def load_voc(voc_dir, split="train", sbd_dir=None, class_names=VOC_CLASSES, skip_bad=False):
+    """Indexes one split of a VOCdevkit folder; see the module docstring.
+
+    ``split`` is a list file name under ImageSets/Segmentation (``train``, ``val``,
+    ``trainval``, ...) or ``train_aug`` (with ``sbd_dir``). With ``sbd_dir`` given, images without
+    a VOC mask take the SBD one (and the SBD image where VOC lacks the JPEG). A missing image or
+    mask raises ``FileNotFoundError`` naming the file, or with ``skip_bad`` is skipped and
+    counted in ``index.skipped``.
+    """
+    root = find_voc_root(voc_dir)
+    sbd = find_sbd_root(sbd_dir) if sbd_dir is not None else None
+    if len(class_names) < 2 or len(class_names) > IGNORE_LABEL:
+        raise ValueError(f"need 2..255 class names, got {len(class_names)}")
+    index = VocIndex(root=root, split=split, ids=[], image_paths=[], mask_paths=[],
+                     class_names=tuple(class_names), skip_bad=skip_bad)
+    for image_id in split_ids(root, split, sbd):
+        image = root / "JPEGImages" / f"{image_id}.jpg"
+        mask = root / "SegmentationClass" / f"{image_id}.png"
+        if sbd is not None:
+            if not image.is_file() and (sbd / "img" / f"{image_id}.jpg").is_file():
+                image = sbd / "img" / f"{image_id}.jpg"
+            if not mask.is_file() and (sbd / "cls" / f"{image_id}.mat").is_file():
+                mask = sbd / "cls" / f"{image_id}.mat"
+        problem = None
+        if not image.is_file():
+            problem = (str(image), f"image {image_id!r} of split {split!r} not found")
+        elif not mask.is_file():
+            problem = (str(mask), f"mask of image {image_id!r} ({image}) not found")
+        if problem is not None:
+            if not skip_bad:
+                raise FileNotFoundError(f"{problem[0]}: {problem[1]}")
+            index.skipped.add(*problem)
+            continue
+        index.ids.append(image_id)
+        index.image_paths.append(str(image))
+        index.mask_paths.append(str(mask))
+    if not index.ids:
+        raise VocFormatError(f"{root} {split}: no usable examples")
+    return index
+
+
+def check_disjoint(train, val):
+    """Raises if two indexes share an image id (train on val would inflate every metric)."""
+    shared = sorted(set(train.ids) & set(val.ids))
+    if shared:
+        raise ValueError(
+            f"splits {train.split!r} and {val.split!r} share {len(shared)} images "
+            f"(e.g. {shared[:3]}): evaluation would be on training images"
+        )
+
+
+def read_mask(path):
+    """A mask file as uint8 class indices [H, W]: a palette (mode "P") or grayscale PNG, or an
+    SBD ``.mat`` file (``GTcls.Segmentation``). Raises ``VocFormatError`` naming the file."""
+    path = str(path)
+    if path.endswith(".mat"):
+        return _read_sbd_mask(path)
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            mode = im.mode
+            if mode not in ("P", "L"):
+                raise VocFormatError(
+                    f"{path}: mask is a mode {mode!r} image; VOC masks are palette (mode 'P') "
+                    "or grayscale PNGs whose pixel values are the class indices"
+                )
+            return np.asarray(im, dtype=np.uint8)
+    except VocFormatError:
+        raise
+    except Exception as err:  # noqa: BLE001 - PIL raises many kinds; all mean "unreadable"
+        raise VocFormatError(f"{path}: cannot read mask ({err})") from None
+
+
+def _read_sbd_mask(path):
+    import scipy.io
+
+    try:
+        mat = scipy.io.loadmat(path)
+    except Exception as err:  # noqa: BLE001
+        raise VocFormatError(f"{path}: cannot read SBD .mat file ({err})") from None
+    try:
+        segmentation = mat["GTcls"]["Segmentation"][0, 0]
+    except (KeyError, IndexError, ValueError) as err:
+        raise VocFormatError(
+            f"{path}: not an SBD class annotation (want the struct GTcls with a Segmentation "
+            f"field; {err})"
+        ) from None
+    segmentation = np.asarray(segmentation)
+    if segmentation.ndim != 2:
+        raise VocFormatError(f"{path}: GTcls.Segmentation has shape {segmentation.shape}")
+    return segmentation.astype(np.uint8)
+
+
+def mask_problem(mask, image_shape, num_classes):
+    """Why a mask cannot be ground truth for an image of ``image_shape``, or None."""
+    height, width = int(image_shape[0]), int(image_shape[1])
+    if mask.shape != (height, width):
+        return f"mask is {mask.shape[0]}x{mask.shape[1]} but its image is {height}x{width}"
+    values = np.unique(mask)
+    bad = values[(values >= num_classes) & (values != IGNORE_LABEL)]
+    if bad.size:
+        return (f"labels {bad.tolist()[:10]} outside the class range 0..{num_classes - 1} "
+                f"(and {IGNORE_LABEL}, ignore)")
+    return None
+
+
+def load_example(image_path, mask_path, image_shape, num_classes, skipped=None):
+    """Reads and checks one mask: (uint8 [H, W], True), or with ``skipped`` a (0x0, False) for a
+    bad example after recording it. Raises ``VocFormatError`` naming the file otherwise."""
+    if int(image_shape[0]) == 0:
+        problem = (image_path, "cannot decode image")
+    else:
+        try:
+            mask = read_mask(mask_path)
+            reason = mask_problem(mask, image_shape, num_classes)
+            problem = None if reason is None else (mask_path, reason)
+        except VocFormatError as err:
+            problem = (mask_path, str(err).removeprefix(f"{mask_path}: "))
+    if problem is None:
+        return mask, True
+    if skipped is None:
+        raise VocFormatError(f"{problem[0]}: {problem[1]}")
+    skipped.add(*problem)
+    return np.zeros((0, 0), np.uint8), False
+
+
+def voc_dataset(source, split=None, *, sbd_dir=None, skip_bad=None, shuffle=False, seed=None,
+                num_parallel_calls=None):
+    """A ``tf.data.Dataset`` of the elements in the module docstring.
+
+    ``source`` is a ``VocIndex`` or a VOCdevkit folder (then ``split`` is needed). ``skip_bad``
+    defaults to the index's setting. Bad examples raise an error whose message names the file
+    (``tf.errors.InvalidArgumentError`` wrapping ``VocFormatError``), or are skipped and counted
+    in ``index.skipped``; the index is also ``dataset.voc_index``. ``num_parallel_calls``
+    defaults to AUTOTUNE.
+    """
+    import tensorflow as tf
+
+    from pipelines.coco import _decode_or_empty
+
+    if isinstance(source, VocIndex):
+        index = source
+    else:
+        if split is None:
+            raise ValueError("split is required when a folder is given")
+        index = load_voc(source, split, sbd_dir=sbd_dir, skip_bad=bool(skip_bad))
+    skip = index.skip_bad if skip_bad is None else skip_bad
+    skipped = index.skipped if skip else None
+    num_classes = index.num_classes
+    ds = tf.data.Dataset.from_tensor_slices({
+        "image_path": tf.constant(index.image_paths),
+        "mask_path": tf.constant(index.mask_paths),
+        "image_id": tf.constant(index.ids),
+    })
+    if shuffle:
+        ds = ds.shuffle(max(index.num_images, 1), seed=seed, reshuffle_each_iteration=True)
+
+    def read(image_path, mask_path, shape):
+        return load_example(image_path.decode(), mask_path.decode(), shape, num_classes, skipped)
+
+    def load(record):
+        image = _decode_or_empty(tf.io.read_file(record["image_path"]))
+        label, ok = tf.numpy_function(
+            read, [record["image_path"], record["mask_path"], tf.shape(image)],
+            [tf.uint8, tf.bool], stateful=False,
+        )
+        return {
+            "image": image,
+            "label": tf.expand_dims(tf.ensure_shape(label, [None, None]), -1),
+            "image_id": record["image_id"],
+            "ok": tf.ensure_shape(ok, []),
+        }
+
+    ds = ds.map(load, num_parallel_calls=num_parallel_calls or tf.data.AUTOTUNE,
+                deterministic=True)
+    ds = ds.filter(lambda e: e["ok"])
+    ds = ds.map(lambda e: {k: v for k, v in e.items() if k != "ok"})
+    ds.voc_index = index
+    return ds
