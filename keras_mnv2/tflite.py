@@ -18,14 +18,20 @@ def convert_float(model):
         return converter.convert()
 
 
-def interpreter(model_content, num_threads=1):
-    """An allocated ai_edge_litert Interpreter for a flatbuffer (bytes) or a .tflite path."""
-    from ai_edge_litert.interpreter import Interpreter
+def interpreter(model_content, num_threads=1, delegates=True):
+    """An allocated ai_edge_litert Interpreter for a flatbuffer (bytes) or a .tflite path.
 
+    ``delegates=False`` leaves out the default XNNPACK delegate (the built-in kernels only).
+    """
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    kwargs = {"num_threads": num_threads}
+    if not delegates:
+        kwargs["experimental_op_resolver_type"] = OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
     if isinstance(model_content, (bytes, bytearray)):
-        interp = Interpreter(model_content=bytes(model_content), num_threads=num_threads)
+        interp = Interpreter(model_content=bytes(model_content), **kwargs)
     else:
-        interp = Interpreter(model_path=str(model_content), num_threads=num_threads)
+        interp = Interpreter(model_path=str(model_content), **kwargs)
     interp.allocate_tensors()
     return interp
 
@@ -52,3 +58,61 @@ def run(model_content, inputs, num_threads=1):
             y = (y.astype(np.float32) - zero_point) * scale
         results.append(y[0])
     return np.stack(results)
+
+
+def _dequantize(value, detail):
+    scale, zero_point = detail["quantization"]
+    if detail["dtype"] in (np.int8, np.uint8, np.int16) and scale:
+        return (value.astype(np.float32) - zero_point) * scale
+    return value
+
+
+def _quantize(value, detail):
+    scale, zero_point = detail["quantization"]
+    if detail["dtype"] in (np.int8, np.uint8, np.int16) and scale:
+        info = np.iinfo(detail["dtype"])
+        value = np.clip(np.round(value / scale + zero_point), info.min, info.max)
+    return value.astype(detail["dtype"])
+
+
+def run_signature(model_content, inputs, num_threads=1, delegates=True):
+    """Runs a single-input TFLite model's signature on a batch, one example at a time.
+
+    Returns ``{output name: stacked array}``; quantized inputs and outputs are (de)quantized with
+    the tensors' own scale and zero point (integer outputs such as an argmax mask stay integer).
+    """
+    interp = interpreter(model_content, num_threads, delegates)
+    runner = interp.get_signature_runner()
+    (input_name, input_detail), = runner.get_input_details().items()
+    output_details = runner.get_output_details()
+    results = {name: [] for name in output_details}
+    for example in np.asarray(inputs, dtype=np.float32):
+        outputs = runner(**{input_name: _quantize(example[None], input_detail)})
+        for name, value in outputs.items():
+            results[name].append(_dequantize(value, output_details[name])[0])
+    return {name: np.stack(values) for name, values in results.items()}
+
+
+def op_details(model_content):
+    """The operators of a TFLite model, in execution order, as seen without delegates:
+    a list of ``(op name, [output dtypes])``."""
+    interp = interpreter(model_content, delegates=False)
+    dtypes = {t["index"]: np.dtype(t["dtype"]).name for t in interp.get_tensor_details()}
+    return [(op["op_name"], [dtypes.get(i, "?") for i in op["outputs"]])
+            for op in interp._get_ops_details()]
+
+
+def op_counts(model_content):
+    """{op name: count} of a TFLite model (without delegates)."""
+    counts = {}
+    for name, _ in op_details(model_content):
+        counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
+def float_ops(model_content):
+    """Names of the ops that compute in floating point (a float32/float16 output), leaving out
+    QUANTIZE and DEQUANTIZE: in a full-integer model, what was not quantized."""
+    return [name for name, dtypes in op_details(model_content)
+            if name not in ("QUANTIZE", "DEQUANTIZE")
+            and any(d in ("float32", "float16") for d in dtypes)]

@@ -1,0 +1,520 @@
+"""TFLite export of the three models in every mode, each file loaded back and run once.
+
+Modes (``MODES``):
+  float32   plain conversion;
+  float16   weights stored as float16 (computed in float32, or float16 where the delegate can);
+  dynamic   dynamic-range quantization: int8 weights, float activations;
+  int8      full-integer post-training quantization, activation ranges calibrated on
+            ``representative_data`` (images drawn from the training pipeline);
+  qat       a quantization-aware tf_keras model (``keras_mnv2.qat.quantize`` + ``qat_fit``) to
+            full integer, with the ranges learnt in training.
+``io_dtype`` "int8" or "uint8" makes the input and the outputs integer in int8/qat mode (except
+the detection outputs, float by the op's definition, and the int32 mask).
+
+What comes out (``output``):
+  classifier  "probabilities" (softmax appended when the model ends in logits) or "logits";
+  SSDLite     "detections": the ``TFLite_Detection_PostProcess`` custom op appended (TFLite's
+              built-in kernel: softmax scores, decode with the (10, 10, 5, 5) box coder against
+              the anchors, then NMS, see ``NMS``; it computes in float: in an int8 model its
+              inputs are dequantized, and it is listed in the float ops); outputs ``detection_boxes`` [1, K, 4] (ymin, xmin, ymax, xmax,
+              normalized, not clipped), ``detection_classes`` [1, K] (0-based: label - 1),
+              ``detection_scores`` [1, K], ``num_detections`` [1]), the form on-device
+              detection apps consume; or "raw" (box encodings and class logits);
+  DeepLabV3   "logits" [1, H, W, C] or "mask" [1, H, W] int32 (argmax).
+The input is one image, ``image`` [1, H, W, 3], preprocessed as for the Keras model.
+"""
+
+import dataclasses
+import os
+import re
+import tempfile
+import warnings
+
+import numpy as np
+
+MODES = ("float32", "float16", "dynamic", "int8", "qat")
+IO_DTYPES = ("float32", "int8", "uint8")
+OUTPUTS = {  # the first is the default; "raw" (the model's outputs as they are) fits any model
+    "classifier": ("probabilities", "logits", "raw"),
+    "detector": ("detections", "raw"),
+    "segmenter": ("logits", "mask", "raw"),
+    "other": ("raw",),
+}
+POSTPROCESS_OP = "TFLite_Detection_PostProcess"
+DETECTION_OUTPUTS = ("detection_boxes", "detection_classes", "detection_scores",
+                     "num_detections")
+
+
+class ExportError(RuntimeError):
+    """A conversion or the check of an exported file failed; the message names the op or the
+    setting at fault."""
+
+
+@dataclasses.dataclass(frozen=True)
+class NMS:
+    """Settings of the ``TFLite_Detection_PostProcess`` op.
+
+    ``use_regular_nms=True`` (the default here) is class-wise NMS, as
+    ``keras_mnv2.postprocess.decode_detections`` (up to 100 boxes per class: the kernel's fixed
+    ``detections_per_class``; the op does not clip boxes to the image before NMS, the Keras side
+    does, so it can keep a few more boxes near the border); False is the OD API's default, the
+    faster class-agnostic NMS over each anchor's best ``max_classes_per_detection`` classes.
+    """
+
+    max_detections: int = 100
+    score_threshold: float = 0.01
+    iou_threshold: float = 0.6
+    use_regular_nms: bool = True
+    max_classes_per_detection: int = 1
+    scale_factors: tuple = (10.0, 10.0, 5.0, 5.0)
+
+    def __post_init__(self):
+        for name in ("max_detections", "max_classes_per_detection"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"NMS {name} must be an integer >= 1, got {value!r}")
+        for name in ("score_threshold", "iou_threshold"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"NMS {name} must be in [0, 1], got {getattr(self, name)!r}")
+        if len(self.scale_factors) != 4 or min(self.scale_factors) <= 0:
+            raise ValueError(f"NMS scale_factors must be 4 numbers > 0, got "
+                             f"{self.scale_factors!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportReport:
+    """What ``export_tflite`` wrote (after loading the file back and running it once)."""
+
+    path: str
+    mode: str
+    io_dtype: str
+    output: str
+    size_bytes: int
+    input: tuple  # (name, shape, dtype)
+    outputs: dict  # name -> (shape, dtype)
+    ops: dict  # op name -> count
+    float_ops: tuple  # ops computing in float (see keras_mnv2.tflite.float_ops)
+
+    def summary(self):
+        floats = sorted(set(self.float_ops))
+        return (f"{self.path}: {self.mode} ({self.io_dtype} I/O, {self.output}), "
+                f"{self.size_bytes / 1e6:.2f} MB, {sum(self.ops.values())} ops"
+                + (f"; float ops: {', '.join(floats)}" if self.mode in ("int8", "qat") and floats
+                   else ""))
+
+
+# ----------------------------------------------------------------------------------------------
+# What the model is and what it exports
+
+
+def model_kind(model):
+    """"detector" (SSDLite's {"boxes", "classes"} outputs), "segmenter" (one 4-D output),
+    "classifier" (one 2-D output) or "other"."""
+    names = getattr(model, "output_names", None) or []
+    outputs = model.outputs
+    if len(outputs) == 2 and {_strip(n) for n in names} == {"boxes", "classes"}:
+        return "detector"
+    if len(outputs) == 1:
+        rank = len(outputs[0].shape)
+        if rank == 4:
+            return "segmenter"
+        if rank == 2:
+            return "classifier"
+    return "other"
+
+
+def _strip(name):
+    return name[len("quant_"):] if name.startswith("quant_") else name
+
+
+def _output_layer(model):
+    layer = model.layers[-1]
+    return getattr(layer, "layer", layer)  # a QAT wrapper's inner layer
+
+
+def _ends_in_softmax(model):
+    layer = _output_layer(model)
+    if type(layer).__name__ == "Softmax":
+        return True
+    return layer.get_config().get("activation") == "softmax"
+
+
+def _detector_outputs(outputs, model):
+    if isinstance(outputs, dict):
+        return outputs["boxes"] if "boxes" in outputs else outputs["quant_boxes"], \
+            outputs["classes"] if "classes" in outputs else outputs["quant_classes"]
+    names = [_strip(n) for n in model.output_names]
+    return outputs[names.index("boxes")], outputs[names.index("classes")]
+
+
+def _postprocess_function(num_classes, nms):
+    """A tf.function the converter replaces by the TFLite_Detection_PostProcess op.
+
+    The converter recognises it by ``experimental_implements`` (the op name and its attributes,
+    as a NameAttrList text proto) and rewrites the whole function into the custom op, so the body
+    only has to give the outputs' shapes and types.
+    """
+    import tensorflow as tf
+
+    sy, sx, sh, sw = (float(s) for s in nms.scale_factors)
+
+    def attr(key, kind, value):
+        return f'attr {{ key: "{key}" value {{ {kind}: {value} }} }}'
+
+    implements = " ".join([
+        f'name: "{POSTPROCESS_OP}"',
+        attr("max_detections", "i", int(nms.max_detections)),
+        attr("max_classes_per_detection", "i", int(nms.max_classes_per_detection)),
+        attr("num_classes", "i", int(num_classes)),
+        attr("nms_score_threshold", "f", format(float(nms.score_threshold), ".9g")),
+        attr("nms_iou_threshold", "f", format(float(nms.iou_threshold), ".9g")),
+        attr("y_scale", "f", format(sy, ".9g")),
+        attr("x_scale", "f", format(sx, ".9g")),
+        attr("h_scale", "f", format(sh, ".9g")),
+        attr("w_scale", "f", format(sw, ".9g")),
+        attr("use_regular_nms", "b", "true" if nms.use_regular_nms else "false"),
+    ])
+    k = int(nms.max_detections)
+
+    @tf.function(experimental_implements=implements)
+    def postprocess(box_encodings, class_scores, anchors):
+        del box_encodings, class_scores, anchors
+        return (tf.zeros([1, k, 4]), tf.zeros([1, k]), tf.zeros([1, k]), tf.zeros([1]))
+
+    return postprocess
+
+
+def serving_function(model, output="auto", anchors=None, nms=NMS()):
+    """The function that is converted: one image [1, H, W, 3] -> a dict of named outputs."""
+    import tensorflow as tf
+
+    kind = model_kind(model)
+    output = OUTPUTS[kind][0] if output == "auto" else output
+    if output not in OUTPUTS[kind]:
+        raise ValueError(f"output {output!r} does not fit a {kind} ({model.name!r}); choose from "
+                         f"{OUTPUTS[kind]}")
+    if kind == "classifier" and output == "logits" and _ends_in_softmax(model):
+        raise ValueError(f"{model.name!r} ends in a softmax: it has no logits to export (build it "
+                         "with classifier_activation=None, or export 'probabilities')")
+    if kind == "detector" and output == "detections":
+        anchors = anchors if anchors is not None else getattr(model, "anchors", None)
+        if anchors is None:
+            raise ValueError(
+                f"model {model.name!r} carries no anchors (a model reloaded from a file loses "
+                "them): pass anchors=keras_mnv2.ssdlite_anchors(input_size, ...)"
+            )
+        anchors = np.asarray(anchors, np.float32)
+        _, classes_output = _detector_outputs(
+            {_strip(n): t for n, t in zip(model.output_names, model.outputs)}, model)
+        num_anchors, num_logits = int(classes_output.shape[1]), int(classes_output.shape[2])
+        if anchors.shape != (num_anchors, 4):
+            raise ValueError(f"anchors have shape {anchors.shape}, the model predicts for "
+                             f"{num_anchors} anchors: expected ({num_anchors}, 4) (cy, cx, h, w)")
+        postprocess = _postprocess_function(num_logits - 1, nms)
+
+    def serve(image):
+        with warnings.catch_warnings():  # Keras 3 warns when a [input] model gets a bare tensor
+            warnings.simplefilter("ignore", UserWarning)
+            outputs = model(image, training=False)
+        if output == "raw" and kind != "detector":
+            if isinstance(outputs, dict):
+                return {_strip(k): v for k, v in outputs.items()}
+            if isinstance(outputs, (list, tuple)):
+                return {f"output_{i}": v for i, v in enumerate(outputs)}
+            return {"output": outputs}
+        if kind == "detector":
+            boxes, logits = _detector_outputs(outputs, model)
+            if output == "raw":
+                return {"boxes": boxes, "classes": logits}
+            # Column 0 is background: the kernel skips it (label offset = 1).
+            scores = tf.nn.softmax(logits, axis=-1)
+            return dict(zip(DETECTION_OUTPUTS,
+                            postprocess(boxes, scores, tf.constant(anchors))))
+        if kind == "classifier":
+            if output == "probabilities" and not _ends_in_softmax(model):
+                outputs = tf.nn.softmax(outputs, axis=-1)
+            return {output: outputs}
+        if output == "mask":
+            return {"mask": tf.argmax(outputs, axis=-1, output_type=tf.int32)}
+        return {output: outputs}
+
+    return serve, kind, output
+
+
+# ----------------------------------------------------------------------------------------------
+# Calibration data
+
+
+def _examples(element):
+    """Single images [1, H, W, C] from one dataset element (image, (image, target), dict)."""
+    if isinstance(element, dict):
+        if "image" not in element:
+            raise ValueError("representative_data yields dicts without an 'image' key: "
+                             f"keys {sorted(element)}")
+        element = element["image"]
+    elif isinstance(element, (tuple, list)):
+        if not len(element):
+            raise ValueError("representative_data yields an empty tuple")
+        element = element[0]
+    x = np.asarray(element, dtype=np.float32)
+    if x.ndim == 3:
+        x = x[None]
+    if x.ndim != 4:
+        raise ValueError(f"representative_data yields arrays of shape {x.shape}: expected an "
+                         "image [H, W, C] or a batch [B, H, W, C]")
+    return [x[i:i + 1] for i in range(x.shape[0])]
+
+
+def calibration_images(data, input_shape, limit=100):
+    """Up to ``limit`` images [1, H, W, C] float32 from ``data``: an array (or tensor) of
+    images, a tf.data.Dataset (of images, (image, target) pairs or dicts with "image", batched or
+    not) or a callable returning an iterable of those (the converter's convention)."""
+    import tensorflow as tf
+
+    if data is None:
+        raise ValueError("representative_data is None")
+    if callable(data) and not isinstance(data, tf.data.Dataset):
+        data = data()
+    if isinstance(data, (np.ndarray, tf.Tensor)):
+        data = [np.asarray(data, dtype=np.float32)] if np.ndim(data) == 4 else [data]
+    images = []
+    for element in data:
+        for x in _examples(element):
+            if tuple(x.shape[1:]) != tuple(input_shape):
+                raise ValueError(f"representative_data image shape {tuple(x.shape[1:])} != model "
+                                 f"input shape {tuple(input_shape)}")
+            if not np.all(np.isfinite(x)):
+                raise ValueError("representative_data holds NaN or infinite values")
+            images.append(x)
+            if len(images) >= limit:
+                return images
+    if not images:
+        raise ValueError("representative_data is empty")
+    return images
+
+
+# ----------------------------------------------------------------------------------------------
+# Conversion
+
+
+def _tf_variables(model):
+    import tensorflow as tf
+
+    return [v if isinstance(v, tf.Variable) else v.value for v in model.variables]
+
+
+def _check_settings(model, mode, io_dtype, representative_data):
+    from keras_mnv2.frameworks import framework_of
+    from keras_mnv2.qat import is_quantized
+
+    framework_of(model)  # TypeError for anything but a Keras model
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if io_dtype not in IO_DTYPES:
+        raise ValueError(f"io_dtype must be one of {IO_DTYPES}, got {io_dtype!r}")
+    if io_dtype != "float32" and mode not in ("int8", "qat"):
+        raise ValueError(f"io_dtype={io_dtype!r} needs a full-integer model (mode 'int8' or "
+                         f"'qat'); mode {mode!r} keeps float inputs and outputs")
+    quantized = is_quantized(model)
+    if mode == "qat" and not quantized:
+        raise ValueError(
+            f"mode 'qat' needs a quantization-aware tf_keras model (keras_mnv2.qat.quantize, "
+            f"then qat_fit); {model.name!r} is a float model: use mode 'int8' for post-training "
+            "quantization"
+        )
+    if mode == "qat":
+        from keras_mnv2.qat import uncalibrated_inputs
+
+        empty = uncalibrated_inputs(model)
+        if empty:
+            raise ValueError(
+                f"{model.name!r}: the input range of {', '.join(empty)} is empty (the QAT model "
+                "was never trained nor calibrated, and would quantize every input to 0): run "
+                "qat_fit, or quantize(..., calibration_data=images)"
+            )
+    if mode != "qat" and quantized:
+        raise ValueError(f"{model.name!r} is quantization-aware: it converts with mode 'qat' "
+                         f"only, not {mode!r}")
+    if mode == "int8" and representative_data is None:
+        raise ValueError(
+            "mode 'int8' (full-integer post-training quantization) needs representative_data: "
+            "about 100 training images (an array, a tf.data.Dataset or a generator function) to "
+            "calibrate the activation ranges"
+        )
+    if mode == "qat" and representative_data is not None:
+        raise ValueError("mode 'qat' takes its activation ranges from quantization-aware "
+                         "training; representative_data is for mode 'int8' only")
+
+
+def _ops_at_fault(message):
+    """The TF/TFL op names and the graph paths (model/layer/...) a converter error points at."""
+    ops, where = [], []
+    for op in re.findall(r"\b(?:tf|tfl)\.([A-Z][A-Za-z0-9_]+)\b", message):
+        if op not in ops:
+            ops.append(op)
+    for path in re.findall(r'fused\["\w+:", "([^"@]+)@', message):
+        if "/" in path and path not in where:
+            where.append(path)
+    return ops, where
+
+
+def _input_shape(model, input_shape):
+    shape = tuple(input_shape or model.input_shape[1:])
+    if len(shape) != 3 or any(d is None for d in shape):
+        raise ValueError(f"export needs a static input shape (H, W, C); {model.name!r} has "
+                         f"{tuple(model.input_shape[1:])}: pass input_shape=")
+    return shape
+
+
+def convert(model, mode="float32", representative_data=None, io_dtype="float32",
+            output="auto", anchors=None, nms=NMS(), num_calibration_images=100,
+            input_shape=None):
+    """Converts ``model`` to a TFLite flatbuffer (bytes); see ``export_tflite``."""
+    return _convert(model, mode, representative_data, io_dtype, output, anchors, nms,
+                    num_calibration_images, input_shape)[0]
+
+
+def _convert(model, mode, representative_data, io_dtype, output, anchors, nms,
+             num_calibration_images, input_shape):
+    import contextlib
+    import io
+
+    import tensorflow as tf
+
+    _check_settings(model, mode, io_dtype, representative_data)
+    shape = _input_shape(model, input_shape)
+    serve, kind, output = serving_function(model, output, anchors, nms)
+    calibration = None
+    if mode == "int8":
+        calibration = calibration_images(representative_data, shape, num_calibration_images)
+
+    setting = f"mode={mode!r}, io_dtype={io_dtype!r}, output={output!r}"
+    with tempfile.TemporaryDirectory() as saved:
+        module = tf.Module()
+        module.weights = _tf_variables(model)
+        module.serve = tf.function(serve, input_signature=[
+            tf.TensorSpec([1, *shape], tf.float32, name="image")])
+        with contextlib.redirect_stdout(io.StringIO()):
+            tf.saved_model.save(module, saved, signatures={"serving_default": module.serve})
+        converter = tf.lite.TFLiteConverter.from_saved_model(saved)
+        detections = kind == "detector" and output == "detections"
+        if detections:
+            converter.allow_custom_ops = True
+        if mode != "float32":
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        if mode == "float16":
+            converter.target_spec.supported_types = [tf.float16]
+        if mode == "int8":
+            converter.representative_dataset = lambda: ([x] for x in calibration)
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        if io_dtype != "float32":
+            converter.inference_input_type = getattr(tf, io_dtype)
+            if output not in ("detections", "mask"):  # float / int32 outputs by design
+                converter.inference_output_type = getattr(tf, io_dtype)
+        try:
+            content = converter.convert()
+        except Exception as err:  # the converter raises ConverterError, ValueError, ...
+            message = str(err)
+            ops, where = _ops_at_fault(message)
+            lines = "\n".join(line for line in message.splitlines() if line.strip())[:2000]
+            raise ExportError(
+                f"TFLite conversion of {model.name!r} failed ({setting})"
+                + (f"; ops at fault: {', '.join(ops)}" if ops else "")
+                + (f" (in {', '.join(where[:3])})" if where else "")
+                + f"\nconverter: {lines}"
+            ) from err
+    if detections:
+        from keras_mnv2.tflite import op_counts
+
+        if POSTPROCESS_OP not in op_counts(content):
+            raise ExportError(f"{model.name!r} ({setting}): the converter did not fuse the "
+                              f"{POSTPROCESS_OP} function into the custom op")
+    return content, output
+
+
+def _sample_image(shape, representative_data, limit=1):
+    if representative_data is not None:
+        return calibration_images(representative_data, shape, limit)[0]
+    return np.random.RandomState(0).uniform(-1, 1, (1, *shape)).astype(np.float32)
+
+
+def check_runs(path, image):
+    """Loads a .tflite file with ai_edge_litert, runs it once on ``image`` [1, H, W, C] and
+    returns the outputs; raises ExportError naming the failing node and op."""
+    from keras_mnv2.tflite import run_signature
+
+    try:
+        outputs = run_signature(path, image)
+    except Exception as err:
+        message = str(err)
+        node = re.search(r"Node number \d+ \(([^)]+)\) failed to \w+", message)
+        detail = f"op {node.group(1)} fails" if node else "it fails"
+        if node and "XNNPACK" in node.group(1).upper():
+            try:
+                run_signature(path, image, delegates=False)
+                detail += " (the model runs without the XNNPACK delegate: XNNPACK rejects it)"
+            except Exception as plain:
+                found = re.search(r"Node number \d+ \(([^)]+)\) failed to \w+", str(plain))
+                if found:
+                    detail = f"op {found.group(1)} fails"
+        raise ExportError(f"{path} does not run: {detail} ({message.strip()[:500]})") from err
+    for name, value in outputs.items():
+        if np.issubdtype(value.dtype, np.floating) and not np.all(np.isfinite(value)):
+            raise ExportError(f"{path}: output {name!r} holds NaN or infinite values")
+    return outputs
+
+
+def export_tflite(model, path, mode="float32", representative_data=None, io_dtype="float32",
+                  output="auto", anchors=None, nms=NMS(), num_calibration_images=100,
+                  input_shape=None):
+    """Converts ``model``, writes ``path`` once the file has loaded and run, returns a report.
+
+    Args:
+        model: a Keras 3 model (modes float32, float16, dynamic, int8) or a quantization-aware
+            tf_keras model from ``keras_mnv2.qat.quantize`` (mode qat).
+        path: the .tflite file to write.
+        mode: one of ``MODES`` (see the module docstring).
+        representative_data: calibration images for mode int8 (array, tf.data.Dataset or
+            generator function; the first ``num_calibration_images`` are used).
+        io_dtype: "float32", or "int8" / "uint8" for integer input and outputs (int8, qat).
+        output: "auto" or one of ``OUTPUTS[model_kind(model)]``.
+        anchors: SSDLite anchors [N, 4] (cy, cx, h, w); defaults to ``model.anchors``.
+        nms: ``NMS`` settings of the detection post-process op.
+        input_shape: (H, W, C) for a model built without a static input size.
+
+    The file is written next to ``path`` first, loaded back with ai_edge_litert and run once
+    (on the first calibration image, or a random one), and only then moved to ``path``.
+    Conversion and run failures raise ``ExportError`` naming the setting and the op at fault.
+    """
+    from keras_mnv2 import tflite
+
+    content, output = _convert(model, mode, representative_data, io_dtype, output, anchors, nms,
+                               num_calibration_images, input_shape)
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    staging = path + ".part"
+    with open(staging, "wb") as f:
+        f.write(content)
+    shape = _input_shape(model, input_shape)
+    try:
+        check_runs(staging, _sample_image(shape, representative_data))
+        interp = tflite.interpreter(staging)
+        runner = interp.get_signature_runner()
+        (input_name, input_detail), = runner.get_input_details().items()
+        outputs = {name: (tuple(int(d) for d in detail["shape"]),
+                          np.dtype(detail["dtype"]).name)
+                   for name, detail in runner.get_output_details().items()}
+        report = ExportReport(
+            path=path, mode=mode, io_dtype=io_dtype,
+            output=output,
+            size_bytes=len(content),
+            input=(input_name, tuple(int(d) for d in input_detail["shape"]),
+                   np.dtype(input_detail["dtype"]).name),
+            outputs=outputs, ops=tflite.op_counts(staging),
+            float_ops=tuple(tflite.float_ops(staging)),
+        )
+    except BaseException:
+        os.remove(staging)
+        raise
+    os.replace(staging, path)
+    return report

@@ -1,0 +1,678 @@
+"""Quantization-aware training with TFMOT's default 8-bit scheme (Jacob et al., CVPR 2018: fake
+quantization in training, batch norm folded into the preceding convolution at conversion,
+per-channel Conv2D weights; TFMOT simulates depthwise weights per tensor, the converter then
+stores them per channel).
+
+TFMOT only rewrites tf_keras (Keras 2) models, so a trained Keras 3 model goes through its
+*twin*: the same builder run with ``framework="tf_keras"`` (same code, same layer names), with the
+weights copied by layer name. Then::
+
+    twin = tf_keras_twin(model)            # or a path to a .keras checkpoint
+    qat_model = quantize(twin, calibration_data=images)  # prints the layers left float, if any
+    qat_fit(qat_model, train_ds, epochs=2, loss=..., learning_rate=1e-4, run_dir="runs/x/qat")
+    keras_mnv2.export.export_tflite(qat_model, "model_qat.tflite", mode="qat")
+
+The twin is rebuilt from a record of the builder's arguments that ``builder_config`` reads off
+the model itself (layer names, widths, strides, dilations, layer configs), so a model reloaded
+from a ``.keras`` file needs no side file; pass ``builder=`` and its keyword arguments to
+``tf_keras_twin`` to skip the inference.
+"""
+
+import os
+import re
+
+import numpy as np
+
+from keras_mnv2.frameworks import framework_of, get_keras
+
+# Layers the default 8-bit registry does not know but that TFLite runs in int8: annotated so their
+# output gets a fake-quant (and the TFLite op reads and writes int8).
+OUTPUT_QUANTIZED = ("Resizing", "Multiply", "Subtract", "Maximum", "Minimum", "Average",
+                    "Rescaling")
+_FOLDING_PRODUCERS = ("Conv2D", "DepthwiseConv2D")  # a BN after these is folded by TFMOT
+_NAME_ALPHA = re.compile(r"_(\d+\.\d+)_\d+")
+_ALPHA_GRID = np.round(np.arange(0.01, 4.0, 0.0005), 4)
+
+
+# ----------------------------------------------------------------------------------------------
+# The builder record
+
+
+def builder_config(model):
+    """Which keras_mnv2 builder made ``model`` and with which arguments: ``(builder, kwargs)``.
+
+    Read off the model's layers: the SSDLite predictors, the DeepLabV3 ``aspp0`` branch or the
+    MobileNetV2 stem tell the builder; widths (for alpha), depthwise strides and dilations (for
+    output_stride), split layers (for expansion_splits), the top, the dropout rate and the batch
+    norm momentum give the arguments. Arguments that do not change the graph (weights,
+    initializers) are left at their defaults; SSDLite anchor scales are not in the graph either
+    (``tf_keras_twin`` keeps the source model's ``anchors`` when it has them). Raises ValueError
+    when the model is not one of ours or its widths fit no alpha.
+    """
+    names = {layer.name for layer in model.layers}
+    if "class_predictor_0" in names:
+        return _ssdlite_config(model)
+    if "aspp0" in names and "logits" in names:
+        return _deeplab_config(model)
+    if "Conv1" in names or "Conv1_s0" in names:
+        return _mobilenet_config(model)
+    raise ValueError(
+        f"cannot tell which keras_mnv2 builder made model {model.name!r} (no Conv1 stem, "
+        "SSDLite predictor or DeepLabV3 head): pass builder= and its keyword arguments"
+    )
+
+
+def _get(model, name):
+    try:
+        return model.get_layer(name)
+    except ValueError:
+        return None
+
+
+def _block_layer(model, block_id, suffix):
+    """A block's layer, or the first group's copy in a split block (``..._s0``)."""
+    prefix = "expanded_conv_" if block_id == 0 else f"block_{block_id}_"
+    return _get(model, prefix + suffix) or _get(model, prefix + suffix + "_s0")
+
+
+def _split_copies(model, name):
+    """The ``<name>_s<j>`` group copies of a split layer (empty when it is whole)."""
+    pattern = re.compile(rf"{re.escape(name)}_s\d+")
+    return [layer for layer in model.layers if pattern.fullmatch(layer.name)]
+
+
+def _expansion_splits(model):
+    """Split counts per block (block 0 splits with Conv1, the others at their expansion)."""
+    from keras_mnv2.mobilenet_v2 import block_plan
+
+    counts = []
+    for block_id in range(len(block_plan())):
+        name = "Conv1" if block_id == 0 else f"block_{block_id}_expand"
+        counts.append(max(1, len(_split_copies(model, name))))
+    return 1 if all(c == 1 for c in counts) else tuple(counts)
+
+
+def _output_stride(model):
+    from keras_mnv2.mobilenet_v2 import OUTPUT_STRIDES, block_plan
+
+    found = []
+    for block_id, *_ in block_plan():
+        layer = _block_layer(model, block_id, "depthwise")
+        if layer is None:
+            raise ValueError(f"model {model.name!r} has no depthwise layer for block {block_id}")
+        found.append((int(layer.strides[0]), int(layer.dilation_rate[0])))
+    for output_stride in OUTPUT_STRIDES[::-1]:  # None first
+        if [(s, d) for _, _, _, s, d in block_plan(output_stride)] == found:
+            return output_stride
+    raise ValueError(f"model {model.name!r}: depthwise strides/dilations {found} fit no "
+                     "output_stride")
+
+
+def _backbone_widths(model):
+    """Conv1, every block's projection and (when present) Conv_1 output channels."""
+    from keras_mnv2.mobilenet_v2 import block_plan
+
+    stem = _get(model, "Conv1")
+    widths = [int(stem.filters) if stem is not None
+              else sum(int(layer.filters) for layer in _split_copies(model, "Conv1"))]
+    for block_id, *_ in block_plan():
+        widths.append(int(_block_layer(model, block_id, "project").filters))
+    conv_1 = _get(model, "Conv_1")
+    return widths, (int(conv_1.filters) if conv_1 is not None else None)
+
+
+def _expected_widths(alpha):
+    from keras_mnv2.blocks import make_divisible
+    from keras_mnv2.mobilenet_v2 import block_plan
+
+    widths = [make_divisible(32 * alpha)]
+    widths += [make_divisible(int(c * alpha)) for _, _, c, _, _ in block_plan()]
+    return widths, (make_divisible(1280 * alpha) if alpha > 1.0 else 1280)
+
+
+def _alpha_candidates(model):
+    found = _NAME_ALPHA.search(model.name)
+    named = [float(found.group(1))] if found else []
+    return named + [0.35, 0.5, 0.75, 1.0, 1.3, 1.4] + list(_ALPHA_GRID)
+
+
+def _infer_alpha(model, accept=lambda alpha: True):
+    """The first candidate alpha reproducing the backbone widths (and passing ``accept``)."""
+    widths, last = _backbone_widths(model)
+    for alpha in _alpha_candidates(model):
+        expected, expected_last = _expected_widths(alpha)
+        if expected == widths and (last is None or last == expected_last) and accept(alpha):
+            return float(alpha)
+    return None
+
+
+def _bn_momentum(model):
+    return float((_get(model, "bn_Conv1") or _get(model, "bn_Conv1_s0")).momentum)
+
+
+def _common(model, kwargs):
+    splits = _expansion_splits(model)
+    if splits != 1:
+        kwargs["expansion_splits"] = splits
+    kwargs["bn_momentum"] = _bn_momentum(model)
+    kwargs["name"] = model.name
+    return kwargs
+
+
+def _no_alpha(model):
+    return ValueError(
+        f"model {model.name!r}: its layer widths fit no width multiplier alpha of the builder; "
+        "pass builder= and its keyword arguments"
+    )
+
+
+def _mobilenet_config(model):
+    from keras_mnv2.mobilenet_v2 import MobileNetV2
+
+    alpha = _infer_alpha(model)
+    if alpha is None:
+        raise _no_alpha(model)
+    kwargs = {"alpha": alpha, "input_shape": tuple(model.input_shape[1:]), "weights": None,
+              "output_stride": _output_stride(model)}
+    top = _get(model, "predictions")
+    kwargs["include_top"] = top is not None
+    if top is not None:
+        kwargs["classes"] = int(top.units)
+        activation = top.get_config()["activation"]
+        kwargs["classifier_activation"] = None if activation == "linear" else activation
+        dropout = _get(model, "dropout")
+        kwargs["dropout_rate"] = float(dropout.rate) if dropout is not None else 0.0
+    elif _get(model, "global_average_pooling2d") is not None:
+        kwargs["pooling"] = "avg"
+    elif _get(model, "global_max_pooling2d") is not None:
+        kwargs["pooling"] = "max"
+    return MobileNetV2, _common(model, kwargs)
+
+
+def _ssdlite_config(model):
+    from keras_mnv2.ssdlite import ASPECT_RATIOS, EXTRA_DEPTHS, MIN_EXTRA_DEPTH, SSDLite
+
+    num_classes = int(model.get_layer("classes").output.shape[-1]) - 1
+    extra = [int(model.get_layer(f"extra_{i}_project").filters)
+             for i in range(1, len(EXTRA_DEPTHS) + 1)]
+
+    def default_extras(alpha):
+        return extra == [max(int(d * alpha), MIN_EXTRA_DEPTH) for d in EXTRA_DEPTHS]
+
+    alpha = _infer_alpha(model, default_extras)
+    kwargs = {}
+    if alpha is None:
+        alpha = _infer_alpha(model)
+        if alpha is None:
+            raise _no_alpha(model)
+        depths = []
+        for width in extra:  # any depth giving the same width builds the same layer
+            depth = next((d for d in range(1, 16384)
+                          if max(int(d * alpha), MIN_EXTRA_DEPTH) == width), None)
+            if depth is None:
+                raise _no_alpha(model)
+            depths.append(depth)
+        kwargs["extra_depths"] = tuple(depths)
+    boxes = int(model.get_layer("class_predictor_1").filters) // (num_classes + 1)
+    if boxes != len(ASPECT_RATIOS) + 1:
+        raise ValueError(
+            f"model {model.name!r} has {boxes} boxes per cell, not the default "
+            f"{len(ASPECT_RATIOS) + 1}: pass builder=SSDLite with its aspect_ratios"
+        )
+    kwargs.update(num_classes=num_classes, alpha=alpha, input_size=int(model.input_shape[1]))
+    return SSDLite, _common(model, kwargs)
+
+
+def _deeplab_config(model):
+    from keras_mnv2.deeplab import DeepLabV3
+
+    alpha = _infer_alpha(model)
+    if alpha is None:
+        raise _no_alpha(model)
+    dropout = _get(model, "concat_projection_dropout")
+    kwargs = {
+        "num_classes": int(model.get_layer("logits").filters),
+        "alpha": alpha,
+        "input_shape": tuple(model.input_shape[1:]),
+        "output_stride": _output_stride(model),
+        "aspp": _get(model, "aspp1") is not None,
+        "dropout_rate": float(dropout.rate) if dropout is not None else 0.0,
+    }
+    return DeepLabV3, _common(model, kwargs)
+
+
+# ----------------------------------------------------------------------------------------------
+# The twin
+
+
+def load_keras_model(path):
+    """A Keras 3 model from a .keras file (as the training driver writes), without compiling."""
+    import keras
+
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"model file not found: {path}")
+    if not path.endswith(".keras"):
+        raise ValueError(f"expected a .keras model file, got {os.path.basename(path)}")
+    import keras_mnv2.losses  # noqa: F401  (registers the SSD losses a compiled model names)
+
+    return keras.saving.load_model(path, compile=False)
+
+
+def tf_keras_twin(model, builder=None, check=True, **kwargs):
+    """The tf_keras build of a Keras 3 keras_mnv2 model, with its weights.
+
+    Args:
+        model: a Keras 3 model from ``MobileNetV2``, ``SSDLite`` or ``DeepLabV3``, or the path of
+            a ``.keras`` file holding one.
+        builder: the builder to call; None infers it and its arguments (``builder_config``).
+        check: run both models on one random image and raise if their outputs differ (atol and
+            rtol 1e-4): proof that the rebuild and the weight copy are right.
+        **kwargs: builder arguments; with ``builder=None`` they override the inferred ones.
+
+    Every weighted layer must be copied both ways (no layer of either model left out). SSDLite's
+    ``anchors`` attribute is carried over when the source has it.
+    """
+    if isinstance(model, (str, os.PathLike)):
+        model = load_keras_model(model)
+    if framework_of(model) != "keras":
+        raise TypeError(f"model {model.name!r} is already a tf_keras model")
+    if builder is None:
+        builder, inferred = builder_config(model)
+        kwargs = {**inferred, **kwargs}
+    kwargs.pop("framework", None)
+    twin = builder(**kwargs, framework="tf_keras")
+    from keras_mnv2.weights import copy_weights
+
+    copied = copy_weights(model, twin)
+    weighted = sum(1 for layer in twin.layers if layer.weights)
+    if copied != weighted:
+        raise ValueError(f"twin of {model.name!r}: {weighted} weighted layers but {copied} "
+                         "received weights from the source")
+    if getattr(model, "anchors", None) is not None:
+        twin.anchors = np.asarray(model.anchors)
+    if check:
+        check_twin(model, twin)
+    return twin
+
+
+def check_twin(model, twin, atol=1e-4, rtol=1e-4, seed=0):
+    """Raises ValueError when ``model`` and ``twin`` disagree on a random image; returns the
+    largest absolute difference over all outputs."""
+    shape = [1] + [d if d is not None else 96 for d in model.input_shape[1:]]
+    x = np.random.RandomState(seed).uniform(-1, 1, shape).astype("float32")
+    import warnings
+
+    import tensorflow as tf
+
+    with warnings.catch_warnings():  # Keras 3 warns when a [input] model is given a bare tensor
+        warnings.simplefilter("ignore", UserWarning)
+        expected = tf.nest.flatten(model(x, training=False))
+    got = tf.nest.flatten(twin(x, training=False))
+    if len(expected) != len(got):
+        raise ValueError(f"twin of {model.name!r} has {len(got)} outputs, the model "
+                         f"{len(expected)}")
+    worst = 0.0
+    for i, (a, b) in enumerate(zip(expected, got)):
+        a, b = np.asarray(a), np.asarray(b)
+        if a.shape != b.shape:
+            raise ValueError(f"twin of {model.name!r}: output {i} has shape {b.shape}, the "
+                             f"model {a.shape}")
+        diff = np.abs(a - b)
+        worst = max(worst, float(diff.max()))
+        if np.any(diff > atol + rtol * np.abs(a)):
+            raise ValueError(
+                f"twin of {model.name!r}: output {i} differs by up to {diff.max():.3g}; the "
+                "inferred builder arguments are wrong: pass builder= and its arguments"
+            )
+    return worst
+
+
+# ----------------------------------------------------------------------------------------------
+# Quantization
+
+
+def _registry():
+    from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import (
+        default_8bit_quantize_registry,
+    )
+
+    return default_8bit_quantize_registry.Default8BitQuantizeRegistry()
+
+
+def _inbound_class(layer):
+    nodes = layer.inbound_nodes
+    if len(nodes) != 1:
+        return None
+    inbound = nodes[0].inbound_layers
+    if isinstance(inbound, (list, tuple)):
+        return type(inbound[0]).__name__ if len(inbound) == 1 else None
+    return type(inbound).__name__
+
+
+def quantization_plan(model, keep_float=()):
+    """What the default 8-bit scheme (plus keras_mnv2's annotations) does to each layer of a
+    tf_keras model: ``{layer name: how}``, in layer order, where ``how`` is one of
+
+    - ``"int8 weights + output"``: weights fake-quantized (per channel for convolutions), and the
+      output (or, with a ReLU after it, the ReLU's);
+    - ``"int8 output"``: the output is fake-quantized (ReLU, Add, Concatenate, pooling, ...);
+    - ``"int8 passthrough"``: no arithmetic (Reshape, ZeroPadding2D, Dropout, ...); TFLite runs
+      it on the int8 tensor with its input's scale;
+    - ``"folded into <conv>"``: a batch norm right after a convolution;
+    - ``"int8 output (annotated)"``: not in the default registry, annotated by keras_mnv2
+      (``OUTPUT_QUANTIZED``, e.g. ``Resizing``, or a batch norm after a non-convolution);
+    - ``"float (...)"``: left in float, with the reason (in ``keep_float``, or a layer class the
+      scheme cannot quantize). These are what ``quantize`` reports.
+    """
+    framework_of(model)
+    keep_float = set(keep_float)
+    unknown = keep_float - {layer.name for layer in model.layers}
+    if unknown:
+        raise ValueError(f"keep_float names layers not in {model.name!r}: {sorted(unknown)}")
+    registry = _registry()
+    plan = {}
+    for layer in model.layers:
+        kind = type(layer).__name__
+        if kind == "InputLayer":
+            continue
+        if layer.name in keep_float:
+            plan[layer.name] = "float (keep_float)"
+        elif kind == "BatchNormalization":
+            producer = _inbound_class(layer)
+            plan[layer.name] = (f"folded into {producer}" if producer in _FOLDING_PRODUCERS
+                                else "int8 output (annotated)")
+        elif registry.supports(layer):
+            config = registry.get_quantize_config(layer)
+            if config.get_weights_and_quantizers(layer):
+                plan[layer.name] = "int8 weights + output"
+            elif (getattr(config, "activation_attrs", None) or getattr(config, "quantize_output",
+                                                                         False)
+                  or kind in ("Activation", "Softmax")):
+                plan[layer.name] = "int8 output"
+            else:
+                plan[layer.name] = "int8 passthrough"
+        elif kind in OUTPUT_QUANTIZED:
+            plan[layer.name] = "int8 output (annotated)"
+        else:
+            plan[layer.name] = f"float ({kind} has no 8-bit QuantizeConfig)"
+    return plan
+
+
+def float_layers(plan):
+    """The layers a ``quantization_plan`` leaves in float."""
+    return [name for name, how in plan.items() if how.startswith("float")]
+
+
+def quantize(model, keep_float=(), calibration_data=None, log=print):
+    """A TFMOT quantization-aware copy of ``model`` (default 8-bit scheme).
+
+    Args:
+        model: a tf_keras twin, or a Keras 3 keras_mnv2 model (its twin is built first).
+        keep_float: names of layers to leave in float on purpose.
+        calibration_data: images (array, tf.data.Dataset, generator function, as for
+            ``keras_mnv2.export``) to start the quantization ranges from, as post-training
+            calibration would (``calibrate_ranges``). Without it TFMOT starts every activation
+            range at [-6, 6] and the input range empty, and its moving averages (decay 0.999)
+            need on the order of a thousand steps to settle: pass it for short fine-tunes.
+        log: called with one line naming the layers left float (or saying there are none);
+            None to stay quiet. ``quantization_plan`` returns the full picture.
+
+    Layers the default registry does not cover are annotated (``quantization_plan``); anything
+    it cannot quantize stays float and is named, never dropped silently. The result is a new
+    tf_keras model (layers named ``quant_<name>``) with the source's weights; SSDLite's
+    ``anchors`` carry over.
+    """
+    import tensorflow_model_optimization as tfmot
+    import tf_keras
+    from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import (
+        default_8bit_quantize_configs as configs,
+    )
+
+    if framework_of(model) == "keras":
+        model = tf_keras_twin(model)
+    plan = quantization_plan(model, keep_float)
+    annotate = tfmot.quantization.keras.quantize_annotate_layer
+
+    def annotated(layer):
+        how = plan.get(layer.name)
+        if how is None:  # the input layer
+            return layer
+        if how.startswith("float"):
+            return annotate(layer, configs.NoOpQuantizeConfig())
+        if how == "int8 output (annotated)":
+            return annotate(layer, configs.Default8BitOutputQuantizeConfig())
+        return annotate(layer)
+
+    annotated_model = tf_keras.models.clone_model(model, clone_function=annotated)
+    try:
+        from tf_keras.src.saving.serialization_lib import SafeModeScope
+
+        unsafe = SafeModeScope(False)
+    except ImportError:  # pragma: no cover - older tf_keras: no safe mode to leave
+        import contextlib
+
+        unsafe = contextlib.nullcontext()
+    # quantize_apply clones the in-memory model through its config; a Lambda layer (left float)
+    # only round-trips with safe mode off. No file is read here.
+    with tfmot.quantization.keras.quantize_scope(), unsafe:
+        qat_model = tfmot.quantization.keras.quantize_apply(annotated_model)
+    if getattr(model, "anchors", None) is not None:
+        qat_model.anchors = np.asarray(model.anchors)
+    if calibration_data is not None:
+        calibrate_ranges(qat_model, model, calibration_data)
+    if log is not None:
+        left = float_layers(plan)
+        log(f"quantize {model.name}: {len(plan) - len(left)} layers quantized, "
+            + (f"{len(left)} left float: {', '.join(left)}" if left else "none left float"))
+    return qat_model
+
+
+def _range_variables(qat_model):
+    """{(wrapper, kind): (min_var, max_var)}, kind "input", "output" (the layer's output, also
+    after its activation) or "pre_activation" (a Dense before its softmax)."""
+    found = {}
+    for layer in qat_model.layers:
+        for variable in layer.weights:
+            name = variable.name.split(":")[0]
+            for suffix, kind in (("output_min", "output"), ("post_activation_min", "output"),
+                                 ("pre_activation_min", "pre_activation"),
+                                 (f"{layer.name}_min", "input")):
+                if name.endswith("/" + suffix):
+                    maximum = next(v for v in layer.weights
+                                   if v.name.split(":")[0] == name[:-len("min")] + "max")
+                    found[(layer, kind)] = (variable, maximum)
+    return found
+
+
+def uncalibrated_inputs(qat_model):
+    """Names of the QAT model's input quantizers whose range is still empty (never trained nor
+    calibrated): such a model quantizes every input to zero."""
+    return [layer.name for (layer, kind), (low, high) in _range_variables(qat_model).items()
+            if kind == "input" and float(low.numpy()) == float(high.numpy()) == 0.0]
+
+
+def calibrate_ranges(qat_model, float_model, data, limit=100, batch_size=16):
+    """Starts a QAT model's quantization ranges from data, as post-training calibration does.
+
+    Weight ranges and the input range come from one training-mode pass (with the batch-norm
+    moving statistics frozen); each activation range is set to the [min, max] (widened to hold
+    0) of the matching layer's output in ``float_model`` (the twin or the Keras 3 model) over
+    up to ``limit`` images of ``data``. Returns the number of activation ranges set.
+    """
+    from keras_mnv2.export import calibration_images
+
+    images = np.concatenate(calibration_images(data, float_model.input_shape[1:], limit))
+    norms = [layer.layer for layer in qat_model.layers
+             if type(getattr(layer, "layer", None)).__name__ == "BatchNormalization"]
+    momenta = [norm.momentum for norm in norms]
+    try:
+        for norm in norms:
+            norm.momentum = 1.0
+        qat_model(images[:batch_size], training=True)
+    finally:
+        for norm, momentum in zip(norms, momenta):
+            norm.momentum = momentum
+
+    keras = get_keras(framework_of(float_model))
+    ranges = _range_variables(qat_model)
+    probes, targets = [], []
+    for (layer, kind), variables in ranges.items():
+        inner = getattr(layer, "layer", None)
+        if kind == "input" or inner is None:
+            continue
+        source = _get(float_model, inner.name)
+        if source is None:
+            continue
+        if kind == "output":
+            probes.append(source.output)
+            targets.append((variables, None))
+        elif type(source).__name__ == "Dense":
+            probes.append(source.input)
+            targets.append((variables, source))
+    probe = keras.Model(float_model.inputs, probes)
+    low = [np.inf] * len(probes)
+    high = [-np.inf] * len(probes)
+    for start in range(0, len(images), batch_size):
+        outputs = probe(images[start:start + batch_size], training=False)
+        outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
+        for i, (value, (_, dense)) in enumerate(zip(outputs, targets)):
+            value = np.asarray(value)
+            if dense is not None:  # the pre-activation: x @ kernel + bias
+                kernel, *bias = dense.get_weights()
+                value = value @ kernel + (bias[0] if bias else 0.0)
+            low[i], high[i] = min(low[i], float(value.min())), max(high[i], float(value.max()))
+    for ((min_var, max_var), _), lo, hi in zip(targets, low, high):
+        min_var.assign(min(lo, 0.0))
+        max_var.assign(max(hi, 0.0))
+    for (layer, kind), (min_var, max_var) in ranges.items():
+        if kind == "input":
+            min_var.assign(min(float(images.min()), 0.0))
+            max_var.assign(max(float(images.max()), 0.0))
+    return len(targets)
+
+
+def is_quantized(model):
+    """Whether ``model`` is a TFMOT quantization-aware tf_keras model."""
+    from tensorflow_model_optimization.python.core.quantization.keras import (
+        quantize_layer,
+        quantize_wrapper,
+    )
+
+    return any(isinstance(layer, (quantize_wrapper.QuantizeWrapper, quantize_layer.QuantizeLayer))
+               for layer in getattr(model, "layers", ()))
+
+
+def qat_scope():
+    """The scope to load a saved quantization-aware model in (``tf_keras.models.load_model``)."""
+    import tensorflow_model_optimization as tfmot
+
+    return tfmot.quantization.keras.quantize_scope()
+
+
+def float_from_qat(qat_model, float_model):
+    """Copies the (fine-tuned) float weights inside a QAT model's wrappers into a model of the
+    same architecture (Keras 3 or tf_keras), layer by layer in weight order; returns the number
+    of layers copied. Raises ValueError naming a layer it cannot match."""
+    groups = {}  # inner layer name -> its variables, in creation order (quantizer variables
+    for variable in qat_model.variables:  # live under "quant_<name>/" and are left out)
+        groups.setdefault(variable.name.split("/")[0], []).append(variable)
+    copied = 0
+    for layer in float_model.layers:
+        if not layer.weights:
+            continue
+        source = groups.get(layer.name, [])
+        shapes = [tuple(w.shape) for w in layer.weights]
+        if [tuple(v.shape) for v in source] != shapes:
+            raise ValueError(f"layer {layer.name!r}: {qat_model.name!r} holds weights of shapes "
+                             f"{[tuple(v.shape) for v in source]}, expected {shapes}")
+        layer.set_weights([v.numpy() for v in source])
+        copied += 1
+    return copied
+
+
+# ----------------------------------------------------------------------------------------------
+# Fine-tuning
+
+
+def _tf_keras_loss(loss):
+    """tf_keras takes any callable; Keras 3 Loss objects are wrapped as plain functions."""
+    if isinstance(loss, dict):
+        return {key: _tf_keras_loss(value) for key, value in loss.items()}
+    if isinstance(loss, str) or loss is None:
+        return loss
+
+    def fn(y_true, y_pred):
+        return loss(y_true, y_pred)
+
+    fn.__name__ = getattr(loss, "name", None) or getattr(loss, "__name__", "loss")
+    return fn
+
+
+def qat_fit(qat_model, train_data, epochs, loss=None, learning_rate=1e-4, optimizer="adam",
+            run_dir=None, steps_per_epoch=None, validation_data=None, metrics=None,
+            verbose="auto", callbacks=()):
+    """Fine-tunes a quantization-aware model (``quantize``) on the training tf.data pipeline.
+
+    Use the same dataset as the float run, with a learning rate about a tenth of its final one
+    and a few epochs: QAT starts from the trained weights and only adapts them to the rounding.
+
+    Args:
+        loss: the training loss (Keras 3 loss objects, a dict per output, or tf_keras names);
+            None keeps the model's compiled loss (the model must then be compiled).
+        optimizer: "adam", "sgd" (momentum 0.9), "rmsprop" or a tf_keras optimizer.
+        run_dir: where the QAT run writes ``backup/`` (a killed run restarted with the same call
+            resumes from the last finished epoch), ``history.csv`` and ``last.weights.h5``;
+            None writes nothing.
+    Returns the tf_keras History.
+    """
+    import tf_keras
+
+    if not is_quantized(qat_model):
+        raise ValueError(f"model {qat_model.name!r} is not quantization-aware: call quantize() "
+                         "first")
+    if loss is not None:
+        if isinstance(optimizer, str):
+            choices = {
+                "adam": lambda: tf_keras.optimizers.Adam(learning_rate),
+                "sgd": lambda: tf_keras.optimizers.SGD(learning_rate, momentum=0.9),
+                "rmsprop": lambda: tf_keras.optimizers.RMSprop(learning_rate, momentum=0.9),
+            }
+            if optimizer not in choices:
+                raise ValueError(f"optimizer must be one of {sorted(choices)} or a tf_keras "
+                                 f"optimizer, got {optimizer!r}")
+            optimizer = choices[optimizer]()
+        qat_model.compile(optimizer=optimizer, loss=_tf_keras_loss(loss), metrics=metrics)
+    elif qat_model.optimizer is None:
+        raise ValueError("pass loss= (the model is not compiled)")
+    cbs = [tf_keras.callbacks.TerminateOnNaN()]
+    if run_dir is not None:
+        os.makedirs(run_dir, exist_ok=True)
+        cbs += [
+            tf_keras.callbacks.BackupAndRestore(os.path.join(run_dir, "backup"),
+                                                delete_checkpoint=False),
+            tf_keras.callbacks.CSVLogger(os.path.join(run_dir, "history.csv"), append=True),
+            tf_keras.callbacks.ModelCheckpoint(os.path.join(run_dir, "last.weights.h5"),
+                                               save_weights_only=True),
+        ]
+    return qat_model.fit(train_data, epochs=epochs, steps_per_epoch=steps_per_epoch,
+                         validation_data=validation_data, verbose=verbose,
+                         callbacks=cbs + list(callbacks))
+
+
+__all__ = [
+    "OUTPUT_QUANTIZED",
+    "builder_config",
+    "calibrate_ranges",
+    "check_twin",
+    "float_from_qat",
+    "float_layers",
+    "is_quantized",
+    "load_keras_model",
+    "qat_fit",
+    "qat_scope",
+    "quantization_plan",
+    "quantize",
+    "tf_keras_twin",
+    "uncalibrated_inputs",
+]
