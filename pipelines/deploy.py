@@ -1,0 +1,421 @@
+"""Deployment of a trained job: quantization-aware fine-tuning, TFLite export and the same
+evaluation through the TFLite interpreter. ``keras-mnv2 qat|export <job>`` / ``make qat|tflite``.
+
+Every function starts from a finished training run directory (``runs/<job>``): its model file and
+its metrics.json, which records the recipe (rebuilt here as the job's dataclass) and the dataset,
+so calibration and fine-tuning use the same tf.data pipeline as the float run, and evaluation
+the same val split and metric: COCO AP/AP50 (pycocotools), VOC mean IoU, ImageNet top-1/top-5.
+
+Outputs: ``run_dir/tflite/<job>_<mode>.tflite``, ``run_dir/qat/`` (QAT backup, history.csv,
+last.weights.h5), and the comparison ``run_dir/deploy.{md,png,json}``.
+"""
+
+import dataclasses
+import json
+import os
+import time
+
+import numpy as np
+
+JOBS = ("coco", "voc", "imagenet")
+MODEL_FILES = {"coco": "last.keras", "voc": "last.keras", "imagenet": "model.keras"}
+# The metric a table reports per job (x100), then the others it shows.
+METRICS = {"coco": ("AP50", "AP"), "voc": ("mean_iou",), "imagenet": ("top1", "top5")}
+DEFAULT_MODES = ("float32", "int8")
+QAT_LR_FACTOR = 0.1  # QAT fine-tunes at a tenth of the recipe's learning rate
+
+
+def _check_job(job):
+    if job not in JOBS:
+        raise ValueError(f"job must be one of {JOBS}, got {job!r}")
+
+
+def model_path(job, run_dir):
+    _check_job(job)
+    return os.path.join(run_dir, MODEL_FILES[job])
+
+
+def tflite_path(job, run_dir, mode):
+    return os.path.join(run_dir, "tflite", f"{job}_{mode}.tflite")
+
+
+def load_run(run_dir):
+    """The run's metrics.json as a dict; raises FileNotFoundError naming the file."""
+    path = os.path.join(run_dir, "metrics.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} not found: train the job first (keras-mnv2 train ...)")
+    with open(path) as f:
+        return json.load(f)
+
+
+def _module(job):
+    if job == "coco":
+        from pipelines import detection as module
+    elif job == "voc":
+        from pipelines import segmentation as module
+    else:
+        from pipelines import classification as module
+    return module
+
+
+def recipe_from_metrics(job, metrics):
+    """The job's recipe dataclass rebuilt from ``metrics["recipe"]`` (unknown keys are an error,
+    missing ones take the dataclass default)."""
+    _check_job(job)
+    module = _module(job)
+    recipe_class = type(module.EMBEDDED)
+    stored = metrics.get("recipe")
+    if not isinstance(stored, dict):
+        raise ValueError(f"metrics.json of the {job} run has no recipe")
+    names = {f.name for f in dataclasses.fields(recipe_class)}
+    unknown = sorted(set(stored) - names)
+    if unknown:
+        raise ValueError(f"recipe in metrics.json has fields {recipe_class.__name__} lacks: "
+                         f"{unknown}")
+    return recipe_class(**stored)
+
+
+# ---------------------------------------------------------------------------- per-job glue
+
+
+@dataclasses.dataclass
+class JobData:
+    """What deployment needs of a job: recipe, pipelines, loss and the two evaluations."""
+
+    job: str
+    recipe: object
+    train_ds: object  # the float run's training pipeline (repeating, batched)
+    steps_per_epoch: int
+    loss: object
+    learning_rate: float  # the recipe's (peak) learning rate
+    export_kwargs: dict  # anchors/nms for the detector
+    evaluate_keras: object  # model -> metrics dict
+    evaluate_tflite: object  # path -> metrics dict
+
+
+def _dataset_dir(metrics, job):
+    dataset = metrics.get("dataset")
+    if not dataset or dataset.startswith(("tfds:", "tfrecord:")):
+        raise ValueError(f"the {job} run used {dataset!r}: deploy works from a dataset "
+                         "directory recorded in metrics.json")
+    if not os.path.isdir(dataset):
+        raise FileNotFoundError(f"dataset directory of the {job} run not found: {dataset}")
+    return dataset
+
+
+def _coco_data(run_dir, metrics, recipe):
+    from keras_mnv2.losses import ssd_losses
+    from keras_mnv2.ssdlite import ssdlite_anchors
+    from keras_mnv2 import export, tflite
+    from pipelines import coco, coco_eval, detection
+
+    root = _dataset_dir(metrics, "coco")
+    train, val = coco.load_coco(root, "train"), coco.load_coco(root, "val")
+    anchors = ssdlite_anchors(recipe.input_size)
+    train_ds = detection.train_dataset(coco.coco_dataset(train), recipe, anchors)
+    val_source = coco.coco_dataset(val)
+
+    def score(detections):
+        stats = coco_eval.coco_evaluate(val.coco, detections, val.label_to_category)
+        return {k: float(stats[k]) for k in ("AP", "AP50", "AP75")} | {
+            "images": len(detections)}
+
+    def evaluate_keras(model):
+        return score(detection.predict_detections(
+            model, detection.eval_dataset(val_source, recipe), anchors, recipe))
+
+    def evaluate_tflite(path):
+        detections = []
+        for images, image_ids in detection.eval_dataset(val_source, recipe):
+            out = tflite.run_signature(path, images.numpy())
+            if "detection_boxes" not in out:
+                raise ValueError(f"{path} has outputs {sorted(out)}: expected the post-processed "
+                                 "detections (export with output='detections')")
+            for i, image_id in enumerate(image_ids.numpy()):
+                n = int(out["num_detections"][i])
+                detections.append({"image_id": int(image_id),
+                                   "boxes": out["detection_boxes"][i, :n],
+                                   "scores": out["detection_scores"][i, :n],
+                                   # the op's classes are 0-based: label 1 is class 0
+                                   "classes": out["detection_classes"][i, :n].astype(np.int64)
+                                   + 1})
+        return score(detections)
+
+    nms = export.NMS(max_detections=recipe.max_detections,
+                     score_threshold=recipe.score_threshold, iou_threshold=recipe.nms_iou)
+    return JobData("coco", recipe, train_ds, max(1, train.num_images // recipe.batch_size),
+                   ssd_losses(mode=recipe.class_loss), recipe.learning_rate,
+                   dict(anchors=anchors, nms=nms), evaluate_keras, evaluate_tflite)
+
+
+def _voc_data(run_dir, metrics, recipe):
+    from keras_mnv2 import tflite
+    from keras_mnv2.segmentation import SegmentationLoss, confusion_matrix, iou_from_confusion
+    from pipelines import segmentation, voc
+
+    root = _dataset_dir(metrics, "voc")
+    names = metrics.get("class_names")
+    train = voc.load_voc(root, metrics.get("train_split") or "train", class_names=names)
+    val = voc.load_voc(root, metrics.get("val_split") or "val", class_names=names)
+    num_classes = len(names)
+    ignore = segmentation.IGNORE_LABEL
+
+    def eval_ds():
+        return segmentation.eval_dataset(val, recipe.eval_size, recipe.batch_size)
+
+    def evaluate_keras(model):
+        at_size = segmentation.resized_model_builder(model, recipe, num_classes)
+        result = segmentation.evaluate(at_size(recipe.eval_size), eval_ds(), num_classes)
+        return {"mean_iou": result["mean_iou"], "pixel_accuracy": result["pixel_accuracy"],
+                "images": result["num_images"]}
+
+    def evaluate_tflite(path):
+        cm = np.zeros((num_classes, num_classes), np.int64)
+        images_seen = 0
+        for images, labels in eval_ds():
+            out = tflite.run_signature(path, images.numpy())
+            if "mask" in out:
+                predicted = out["mask"]
+            elif "logits" in out:
+                predicted = np.argmax(out["logits"], axis=-1)
+            else:
+                raise ValueError(f"{path} has outputs {sorted(out)}: expected logits or mask")
+            cm += confusion_matrix(labels, predicted, num_classes, ignore_label=ignore)
+            images_seen += len(predicted)
+        mean_iou, _ = iou_from_confusion(cm)
+        return {"mean_iou": float(mean_iou), "pixel_accuracy": float(np.trace(cm) / cm.sum()),
+                "images": images_seen}
+
+    return JobData("voc", recipe, segmentation.train_dataset(train, recipe),
+                   max(1, train.num_images // recipe.batch_size),
+                   SegmentationLoss(ignore_label=ignore), recipe.learning_rate, {},
+                   evaluate_keras, evaluate_tflite)
+
+
+def _imagenet_data(run_dir, metrics, recipe):
+    from keras_mnv2 import tflite
+    from pipelines import classification, imagenet_data
+
+    train, val, _ = classification.sources(data_dir=_dataset_dir(metrics, "imagenet"))
+
+    def eval_ds():
+        return imagenet_data.eval_dataset(val, recipe.batch_size, recipe.resolution,
+                                          crop_fraction=recipe.crop_fraction)
+
+    def evaluate_keras(model):
+        result = classification.evaluate(model, eval_ds())
+        return {"top1": result["top1"], "top5": result["top5"], "images": result["images"]}
+
+    def evaluate_tflite(path):
+        correct1 = correct_k = images = 0
+        for batch in eval_ds():
+            x, labels, weights = batch if len(batch) == 3 else (*batch, None)
+            (scores,) = tflite.run_signature(path, x.numpy()).values()
+            labels = labels.numpy().reshape(-1)
+            keep = np.ones(len(labels), bool) if weights is None else weights.numpy() > 0
+            k = min(5, scores.shape[-1])
+            top = np.argsort(-scores, axis=-1)[:, :k]  # placeholders of bad images: weight 0
+            correct1 += int(((top[:, 0] == labels) & keep).sum())
+            correct_k += int(((top == labels[:, None]).any(-1) & keep).sum())
+            images += int(keep.sum())
+        if images == 0:
+            raise ValueError(f"{path}: the val split held no decodable image")
+        return {"top1": correct1 / images, "top5": correct_k / images, "images": images}
+
+    train_ds = imagenet_data.train_dataset(
+        train, recipe.batch_size, recipe.resolution, seed=recipe.seed, cache=recipe.cache,
+        shuffle_buffer=recipe.shuffle_buffer, area_range=(recipe.min_crop_area, 1.0))
+    steps = recipe.steps_per_epoch or max(1, train.num_examples // recipe.batch_size)
+    loss = classification.SmoothedCrossentropy(train.num_classes, recipe.label_smoothing)
+    return JobData("imagenet", recipe, train_ds, steps, loss,
+                   classification.peak_learning_rate(recipe), {"output": "logits"},
+                   evaluate_keras, evaluate_tflite)
+
+
+def job_data(job, run_dir):
+    """``JobData`` of a finished run in ``run_dir``."""
+    _check_job(job)
+    metrics = load_run(run_dir)
+    recipe = recipe_from_metrics(job, metrics)
+    return {"coco": _coco_data, "voc": _voc_data, "imagenet": _imagenet_data}[job](
+        run_dir, metrics, recipe)
+
+
+def load_model(job, run_dir):
+    from keras_mnv2 import qat
+
+    path = model_path(job, run_dir)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no trained {job} model: {path} not found (train it first)")
+    return qat.load_keras_model(path)
+
+
+# ---------------------------------------------------------------------------- QAT
+
+
+def _rename_outputs(qat_model, loss, train_ds):
+    """Dict losses and targets keyed by the float model's output names -> the QAT model's
+    (TFMOT may rename them, e.g. boxes -> quant_boxes)."""
+    if not isinstance(loss, dict):
+        return loss, train_ds
+    if isinstance(qat_model.output, dict) and set(loss) <= set(qat_model.output):
+        return loss, train_ds  # a dict-output model is fitted by its output keys
+    names = list(qat_model.output_names)
+    mapping = {}
+    for key in loss:
+        match = [n for n in names if n == key or n == f"quant_{key}"]
+        if not match:
+            raise ValueError(f"QAT model outputs {names} have none for loss {key!r}")
+        mapping[key] = match[0]
+    if all(k == v for k, v in mapping.items()):
+        return loss, train_ds
+    renamed = train_ds.map(lambda x, y: (x, {mapping[k]: v for k, v in y.items()}))
+    return {mapping[k]: v for k, v in loss.items()}, renamed
+
+
+def run_qat(job, run_dir=None, epochs=2, learning_rate=None, steps_per_epoch=None,
+            io_dtype="float32", verbose="auto"):
+    """Quantization-aware fine-tuning of a finished run, then the QAT int8 .tflite.
+
+    Ranges are calibrated on the float run's training pipeline (same recipe), the model is
+    fine-tuned ``epochs`` epochs at ``learning_rate`` (default a tenth of the recipe's) into
+    ``run_dir/qat`` (re-running the same command resumes), and exported to
+    ``run_dir/tflite/<job>_qat.tflite``. Returns the ``ExportReport``.
+    """
+    from keras_mnv2 import export, qat
+
+    run_dir = run_dir or f"runs/{job}"
+    data = job_data(job, run_dir)
+    model = load_model(job, run_dir)
+    learning_rate = learning_rate or QAT_LR_FACTOR * data.learning_rate
+    steps = steps_per_epoch or data.steps_per_epoch
+    print(f"QAT {job}: {epochs} epoch(s) of {steps} steps at learning rate {learning_rate:g}",
+          flush=True)
+    q = qat.quantize(model, calibration_data=data.train_ds)
+    loss, train_ds = _rename_outputs(q, data.loss, data.train_ds)
+    optimizer = getattr(data.recipe, "optimizer", "adam")
+    start = time.time()
+    history = qat.qat_fit(q, train_ds, epochs, loss=loss, learning_rate=learning_rate,
+                          optimizer=optimizer if optimizer in ("adam", "sgd", "rmsprop")
+                          else "adam",
+                          run_dir=os.path.join(run_dir, "qat"), steps_per_epoch=steps,
+                          verbose=verbose)
+    losses = history.history.get("loss", [])
+    if losses and not np.isfinite(losses[-1]):
+        raise RuntimeError(f"QAT of {job} diverged (loss {losses[-1]}): lower --learning-rate")
+    kwargs = {k: v for k, v in data.export_kwargs.items()}
+    report = export.export_tflite(q, tflite_path(job, run_dir, "qat"), mode="qat",
+                                  io_dtype=io_dtype, **kwargs)
+    print(f"QAT done in {time.time() - start:.0f} s; {report.summary()}", flush=True)
+    return report
+
+
+# ---------------------------------------------------------------------------- export + eval
+
+
+def run_export(job, run_dir=None, modes=DEFAULT_MODES, io_dtype="float32"):
+    """Writes ``run_dir/tflite/<job>_<mode>.tflite`` for each of ``modes`` (float32, float16,
+    dynamic, int8: post-training quantization calibrated on the training pipeline). Returns
+    {mode: ExportReport}."""
+    from keras_mnv2 import export
+
+    run_dir = run_dir or f"runs/{job}"
+    for mode in modes:
+        if mode not in export.MODES or mode == "qat":
+            raise ValueError(f"export mode must be one of float32, float16, dynamic, int8 "
+                             f"(qat: keras-mnv2 qat), got {mode!r}")
+    model = load_model(job, run_dir)
+    data = job_data(job, run_dir)
+    reports = {}
+    for mode in modes:
+        report = export.export_tflite(
+            model, tflite_path(job, run_dir, mode), mode=mode,
+            representative_data=data.train_ds if mode == "int8" else None,
+            io_dtype=io_dtype if mode == "int8" else "float32", **data.export_kwargs)
+        print(report.summary(), flush=True)
+        reports[mode] = report
+    return reports
+
+
+def evaluate_tflite(job, tflite_file, run_dir=None, keras_metrics=True):
+    """The job's evaluation through the TFLite interpreter: {"tflite": metrics, "keras": the
+    float Keras model's metrics (None with keras_metrics=False)}."""
+    run_dir = run_dir or f"runs/{job}"
+    if not os.path.exists(tflite_file):
+        raise FileNotFoundError(f"TFLite file not found: {tflite_file}")
+    data = job_data(job, run_dir)
+    result = {"tflite": data.evaluate_tflite(tflite_file), "keras": None}
+    if keras_metrics:
+        result["keras"] = data.evaluate_keras(load_model(job, run_dir))
+    return result
+
+
+def evaluate_keras(job, model_file, run_dir=None):
+    """The job's evaluation of a .keras model file on the val split of the run in ``run_dir``."""
+    from keras_mnv2 import qat
+
+    run_dir = run_dir or f"runs/{job}"
+    return job_data(job, run_dir).evaluate_keras(qat.load_keras_model(model_file))
+
+
+def compare(job, run_dir=None, modes=None):
+    """float Keras vs every ``run_dir/tflite/<job>_<mode>.tflite`` present (or ``modes``):
+    metric x100 and file size. Writes deploy.md, deploy.png and deploy.json; returns the rows."""
+    run_dir = run_dir or f"runs/{job}"
+    data = job_data(job, run_dir)
+    model_file = model_path(job, run_dir)
+    rows = [{"model": "Keras float32", "file": model_file,
+             "size_bytes": os.path.getsize(model_file),
+             **data.evaluate_keras(load_model(job, run_dir))}]
+    from keras_mnv2 import export
+
+    for mode in modes or export.MODES:
+        path = tflite_path(job, run_dir, mode)
+        if not os.path.exists(path):
+            if modes:
+                raise FileNotFoundError(f"{path} not found: export it first")
+            continue
+        label = {"int8": "TFLite PTQ int8", "qat": "TFLite QAT int8"}.get(mode, f"TFLite {mode}")
+        rows.append({"model": label, "file": path, "size_bytes": os.path.getsize(path),
+                     **data.evaluate_tflite(path)})
+    write_table(job, rows, run_dir)
+    return rows
+
+
+def table_markdown(job, rows):
+    names = METRICS[job]
+    head = "| model | " + " | ".join(f"{n} x100" for n in names) + " | size (MB) |"
+    lines = [f"# {job}: float Keras vs TFLite", "", head,
+             "|" + "---|" * (len(names) + 2)]
+    for row in rows:
+        values = " | ".join("-" if row.get(n) is None else f"{100 * row[n]:.1f}" for n in names)
+        lines.append(f"| {row['model']} | {values} | {row['size_bytes'] / 1e6:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_table(job, rows, run_dir):
+    """run_dir/deploy.md (printed), deploy.json and deploy.png (metric and size bars)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    text = table_markdown(job, rows)
+    print(text, flush=True)
+    with open(os.path.join(run_dir, "deploy.md"), "w") as f:
+        f.write(text)
+    with open(os.path.join(run_dir, "deploy.json"), "w") as f:
+        json.dump(rows, f, indent=2)
+    name = METRICS[job][0]
+    labels = [r["model"] for r in rows]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    axes[0].bar(labels, [100 * (r.get(name) or 0) for r in rows], color="tab:blue")
+    axes[0].set_ylabel(f"{name} x100")
+    axes[1].bar(labels, [r["size_bytes"] / 1e6 for r in rows], color="tab:orange")
+    axes[1].set_ylabel("file size (MB)")
+    for ax in axes:
+        ax.tick_params(axis="x", rotation=30, labelsize=7)
+    fig.suptitle(f"{job}: float Keras vs TFLite")
+    fig.tight_layout()
+    fig.savefig(os.path.join(run_dir, "deploy.png"), dpi=80)
+    plt.close(fig)

@@ -1,0 +1,129 @@
+"""Deployment of trained runs: export, TFLite evaluation against the Keras metric, QAT and the
+comparison table, on tiny runs trained inside the tests."""
+
+import dataclasses
+import json
+import os
+
+import numpy as np
+import pytest
+
+from pipelines import cli, deploy, detection, segmentation, synthetic_coco, synthetic_voc
+
+
+def test_recipe_round_trips_through_metrics_json():
+    recipe = dataclasses.replace(detection.EMBEDDED, input_size=96, epochs=1)
+    metrics = json.loads(json.dumps({"recipe": dataclasses.asdict(recipe)}))
+    assert deploy.recipe_from_metrics("coco", metrics) == recipe
+    voc = deploy.recipe_from_metrics("voc", {"recipe": {"crop_size": 64}})
+    assert voc == dataclasses.replace(segmentation.PAPER, crop_size=64)
+    with pytest.raises(ValueError, match="lacks: \\['bogus'\\]"):
+        deploy.recipe_from_metrics("coco", {"recipe": {"bogus": 1}})
+    with pytest.raises(ValueError, match="no recipe"):
+        deploy.recipe_from_metrics("voc", {})
+    with pytest.raises(ValueError, match="job must be one of"):
+        deploy.recipe_from_metrics("mnist", metrics)
+
+
+def test_missing_run_and_files_are_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="metrics.json not found"):
+        deploy.job_data("coco", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="last.keras not found"):
+        deploy.load_model("voc", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="TFLite file not found"):
+        deploy.evaluate_tflite("voc", str(tmp_path / "x.tflite"), str(tmp_path))
+    (tmp_path / "metrics.json").write_text(json.dumps(
+        {"recipe": {}, "dataset": "tfds:/somewhere"}))
+    with pytest.raises(ValueError, match="tfds:/somewhere"):
+        deploy.job_data("coco", str(tmp_path))
+    with pytest.raises(ValueError, match="export mode must be one of"):
+        deploy.run_export("coco", str(tmp_path), modes=("qat",))
+    assert cli.main(["eval", "coco", "--tflite", str(tmp_path / "x.tflite"),
+                     "--run-dir", str(tmp_path)]) == 2
+
+
+def test_table_reports_metric_times_100_and_size(tmp_path):
+    rows = [{"model": "Keras float32", "size_bytes": 9_350_000, "AP50": 0.8822, "AP": 0.4567},
+            {"model": "TFLite PTQ int8", "size_bytes": 1_120_000, "AP50": 0.861, "AP": None}]
+    text = deploy.table_markdown("coco", rows)
+    assert "| model | AP50 x100 | AP x100 | size (MB) |" in text
+    assert "| Keras float32 | 88.2 | 45.7 | 9.35 |" in text
+    assert "| TFLite PTQ int8 | 86.1 | - | 1.12 |" in text
+    deploy.write_table("coco", rows, str(tmp_path))
+    assert (tmp_path / "deploy.md").read_text() == text
+    assert json.loads((tmp_path / "deploy.json").read_text())[1]["AP50"] == 0.861
+    assert (tmp_path / "deploy.png").stat().st_size > 1000
+
+
+def test_cli_parses_the_deploy_commands():
+    parser = cli.build_parser()
+    args = parser.parse_args(["qat", "voc", "--epochs", "3", "--learning-rate", "1e-4"])
+    assert (args.job, args.epochs, args.learning_rate, args.func) == ("voc", 3, 1e-4, cli._qat)
+    args = parser.parse_args(["export", "coco", "--modes", "float32,float16", "--io-dtype",
+                              "int8"])
+    assert (args.modes, args.io_dtype, args.func) == ("float32,float16", "int8", cli._export)
+    args = parser.parse_args(["eval", "imagenet", "--tflite", "m.tflite"])
+    assert (args.job, args.tflite, args.model, args.func) == ("imagenet", "m.tflite", None,
+                                                              cli._eval)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["qat", "mnist"])
+
+
+@pytest.fixture(scope="module")
+def voc_run(tmp_path_factory):
+    """A tiny VOC run: DeepLabV3 0.35 at 64 px, one epoch on 24 synthetic images."""
+    tmp = tmp_path_factory.mktemp("deploy_voc")
+    root = synthetic_voc.generate(tmp / "voc", num_train=24, num_val=6, image_size=64,
+                                  num_classes=3)
+    recipe = dataclasses.replace(segmentation.EMBEDDED, crop_size=64, eval_size=64,
+                                 output_stride=16, batch_size=8, epochs=1)
+    run_dir = tmp / "run"
+    segmentation.run(voc_dir=str(root), run_dir=str(run_dir), recipe=recipe, verbose=0)
+    return str(run_dir)
+
+
+@pytest.mark.slow
+def test_voc_export_evaluates_like_keras_and_tabulates(voc_run):
+    reports = deploy.run_export("voc", voc_run, modes=("float32", "int8"))
+    assert set(reports) == {"float32", "int8"}
+    assert reports["float32"].path == os.path.join(voc_run, "tflite", "voc_float32.tflite")
+    assert reports["int8"].size_bytes < 0.5 * reports["float32"].size_bytes
+    assert reports["int8"].float_ops == ()
+    result = deploy.evaluate_tflite("voc", reports["float32"].path, voc_run)
+    keras_iou, tflite_iou = result["keras"]["mean_iou"], result["tflite"]["mean_iou"]
+    print(f"VOC mean IoU: Keras {keras_iou:.4f}, TFLite float32 {tflite_iou:.4f}")
+    assert result["tflite"]["images"] == result["keras"]["images"] == 6
+    assert 0.01 < keras_iou < 1.0
+    assert tflite_iou == pytest.approx(keras_iou, abs=0.005)
+    assert result["tflite"]["pixel_accuracy"] == pytest.approx(
+        result["keras"]["pixel_accuracy"], abs=0.005)
+    saved = json.loads(open(os.path.join(voc_run, "metrics.json")).read())
+    assert keras_iou == pytest.approx(saved["mean_iou"], abs=1e-4)  # the job's own evaluation
+
+    rows = deploy.compare("voc", voc_run)
+    assert [r["model"] for r in rows] == ["Keras float32", "TFLite float32", "TFLite PTQ int8"]
+    assert rows[1]["mean_iou"] == pytest.approx(tflite_iou, abs=1e-6)
+    assert abs(rows[2]["mean_iou"] - keras_iou) < 0.2
+    table = open(os.path.join(voc_run, "deploy.md")).read()
+    assert f"| TFLite float32 | {100 * tflite_iou:.1f} |" in table
+    assert os.path.getsize(os.path.join(voc_run, "deploy.png")) > 1000
+
+
+@pytest.mark.slow
+def test_coco_qat_fine_tunes_and_exports(tmp_path):
+    root = tmp_path / "coco"
+    synthetic_coco.generate(root, num_train=32, num_val=8, image_size=128, num_classes=3)
+    recipe = dataclasses.replace(detection.EMBEDDED, input_size=96, batch_size=16, epochs=1,
+                                 cache=False)
+    run_dir = str(tmp_path / "run")
+    detection.run(coco_dir=str(root), run_dir=run_dir, recipe=recipe, verbose=0)
+    report = deploy.run_qat("coco", run_dir, epochs=1, steps_per_epoch=1, verbose=0)
+    assert report.path == os.path.join(run_dir, "tflite", "coco_qat.tflite")
+    assert report.ops["TFLite_Detection_PostProcess"] == 1
+    assert report.float_ops == ("TFLite_Detection_PostProcess",)  # the rest is int8
+    assert report.outputs["detection_boxes"] == ((1, recipe.max_detections, 4), "float32")
+    history = open(os.path.join(run_dir, "qat", "history.csv")).read().splitlines()
+    assert len(history) == 2 and np.isfinite(float(history[1].split(",")[1]))
+    result = deploy.evaluate_tflite("coco", report.path, run_dir, keras_metrics=False)
+    assert result["keras"] is None and result["tflite"]["images"] == 8
+    assert 0.0 <= result["tflite"]["AP50"] <= 1.0
