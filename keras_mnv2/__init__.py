@@ -6,6 +6,7 @@ from keras_mnv2.imagenet import decode_predictions, preprocess_input
 from keras_mnv2.mobilenet_v2 import MobileNetV2, block_plan, feature_extractor
 from keras_mnv2.profiler import Profile, count_madds, profile
 from keras_mnv2.segmentation import MeanIoU, SegmentationLoss, confusion_matrix, iou_from_confusion
+from keras_mnv2.split import split_expansion
 from keras_mnv2.ssdlite import SSDLite, ssdlite_anchors
 from keras_mnv2.weights import copy_weights
 
@@ -30,5 +31,6 @@ __all__ = [
     "make_divisible",
     "preprocess_input",
     "profile",
+    "split_expansion",
     "ssdlite_anchors",
 ]

@@ -109,6 +109,7 @@ def DeepLabV3(
     name=None,
     framework="keras",
     bn_momentum=BN_MOMENTUM,
+    expansion_splits=1,
 ):
     """Builds Mobile DeepLabv3 (MobileNetV2 backbone); returns a functional model.
 
@@ -126,6 +127,8 @@ def DeepLabV3(
         name: model name; defaults to ``deeplabv3_mobilenetv2_{alpha}_{rows}_os{output_stride}``.
         framework: "keras" (Keras 3) or "tf_keras" (the TFMOT twin; same layer names).
         bn_momentum: batch-norm momentum in the backbone and the head.
+        expansion_splits: split-expansion inverted residuals in the backbone (paper section
+            5.1; see ``MobileNetV2``); 1 = the plain graph.
 
     Returns a model from images [B, H, W, C] to float32 per-pixel logits
     [B, H, W, num_classes] (no softmax).
@@ -139,7 +142,8 @@ def DeepLabV3(
     inputs = layers.Input(shape=input_shape, name="image")
     backbone = MobileNetV2(alpha=alpha, include_top=False, weights=backbone_weights,
                            input_tensor=inputs, output_stride=output_stride,
-                           framework=framework, bn_momentum=bn_momentum)
+                           framework=framework, bn_momentum=bn_momentum,
+                           expansion_splits=expansion_splits)
     features = backbone.get_layer(FEATURE_TAP).output
     feature_size = tuple(int(d) for d in features.shape[1:3])
 

@@ -6,8 +6,9 @@ ImageNet weight files load unchanged.
 """
 
 import os
+import re
 
-from keras_mnv2.blocks import conv_bn, inverted_residual, make_divisible
+from keras_mnv2.blocks import conv_bn, conv_bn_layers, inverted_residual, make_divisible
 from keras_mnv2.frameworks import framework_of, get_keras
 
 # Paper Table 2: expansion t, output channels c, repeats n, first stride s.
@@ -52,6 +53,36 @@ def block_plan(output_stride=None):
             plan.append((block_id, t, c, layer_stride, layer_rate))
             block_id += 1
     return tuple(plan)
+
+
+def splits_per_block(expansion_splits=1, whole=(), argument="expansion_splits"):
+    """One expansion split count per block of ``block_plan()`` (paper section 5.1).
+
+    ``expansion_splits`` is an integer k >= 1 (every block) or a sequence with one count per
+    block. ``whole`` names layers whose output must exist as one tensor (e.g. the SSDLite tap
+    ``block_13_expand_relu``): their blocks keep a count of 1.
+    """
+    num_blocks = len(block_plan())
+    if isinstance(expansion_splits, int) and not isinstance(expansion_splits, bool):
+        counts = [expansion_splits] * num_blocks
+    elif isinstance(expansion_splits, (list, tuple)) and len(expansion_splits) == num_blocks:
+        counts = list(expansion_splits)
+    else:
+        counts = [0]
+    if any(not isinstance(c, int) or isinstance(c, bool) or c < 1 for c in counts):
+        raise ValueError(
+            f"{argument} must be an integer >= 1 or a sequence of {num_blocks} of them "
+            f"(one per block), got {expansion_splits!r}"
+        )
+    for name in whole:
+        match = re.fullmatch(r"block_(\d+)_(expand|expand_BN|expand_relu|pad|depthwise|"
+                             r"depthwise_BN|depthwise_relu|project)", name)
+        if match and int(match.group(1)) < num_blocks:
+            counts[int(match.group(1))] = 1
+        elif re.fullmatch(r"Conv1|bn_Conv1|Conv1_relu|expanded_conv_(depthwise|depthwise_BN|"
+                          r"depthwise_relu|project)", name):
+            counts[0] = 1
+    return tuple(counts)
 
 
 def _validate(alpha, input_shape, include_top, weights, pooling, classes, output_stride,
@@ -119,6 +150,7 @@ def MobileNetV2(
     name=None,
     framework="keras",
     bn_momentum=0.999,
+    expansion_splits=1,
 ):
     """Builds MobileNetV2 and returns a functional ``keras.Model``.
 
@@ -141,6 +173,15 @@ def MobileNetV2(
         framework: "keras" (Keras 3) or "tf_keras" (Keras 2, for TFMOT).
         bn_momentum: batch-norm moving-average momentum (0.999 as keras.applications; short
             training runs need less, or the inference statistics lag far behind).
+        expansion_splits: 1 (the standard graph), an integer k > 1 to compute every inverted
+            residual with an expansion layer over k channel groups of its expanded tensor, one
+            group at a time (paper section 5.1, memory-efficient inference; layers
+            ``block_{i}_expand_s{j}`` ... ``block_{i}_project_s{j}``, see
+            ``keras_mnv2.blocks.split_branch``), or one count per block of ``block_plan()``
+            (see ``splits_per_block``). k is capped at each block's expanded width. Block 0 has
+            no expansion: it splits together with Conv1 (``Conv1_s{j}``, ...), whose output
+            channels are its groups.
+            ``keras_mnv2.split.split_expansion`` converts a trained model.
     """
     keras = get_keras(framework)
     layers = keras.layers
@@ -148,6 +189,7 @@ def MobileNetV2(
         input_shape = tuple(input_shape)
     _validate(alpha, input_shape, include_top, weights, pooling, classes, output_stride,
               dropout_rate)
+    splits = splits_per_block(expansion_splits)
 
     if input_tensor is not None:
         tensor_shape = tuple(input_tensor.shape[1:])
@@ -164,11 +206,15 @@ def MobileNetV2(
         img_input = input_tensor
         inputs = keras.utils.get_source_inputs(input_tensor)
 
-    x = conv_bn(keras, img_input, make_divisible(32 * alpha), 3, "Conv1", "bn_Conv1",
-                strides=2, relu_name="Conv1_relu", bn_momentum=bn_momentum)
+    # Conv1 is handed to block 0, which has no expansion of its own: split, Conv1's output
+    # channels are block 0's groups (the paper's Table 3 note on the first layer).
+    stem = conv_bn_layers(keras, make_divisible(32 * alpha), 3, "Conv1", "bn_Conv1",
+                          strides=2, relu_name="Conv1_relu", bn_momentum=bn_momentum)
+    x = img_input
     for block_id, t, c, stride, dilation in block_plan(output_stride):
         x = inverted_residual(keras, x, t, make_divisible(int(c * alpha)), stride, block_id,
-                              dilation, bn_momentum=bn_momentum)
+                              dilation, bn_momentum=bn_momentum, splits=splits[block_id],
+                              stem=stem if block_id == 0 else ())
     last_filters = make_divisible(1280 * alpha) if alpha > 1.0 else 1280
     x = conv_bn(keras, x, last_filters, 1, "Conv_1", "Conv_1_bn", relu_name="out_relu",
                 bn_momentum=bn_momentum)

@@ -9,10 +9,20 @@ topological order, a tensor lives from the layer that makes it to its last consu
 to the end), and the footprint of a step is the sum of the live tensors while the layer runs (its
 inputs, its outputs and everything kept for later). The peak is the largest footprint over the
 steps, for batch 1.
+
+Two orders are offered. ``schedule="keras"`` (the default) is the order Keras itself runs a
+functional graph: deepest nodes first, parallel branches level by level. ``schedule="memory"`` is
+a memory-aware topological order (``memory_aware_order``: layers that free memory first, then
+depth first). On a chain both orders agree. They differ where branches run in parallel: for a
+split-expansion block (paper section 5.1, ``keras_mnv2.split``) Keras's order computes every
+expanded group before any projection, while the memory-aware order completes one group (expand,
+depthwise, project, running sum) before the next; ``keras_mnv2.memory.reorder_ops`` puts a TFLite
+model's ops in the same order.
 """
 
 import dataclasses
 import math
+import re
 
 _CONV_TYPES = ("Conv2D", "Conv1D", "Conv3D")
 
@@ -36,9 +46,11 @@ class Profile:
     peak_activation_bytes: int
     peak_layer: str
     layers: tuple
+    schedule: str = "keras"
 
     def block_peaks(self):
-        """Peak footprint per block: layers grouped by name prefix (``block_3``, ``Conv1``...)."""
+        """Peak footprint per block: layers grouped by name prefix (``block_3``, ``Conv1``...;
+        the groups ``Conv1_s0``, ``Conv1_s1``... of a split layer count as ``Conv1``)."""
         peaks = {}
         for row in self.layers:
             key = _block_key(row.name)
@@ -63,7 +75,8 @@ class Profile:
         lines.append(
             f"total: {self.params:,} parameters ({self.trainable_params:,} trainable), "
             f"{self.madds / 1e6:,.1f}M MAdds, peak activation memory "
-            f"{self.peak_activation_bytes / 2**20:.2f} MiB (at {self.peak_layer}, batch 1)"
+            f"{self.peak_activation_bytes / 2**20:.2f} MiB (at {self.peak_layer}, batch 1, "
+            f"{self.schedule} schedule)"
         )
         return "\n".join(lines)
 
@@ -71,13 +84,22 @@ class Profile:
         return self.table()
 
 
-def profile(model, bytes_per_element=None):
+SCHEDULES = ("keras", "memory")
+
+
+def profile(model, bytes_per_element=None, schedule="keras"):
     """Profiles a functional Keras 3 or tf_keras ``model`` with static input sizes.
 
     ``bytes_per_element`` defaults to the size of each tensor's dtype (4 for float32); pass 1 to
-    estimate an int8 model. Returns a ``Profile``; ``print(profile(model))`` shows the table.
+    estimate an int8 model. ``schedule`` is the layer order of the peak-memory count: "keras"
+    (Keras's own) or "memory" (memory-aware; see the module docstring). Returns a ``Profile``
+    whose rows follow that order; ``print(profile(model))`` shows the table.
     """
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
     nodes = _nodes_in_order(model)
+    if schedule == "memory":
+        nodes = _memory_order(nodes, model, bytes_per_element)
     producers, consumers = {}, {}
     for step, node in enumerate(nodes):
         for tensor in _node_inputs(node):
@@ -123,7 +145,76 @@ def profile(model, bytes_per_element=None):
         peak_activation_bytes=peak,
         peak_layer=peak_layer,
         layers=tuple(rows),
+        schedule=schedule,
     )
+
+
+def _memory_order(nodes, model, bytes_per_element):
+    """``nodes`` (in Keras's order) rearranged by ``memory_aware_order``."""
+    sizes = {}
+    for node in nodes:
+        for tensor in _node_inputs(node) + _node_outputs(node):
+            sizes[id(tensor)] = _tensor_bytes(tensor, bytes_per_element, model.name)
+    order = memory_aware_order(
+        [[id(t) for t in _node_inputs(node)] for node in nodes],
+        [[id(t) for t in _node_outputs(node)] for node in nodes],
+        sizes,
+        keep={id(t) for t in _flatten(model.outputs)},
+    )
+    return [nodes[index] for index in order]
+
+
+def memory_aware_order(op_inputs, op_outputs, sizes, keep=()):
+    """A memory-aware topological order of a graph of ops (greedy list scheduling).
+
+    ``op_inputs[i]`` and ``op_outputs[i]`` list the tensor keys of op ``i``, the ops being given
+    in some topological order; ``sizes`` maps tensor keys to bytes (missing keys count 0);
+    tensors in ``keep`` are never freed. A tensor is freed after its last consumer. Of the ops
+    whose inputs are ready, the next one is, in this order of preference: one that does not
+    grow the live memory (its outputs are no larger than the inputs it frees), then the one that
+    continues the most recent work (depth first: the latest-made input), then the earliest in
+    the given order. Depth first is what runs a split-expansion block one group at a time.
+    Returns the op indices in the new order.
+    """
+    producer = {}
+    for index, outputs in enumerate(op_outputs):
+        for key in outputs:
+            producer[key] = index
+    waiting, users = [], {}
+    for index, inputs in enumerate(op_inputs):
+        waiting.append({producer[key] for key in inputs if key in producer})
+        for key in set(inputs):
+            users[key] = users.get(key, 0) + 1
+    children = [[] for _ in op_inputs]
+    for index, parents in enumerate(waiting):
+        for parent in parents:
+            children[parent].append(index)
+    made_at = {}  # tensor key -> step that made it
+    ready = {index for index, parents in enumerate(waiting) if not parents}
+    order = []
+
+    def preference(index):
+        inputs = set(op_inputs[index])
+        freed = sum(sizes.get(key, 0) for key in inputs if users[key] == 1 and key not in keep)
+        grows = sum(sizes.get(key, 0) for key in op_outputs[index]) > freed
+        recency = max((made_at.get(key, -1) for key in inputs), default=-1)
+        return grows, -recency, index
+
+    while ready:
+        chosen = min(ready, key=preference)
+        ready.discard(chosen)
+        for key in set(op_inputs[chosen]):
+            users[key] -= 1
+        for key in op_outputs[chosen]:
+            made_at[key] = len(order)
+        order.append(chosen)
+        for child in children[chosen]:
+            waiting[child].discard(chosen)
+            if not waiting[child]:
+                ready.add(child)
+    if len(order) != len(op_inputs):
+        raise ValueError("the ops do not form an acyclic graph")
+    return order
 
 
 def count_madds(model):
@@ -224,4 +315,4 @@ def _block_key(name):
         return "_".join(parts[:2])
     if name.startswith("expanded_conv"):
         return "expanded_conv"
-    return name
+    return re.sub(r"_s\d+$", "", name)  # a group of a split layer (keras_mnv2.split)

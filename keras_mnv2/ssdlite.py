@@ -15,7 +15,7 @@ import numpy as np
 from keras_mnv2.anchors import num_boxes_per_layer, ssd_anchors
 from keras_mnv2.blocks import BN_EPSILON, BN_MOMENTUM, make_divisible
 from keras_mnv2.frameworks import get_keras
-from keras_mnv2.mobilenet_v2 import MobileNetV2
+from keras_mnv2.mobilenet_v2 import MobileNetV2, splits_per_block
 
 FEATURE_TAPS = ("block_13_expand_relu", "out_relu")
 EXTRA_DEPTHS = (512, 256, 256, 128)
@@ -88,6 +88,7 @@ def SSDLite(
     name=None,
     framework="keras",
     bn_momentum=BN_MOMENTUM,
+    expansion_splits=1,
 ):
     """Builds SSDLite-MobileNetV2; returns a functional model with raw outputs.
 
@@ -102,6 +103,8 @@ def SSDLite(
             training from scratch; None leaves the bias at zero).
         framework: "keras" or "tf_keras" (the QAT twin).
         bn_momentum: batch-norm momentum everywhere (lower it for short training runs).
+        expansion_splits: passed to ``MobileNetV2`` (memory-efficient inference, paper section
+            5.1); block 13, whose expanded tensor is the stride-16 feature map, stays whole.
 
     The model has ``model.anchors`` (np.float32 [N, 4], cy/cx/h/w normalized), the anchors its
     outputs line up with; ``ssdlite_anchors(input_size, ...)`` recomputes them.
@@ -122,7 +125,8 @@ def SSDLite(
 
     backbone = MobileNetV2(alpha=alpha, input_shape=(input_size, input_size, 3),
                            include_top=False, weights=backbone_weights, framework=framework,
-                           bn_momentum=bn_momentum)
+                           bn_momentum=bn_momentum,
+                           expansion_splits=splits_per_block(expansion_splits, FEATURE_TAPS))
     features = [backbone.get_layer(tap).output for tap in FEATURE_TAPS]
     x = features[-1]
     for index, depth in enumerate(extra_depths, start=1):

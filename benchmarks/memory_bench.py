@@ -1,0 +1,130 @@
+"""Memory-efficient inference (paper section 5.1): split-expansion inverted residuals.
+
+For MobileNetV2 1.0/224 and SSDLite 320 (80 classes), float32 and int8 (full-integer
+post-training quantization, int8 input and output, calibrated on a few random images: enough for
+memory and speed, not for accuracy), each model split with ``keras_mnv2.split.split_expansion``
+at 1 (the original), 2, 3 and 6 groups per block, and at one per-block plan, prints:
+
+- computed peak: ``keras_mnv2.profile(model, schedule="memory")`` on the Keras graph (BN, ReLU6
+  and padding counted as tensors of their own, 1 byte per element for int8);
+- TFLite arena: ``keras_mnv2.memory.tflite_arena_bytes``, the interpreter's tensor arena (built-in
+  kernels), for the converter's op order and after ``keras_mnv2.memory.reorder_ops`` (the
+  memory-aware order, one group of a split block at a time; the order that ships);
+- TFLite latency of the reordered model: median over repeated invocations (default XNNPACK
+  path, 1 thread, the models timed in alternating rounds), as wall time and as the invoking
+  thread's CPU time (which a loaded machine disturbs less).
+
+The per-block plan ``EARLY_SPLITS`` splits only the first blocks, whose expanded tensors bound
+the peak (the stem Conv1 + block 0 into 3, block 1 into 6, block 2 into 3): the smallest counts
+that halve the TFLite arena of MobileNetV2 at 224 px. Splitting costs speed (smaller
+convolutions, more ops), so the later, small blocks stay whole.
+"""
+
+import argparse
+import os
+import statistics
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np
+
+SPLITS = (1, 2, 3, 6)
+EARLY_SPLITS = (3, 6, 3) + (1,) * 14
+MiB = 2 ** 20
+
+
+def _plans():
+    plans = {str(k): k for k in SPLITS}
+    plans["3,6,3,1.."] = EARLY_SPLITS
+    return plans
+
+
+def _latencies(contents, repeats, rounds=5):
+    """Median wall and thread-CPU invoke times (ms) of each flatbuffer in ``contents``."""
+    from keras_mnv2 import tflite
+
+    interps = {}
+    for name, content in contents.items():
+        interp = tflite.interpreter(content, num_threads=1)
+        detail = interp.get_input_details()[0]
+        interp.set_tensor(detail["index"], np.zeros(detail["shape"], detail["dtype"]))
+        interp.invoke()
+        interps[name] = interp
+    wall = {name: [] for name in contents}
+    cpu = {name: [] for name in contents}
+    for _ in range(rounds):
+        for name, interp in interps.items():
+            for _ in range(max(1, repeats // rounds)):
+                start_wall, start_cpu = time.perf_counter(), time.thread_time()
+                interp.invoke()
+                cpu[name].append((time.thread_time() - start_cpu) * 1e3)
+                wall[name].append((time.perf_counter() - start_wall) * 1e3)
+    return ({name: statistics.median(v) for name, v in wall.items()},
+            {name: statistics.median(v) for name, v in cpu.items()})
+
+
+def _model_section(title, base, size, repeats, calibration):
+    import keras_mnv2
+    from keras_mnv2 import memory, tflite
+    from keras_mnv2.split import split_expansion
+
+    samples = np.random.RandomState(0).uniform(-1, 1, (calibration, size, size, 3))
+    models = {name: base if plan == 1 else split_expansion(base, plan)
+              for name, plan in _plans().items()}
+    for dtype in ("float32", "int8"):
+        rows, contents = {}, {}
+        for name, model in models.items():
+            if dtype == "float32":
+                converted = tflite.convert_float(model)
+            else:
+                converted = memory.convert_int8(model, samples)
+            contents[name] = memory.reorder_ops(converted)
+            computed = keras_mnv2.profile(model, bytes_per_element=4 if dtype == "float32" else 1,
+                                          schedule="memory").peak_activation_bytes
+            rows[name] = (computed, memory.tflite_arena_bytes(converted),
+                          memory.tflite_arena_bytes(contents[name]),
+                          len(memory.tflite_ops(contents[name])))
+        wall, cpu = _latencies(contents, repeats)
+        base_rows, base_wall, base_cpu = rows["1"], wall["1"], cpu["1"]
+        for name, (computed, arena_converted, arena, ops) in rows.items():
+            print(f"{title:<20} {dtype:<7} {name:<10} {computed / MiB:>9.2f} "
+                  f"{computed / base_rows[0]:>5.0%} {arena_converted / MiB:>10.2f} "
+                  f"{arena / MiB:>9.2f} {arena / base_rows[2]:>5.0%} {ops:>4} "
+                  f"{wall[name]:>8.2f} {wall[name] / base_wall:>5.0%} "
+                  f"{cpu[name]:>8.2f} {cpu[name] / base_cpu:>5.0%}", flush=True)
+
+
+def memory_bench(mobilenet_size=224, ssd_size=320, alpha=1.0, repeats=100, calibration=4):
+    """Prints the section's table (see the module docstring); takes several minutes."""
+    import keras_mnv2
+
+    print("\n== Memory-efficient inference (paper section 5.1): split-expansion blocks ==")
+    print("computed: profile(schedule='memory') of the Keras graph; arena: TFLite tensor arena "
+          "(converter's op order, then memory-aware order); latency: reordered model, 1 thread")
+    header = (f"{'model':<20} {'dtype':<7} {'splits':<10} {'computed':>9} {'':>5} "
+              f"{'arena conv':>10} {'arena':>9} {'':>5} {'ops':>4} {'wall ms':>8} {'':>5} "
+              f"{'cpu ms':>8} {'':>5}")
+    print(header)
+    print(f"{'':<39} {'MiB':>9} {'vs 1':>5} {'MiB':>10} {'MiB':>9} {'vs 1':>5} {'':>4} "
+          f"{'':>8} {'vs 1':>5} {'':>8} {'vs 1':>5}")
+    print("-" * len(header))
+    classifier = keras_mnv2.MobileNetV2(alpha=alpha, input_shape=(mobilenet_size,) * 2 + (3,))
+    _model_section(f"MobileNetV2 {alpha}/{mobilenet_size}", classifier, mobilenet_size, repeats,
+                   calibration)
+    detector = keras_mnv2.SSDLite(80, alpha=alpha, input_size=ssd_size)
+    _model_section(f"SSDLite {ssd_size}", detector, ssd_size, repeats, calibration)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--alpha", type=float, default=1.0)
+    parser.add_argument("--mobilenet-size", type=int, default=224)
+    parser.add_argument("--ssd-size", type=int, default=320)
+    parser.add_argument("--repeats", type=int, default=100)
+    args = parser.parse_args(argv)
+    memory_bench(args.mobilenet_size, args.ssd_size, args.alpha, args.repeats)
+
+
+if __name__ == "__main__":
+    main()

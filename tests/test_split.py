@@ -1,0 +1,159 @@
+import keras
+import numpy as np
+import pytest
+
+import keras_mnv2
+from keras_mnv2.blocks import split_sizes
+from keras_mnv2.split import split_blocks, split_expansion
+
+SIZE = 96
+
+
+def _trained_like(model, seed=0):
+    """Gives ``model`` (built with bn_momentum=0) batch-norm statistics of real activations, so
+    that its outputs depend on the input; a small variance floor keeps the random network from
+    amplifying float rounding (as trained networks do not)."""
+    x = np.random.RandomState(seed).uniform(-1, 1, (8, SIZE, SIZE, 3)).astype("float32")
+    model([x] if isinstance(getattr(model, "_inputs_struct", None), list) else x, training=True)
+    for layer in model.layers:
+        if type(layer).__name__ == "BatchNormalization":
+            gamma, beta, mean, variance = layer.get_weights()
+            layer.set_weights([gamma, beta, mean, variance + 0.01])
+    return model
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return _trained_like(keras_mnv2.MobileNetV2(alpha=0.35, input_shape=(SIZE, SIZE, 3),
+                                                include_top=False, bn_momentum=0.0))
+
+
+def _probe(model):
+    """The model's output and a mid-network map, which must vary from image to image."""
+    return keras.Model(model.inputs, [model.get_layer("block_5_add").output, model.outputs[0]])
+
+
+def test_split_sizes_are_as_equal_as_possible():
+    assert split_sizes(96, 6) == (16,) * 6
+    assert split_sizes(48, 5) == (10, 10, 10, 9, 9)
+    assert split_sizes(8, 20) == (1,) * 8  # capped at the width
+    with pytest.raises(ValueError, match="splits must be an integer >= 1"):
+        split_sizes(8, 0)
+
+
+def test_builder_split_block_structure():
+    # alpha 0.35: block 1 expands 8 channels to 48, split into 5 groups of 10, 10, 10, 9, 9.
+    whole = keras_mnv2.MobileNetV2(alpha=0.35, input_shape=(SIZE, SIZE, 3))
+    model = keras_mnv2.MobileNetV2(alpha=0.35, input_shape=(SIZE, SIZE, 3), expansion_splits=5)
+    widths = [model.get_layer(f"block_1_expand_s{i}").filters for i in range(5)]
+    assert widths == [10, 10, 10, 9, 9]
+    assert [model.get_layer(f"block_1_project_s{i}").filters for i in range(5)] == [8] * 5
+    assert model.get_layer("block_1_project_sum_s4").output.shape[-1] == 8
+    assert model.get_layer("block_1_project_BN").input.shape[-1] == 8
+    for missing in ("block_1_expand", "block_1_depthwise", "block_1_project", "Conv1"):
+        with pytest.raises(ValueError):
+            model.get_layer(missing)
+    # Block 0 has no expansion: it splits together with Conv1 (32 * 0.35 -> 16 channels).
+    assert [model.get_layer(f"Conv1_s{i}").filters for i in range(5)] == [4, 3, 3, 3, 3]
+    assert split_blocks(model) == {"expanded_conv_": 5, **{f"block_{i}_": 5 for i in range(1, 17)}}
+    # Slicing adds no parameter and loses none (no bias anywhere in the branch).
+    assert model.count_params() == whole.count_params() == 1_691_208
+    assert split_blocks(whole) == {}
+
+
+def test_per_block_splits_and_invalid_values():
+    plan = (3, 6, 3) + (1,) * 14
+    model = keras_mnv2.MobileNetV2(alpha=0.35, input_shape=(SIZE, SIZE, 3), include_top=False,
+                                   expansion_splits=plan)
+    assert split_blocks(model) == {"expanded_conv_": 3, "block_1_": 6, "block_2_": 3}
+    model.get_layer("block_3_expand")  # whole
+    for bad in (0, True, 2.0, (2, 2), (1,) * 16 + (0,)):
+        with pytest.raises(ValueError, match="expansion_splits must be an integer >= 1 or a "
+                                             "sequence of 17"):
+            keras_mnv2.MobileNetV2(alpha=0.35, input_shape=(SIZE, SIZE, 3), expansion_splits=bad)
+
+
+@pytest.mark.parametrize("splits", [2, 5, (3, 6, 3) + (1,) * 14])
+def test_split_expansion_keeps_outputs(tiny, images, splits):
+    # 5 divides none of the widths split (16 for Conv1, then 48, 96, 144, 192, 336); 2 all.
+    split = split_expansion(tiny, splits)
+    x = images(n=4, size=SIZE, seed=3)
+    mid, out = _probe(tiny).predict(x, verbose=0)
+    split_mid, split_out = _probe(split).predict(x, verbose=0)
+    assert mid.std(axis=0).mean() > 0.05  # the probe sees the input
+    np.testing.assert_allclose(split_mid, mid, atol=1e-5)
+    np.testing.assert_allclose(split_out, out, atol=1e-5)
+    assert split.count_params() == tiny.count_params()
+    assert split_blocks(split)["block_1_"] == {2: 2, 5: 5}.get(splits, 6)
+
+
+def test_a_wrong_slice_would_show(tiny, images):
+    split = split_expansion(tiny, 3)
+    layer = split.get_layer("block_4_expand_s1")
+    kernel = layer.get_weights()[0]
+    layer.set_weights([kernel[..., ::-1]])  # the group's channels in the wrong order
+    x = images(n=2, size=SIZE)
+    assert np.abs(split.predict(x, verbose=0) - tiny.predict(x, verbose=0)).max() > 1e-3
+
+
+def test_split_expansion_builds_the_builders_graph(tiny, images):
+    split = split_expansion(tiny, 5)
+    built = keras_mnv2.MobileNetV2(alpha=0.35, input_shape=(SIZE, SIZE, 3), include_top=False,
+                                   expansion_splits=5)
+    names = sorted(layer.name for layer in split.layers[1:])
+    assert names == sorted(layer.name for layer in built.layers[1:])
+    assert keras_mnv2.copy_weights(split, built) > 0
+    x = images(n=2, size=SIZE)
+    np.testing.assert_allclose(built.predict(x, verbose=0), tiny.predict(x, verbose=0), atol=1e-5)
+
+
+def test_split_model_keras_file_round_trip(tiny, images, tmp_path):
+    split = split_expansion(tiny, 3)
+    path = tmp_path / "split.keras"
+    split.save(path)
+    loaded = keras.saving.load_model(path)
+    assert split_blocks(loaded) == split_blocks(split)
+    x = images(n=2, size=SIZE)
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), tiny.predict(x, verbose=0),
+                               atol=1e-5)
+
+
+def test_ssdlite_keeps_the_tapped_block_whole(images):
+    # block_13_expand_relu is SSDLite's stride-16 feature map: its block cannot be split.
+    model = _trained_like(keras_mnv2.SSDLite(3, alpha=0.35, input_size=SIZE, bn_momentum=0.0))
+    split = split_expansion(model, 3)
+    built = keras_mnv2.SSDLite(3, alpha=0.35, input_size=SIZE, expansion_splits=3)
+    for candidate in (split, built):
+        assert "block_13_" not in split_blocks(candidate)
+        assert len(split_blocks(candidate)) == 16
+        candidate.get_layer("block_13_expand_relu")
+    assert sorted(l.name for l in split.layers[1:]) == sorted(l.name for l in built.layers[1:])
+    np.testing.assert_array_equal(split.anchors, model.anchors)
+    x = images(n=2, size=SIZE)
+    expected, got = model.predict(x, verbose=0), split.predict(x, verbose=0)
+    for key in ("boxes", "classes"):
+        np.testing.assert_allclose(got[key], expected[key], atol=1e-5)
+
+
+def test_tf_keras_model_splits(images):
+    model = keras_mnv2.MobileNetV2(alpha=0.35, input_shape=(SIZE, SIZE, 3), include_top=False,
+                                   framework="tf_keras", bn_momentum=0.0)
+    model = _trained_like(model)
+    split = split_expansion(model, 4)
+    assert type(split).__module__.startswith("tf_keras")
+    assert split_blocks(split)["block_16_"] == 4
+    x = images(n=2, size=SIZE)
+    np.testing.assert_allclose(split.predict(x, verbose=0), model.predict(x, verbose=0),
+                               atol=1e-5)
+
+
+def test_split_expansion_errors(tiny):
+    with pytest.raises(ValueError, match="already split"):
+        split_expansion(split_expansion(tiny, 2), 2)
+    with pytest.raises(ValueError, match="splits must be an integer >= 1"):
+        split_expansion(tiny, 0)
+    plain = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 1)])
+    with pytest.raises(ValueError, match="no inverted residual"):
+        split_expansion(keras.Model(plain.inputs, plain.outputs), 2)
+    with pytest.raises(TypeError):
+        split_expansion("model.keras", 2)
