@@ -78,8 +78,23 @@ def main(argv=None):
     parser.add_argument("--alpha", type=float, default=1.0)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--repeats", type=int, default=100)
+    parser.add_argument("--sections", default="classifier,memory,imagenet",
+                        help="comma-separated: classifier, memory (issue 7), imagenet (issue 3)")
     args = parser.parse_args(argv)
-    classifier_section(args.alpha, args.size, args.repeats)
+    sections = args.sections.split(",")
+    if "classifier" in sections:
+        classifier_section(args.alpha, args.size, args.repeats)
+    if "memory" in sections:
+        from benchmarks.memory_bench import memory_bench
+
+        print("\n== Split-expansion inverted residuals: peak activation memory and latency ==")
+        memory_bench(repeats=args.repeats)
+    if "imagenet" in sections and os.path.exists(os.path.join(os.path.dirname(__file__),
+                                                               "imagenet_bench.py")):
+        from benchmarks import imagenet_bench
+
+        imagenet_bench.input_pipeline_bench()
+        imagenet_bench.training_bench()
 
 
 if __name__ == "__main__":
