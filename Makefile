@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: venv test test-fast bench train-coco train-imagenet train-voc clean
+.PHONY: venv test test-fast bench train-coco train-imagenet eval-imagenet train-voc qat tflite clean
 
 venv: $(STAMP)
 
@@ -30,11 +30,42 @@ train-coco: $(STAMP)
 	$(PY) -m pipelines.cli train coco $(if $(COCO_DIR),--coco-dir $(COCO_DIR)) \
 		$(if $(TFDS_DIR),--tfds-data-dir $(TFDS_DIR)) $(ARGS)
 
+# IMAGENET_DIR=<train/ + val/ folders>, IMAGENET_TFRECORDS=<shards> or TFDS_DIR; none: embedded.
 train-imagenet: $(STAMP)
-	$(PY) -m pipelines.cli train imagenet $(ARGS)
+	$(PY) -m pipelines.cli train imagenet $(if $(IMAGENET_DIR),--data-dir $(IMAGENET_DIR)) \
+		$(if $(IMAGENET_TFRECORDS),--tfrecord-dir $(IMAGENET_TFRECORDS)) \
+		$(if $(TFDS_DIR),--tfds-data-dir $(TFDS_DIR)) $(ARGS)
 
+eval-imagenet: $(STAMP)
+	$(PY) -m pipelines.cli eval imagenet $(if $(IMAGENET_DIR),--data-dir $(IMAGENET_DIR)) $(ARGS)
+
+# VOC_DIR=<VOCdevkit/VOC2012> (SBD_DIR=<SBD dataset/> for train_aug); none: embedded.
 train-voc: $(STAMP)
-	$(PY) -m pipelines.cli train voc $(ARGS)
+	$(PY) -m pipelines.cli train voc $(if $(VOC_DIR),--voc-dir $(VOC_DIR)) \
+		$(if $(SBD_DIR),--sbd-dir $(SBD_DIR)) $(ARGS)
+
+# Deployment, per job in JOBS (default all three): trains the embedded model first when
+# runs/<job> has none, exports float32 + PTQ int8 (tflite), adds QAT int8 (qat), and writes the
+# comparison table runs/<job>/deploy.md (+ .png, .json). E.g. make qat JOBS=coco QAT_EPOCHS=1
+JOBS       ?= coco voc imagenet
+QAT_EPOCHS ?= 2
+MODEL_coco     := last.keras
+MODEL_voc      := last.keras
+MODEL_imagenet := model.keras
+
+define trained
+[ -f runs/$(1)/$(MODEL_$(1)) ] && [ -f runs/$(1)/metrics.json ] || \
+	$(PY) -m pipelines.cli train $(1) || exit 1;
+endef
+
+tflite: $(STAMP)
+	@set -e; $(foreach job,$(JOBS),$(call trained,$(job)) \
+		$(PY) -m pipelines.cli export $(job) $(ARGS);)
+
+qat: $(STAMP)
+	@set -e; $(foreach job,$(JOBS),$(call trained,$(job)) \
+		$(PY) -m pipelines.cli export $(job) --no-compare; \
+		$(PY) -m pipelines.cli qat $(job) --epochs $(QAT_EPOCHS) $(ARGS);)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -3,8 +3,6 @@
 import argparse
 import sys
 
-JOBS = ("coco", "imagenet", "voc")
-ISSUES = {"coco": 4, "imagenet": 3, "voc": 5}
 
 
 def _profile(args):
@@ -21,26 +19,109 @@ def _profile(args):
     return 0
 
 
-def _train(args):
-    if args.job != "coco":
-        print(
-            f"keras-mnv2 train {args.job}: not built yet (tracked in issue {ISSUES[args.job]}).",
-            file=sys.stderr,
-        )
-        return 2
+def _recipe(args, module, embedded):
+    """The job's EMBEDDED or PAPER recipe with every flag given on the command line applied."""
     import dataclasses
 
+    recipe = module.EMBEDDED if embedded else module.PAPER
+    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(recipe)
+                 if getattr(args, f.name, None) is not None}
+    return dataclasses.replace(recipe, **overrides)
+
+
+def _train_coco(args):
     from pipelines import detection
 
     embedded = args.coco_dir is None and args.tfds_data_dir is None
-    recipe = detection.EMBEDDED if embedded else detection.PAPER
-    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(recipe)
-                 if getattr(args, f.name, None) is not None}
-    recipe = dataclasses.replace(recipe, **overrides)
     metrics = detection.run(coco_dir=args.coco_dir, tfds_data_dir=args.tfds_data_dir,
-                            run_dir=args.run_dir, recipe=recipe,
+                            run_dir=args.run_dir, recipe=_recipe(args, detection, embedded),
                             backbone_weights=args.backbone_weights)
     return 1 if metrics.get("stopped_on_nan") else 0
+
+
+def _train_voc(args):
+    from pipelines import segmentation
+
+    embedded = args.voc_dir is None
+    metrics = segmentation.run(voc_dir=args.voc_dir, sbd_dir=args.sbd_dir, run_dir=args.run_dir,
+                               recipe=_recipe(args, segmentation, embedded),
+                               backbone_weights=args.backbone_weights)
+    return 1 if metrics.get("stopped_on_nan") else 0
+
+
+def _train_imagenet(args):
+    from pipelines import classification
+
+    embedded = all(getattr(args, k) is None for k in
+                   ("data_dir", "tfds_data_dir", "tfds_manual_dir", "tfrecord_dir"))
+    metrics = classification.run(
+        data_dir=args.data_dir, tfds_data_dir=args.tfds_data_dir,
+        tfds_manual_dir=args.tfds_manual_dir, tfrecord_dir=args.tfrecord_dir,
+        val_labels=args.val_labels, run_dir=args.run_dir,
+        recipe=_recipe(args, classification, embedded), strategy=args.strategy,
+        data_service=args.data_service)
+    return 1 if metrics.get("stopped_on_nan") else 0
+
+
+def _qat(args):
+    from pipelines import deploy
+
+    deploy.run_qat(args.job, run_dir=args.run_dir, epochs=args.epochs,
+                   learning_rate=args.learning_rate, steps_per_epoch=args.steps_per_epoch,
+                   io_dtype=args.io_dtype)
+    if not args.no_compare:
+        deploy.compare(args.job, run_dir=args.run_dir)
+    return 0
+
+
+def _export(args):
+    from pipelines import deploy
+
+    modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
+    deploy.run_export(args.job, run_dir=args.run_dir, modes=modes, io_dtype=args.io_dtype)
+    if not args.no_compare:
+        deploy.compare(args.job, run_dir=args.run_dir)
+    return 0
+
+
+def _eval(args):
+    import json
+    import os
+
+    from pipelines import deploy
+
+    if (args.model is None) == (args.tflite is None):
+        raise ValueError("give one of --model PATH (a .keras file) and --tflite PATH")
+    if args.tflite is not None:
+        run_dir = args.run_dir or f"runs/{args.job}"
+        result = deploy.evaluate_tflite(args.job, args.tflite, run_dir,
+                                        keras_metrics=not args.no_keras)
+    elif args.job == "imagenet":
+        from pipelines import classification
+
+        classification.run_eval(model=args.model, data_dir=args.data_dir,
+                                tfds_data_dir=args.tfds_data_dir,
+                                tfds_manual_dir=args.tfds_manual_dir,
+                                tfrecord_dir=args.tfrecord_dir, val_labels=args.val_labels,
+                                run_dir=args.run_dir)
+        return 0
+    else:
+        run_dir = args.run_dir or os.path.dirname(os.path.abspath(args.model))
+        result = deploy.evaluate_keras(args.job, args.model, run_dir)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def _imagenet_data_flags(parser):
+    parser.add_argument("--data-dir", default=None,
+                        help="ImageNet folder layout: train/<wnid>/*.JPEG and val/")
+    parser.add_argument("--val-labels", default=None,
+                        help="labels file for a flat val/ folder (one wnid or index per image)")
+    parser.add_argument("--tfds-data-dir", default=None, help="TFDS data dir with imagenet2012")
+    parser.add_argument("--tfds-manual-dir", default=None,
+                        help="TFDS manual dir with the ImageNet tar files")
+    parser.add_argument("--tfrecord-dir", default=None,
+                        help="TF-slim/Inception TFRecord shards (train-*, validation-*)")
 
 
 def _add_recipe_flags(parser, recipe_class):
@@ -71,27 +152,90 @@ def build_parser():
     prof.set_defaults(func=_profile)
 
     train = sub.add_parser("train", help="train a model on a dataset")
-    train.add_argument("job", choices=JOBS)
-    train.add_argument("--coco-dir", default=None,
-                       help="COCO-format directory (annotations/instances_<split>.json + images)")
-    train.add_argument("--tfds-data-dir", default=None, help="TFDS data dir holding coco/2017")
-    train.add_argument("--run-dir", default=None, help="where checkpoints and figures go")
-    train.add_argument("--backbone-weights", default=None,
-                       help="'imagenet' or a MobileNetV2 weights file")
+    jobs = train.add_subparsers(dest="job", required=True)
+    from pipelines.classification import STRATEGIES, ImagenetRecipe
     from pipelines.detection import CocoRecipe
+    from pipelines.segmentation import VocRecipe
 
-    _add_recipe_flags(train, CocoRecipe)
-    train.set_defaults(func=_train)
+    coco = jobs.add_parser("coco", help="SSDLite on COCO (embedded synthetic data by default)")
+    coco.add_argument("--coco-dir", default=None,
+                      help="COCO-format directory (annotations/instances_<split>.json + images)")
+    coco.add_argument("--tfds-data-dir", default=None, help="TFDS data dir holding coco/2017")
+    _add_recipe_flags(coco, CocoRecipe)
+    coco.set_defaults(func=_train_coco)
+
+    voc = jobs.add_parser("voc", help="DeepLabV3 on PASCAL VOC (embedded synthetic by default)")
+    voc.add_argument("--voc-dir", default=None, help="VOCdevkit/VOC2012 directory")
+    voc.add_argument("--sbd-dir", default=None,
+                     help="SBD 'dataset' directory (cls/*.mat) for the train_aug split")
+    _add_recipe_flags(voc, VocRecipe)
+    voc.set_defaults(func=_train_voc)
+
+    imagenet = jobs.add_parser("imagenet", help="the classifier on ImageNet (embedded synthetic "
+                                                "data by default)")
+    _imagenet_data_flags(imagenet)
+    imagenet.add_argument("--strategy", default="default", choices=STRATEGIES)
+    imagenet.add_argument("--data-service", default=None,
+                          help="tf.data service dispatcher, e.g. grpc://host:5000")
+    _add_recipe_flags(imagenet, ImagenetRecipe)
+    imagenet.set_defaults(func=_train_imagenet)
+
+    for job in (coco, voc, imagenet):
+        job.add_argument("--run-dir", default=None, help="where checkpoints and figures go")
+        if job is not imagenet:
+            job.add_argument("--backbone-weights", default=None,
+                             help="'imagenet' or a MobileNetV2 weights file")
+
+    from pipelines.deploy import JOBS
+
+    qat_cmd = sub.add_parser("qat", help="quantization-aware fine-tuning of a trained run, "
+                                         "then its int8 .tflite and the comparison table")
+    qat_cmd.add_argument("job", choices=JOBS)
+    qat_cmd.add_argument("--run-dir", default=None, help="the trained run (default runs/<job>)")
+    qat_cmd.add_argument("--epochs", type=int, default=2)
+    qat_cmd.add_argument("--learning-rate", type=float, default=None,
+                         help="default: a tenth of the recipe's")
+    qat_cmd.add_argument("--steps-per-epoch", type=int, default=None,
+                         help="default: the float run's")
+    qat_cmd.add_argument("--io-dtype", default="float32", choices=("float32", "int8", "uint8"))
+    qat_cmd.add_argument("--no-compare", action="store_true", help="skip the comparison table")
+    qat_cmd.set_defaults(func=_qat)
+
+    exp = sub.add_parser("export", help="TFLite files of a trained run, then the comparison "
+                                        "table (deploy.md/png)")
+    exp.add_argument("job", choices=JOBS)
+    exp.add_argument("--run-dir", default=None, help="the trained run (default runs/<job>)")
+    exp.add_argument("--modes", default="float32,int8",
+                     help="comma-separated: float32, float16, dynamic, int8")
+    exp.add_argument("--io-dtype", default="float32", choices=("float32", "int8", "uint8"),
+                     help="input/output type of the int8 file")
+    exp.add_argument("--no-compare", action="store_true", help="skip the comparison table")
+    exp.set_defaults(func=_export)
+
+    ev = sub.add_parser("eval", help="evaluate a .keras model or a .tflite file")
+    evjobs = ev.add_subparsers(dest="job", required=True)
+    for name in JOBS:
+        job = evjobs.add_parser(name)
+        job.add_argument("--model", default=None, help=".keras model file")
+        job.add_argument("--tflite", default=None, help=".tflite file (evaluated with the "
+                                                        "interpreter on the run's val split)")
+        job.add_argument("--run-dir", default=None,
+                         help="the trained run whose data and recipe apply (default runs/<job>)")
+        job.add_argument("--no-keras", action="store_true",
+                         help="with --tflite: skip the float Keras model's metric")
+        if name == "imagenet":
+            _imagenet_data_flags(job)
+        job.set_defaults(func=_eval)
     return parser
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    if getattr(args, "run_dir", "") is None:
+    if getattr(args, "run_dir", "") is None and args.command != "eval":
         args.run_dir = f"runs/{args.job}"
     try:
         return args.func(args)
-    except ValueError as err:
+    except (ValueError, FileNotFoundError) as err:
         print(f"keras-mnv2: error: {err}", file=sys.stderr)
         return 2
 

@@ -1,0 +1,571 @@
+"""The ImageNet classification job: MobileNetV2 trained with the shared driver, evaluated top-1 /
+top-5 on the whole validation split. ``keras-mnv2 train imagenet`` / ``keras-mnv2 eval imagenet``.
+
+Data: an ImageNet folder layout (``data_dir``), TFDS ``imagenet2012`` (``tfds_data_dir``, and
+``tfds_manual_dir`` to build it), or TF-slim TFRecord shards (``tfrecord_dir``). With none of them
+it generates the embedded synthetic dataset once (``pipelines.synthetic_imagenet``, ImageNet
+folder layout) and trains ``EMBEDDED`` on it.
+
+The run directory holds what ``pipelines.driver`` writes (backup/ for resume, last.keras,
+history.csv, logs/, curves.png) plus model.keras (the final model; the EMA weights when the
+recipe averages them) and metrics.json.
+"""
+
+import dataclasses
+import os
+import time
+
+import keras
+import tensorflow as tf
+
+from pipelines import imagenet_data
+
+STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
+
+
+@dataclasses.dataclass(frozen=True)
+class ImagenetRecipe:
+    """Training recipe; every field is a scalar so that the CLI has one flag per field.
+
+    PAPER is the MobileNetV2 paper, section 6.1, with TF-slim's values where the paper is silent:
+    RMSProp (decay 0.9, momentum 0.9, epsilon 1.0: TF-slim train_image_classifier's
+    ``opt_epsilon``, inside the square root as in Keras), lr 0.045 for a batch of 96 (scaled
+    linearly with ``batch_size``) decayed by 0.98 per epoch (TF-slim's README: every 2.5 epochs,
+    ``--lr-decay-epochs 2.5``), L2 weight decay 4e-5 on the convolution and logits kernels
+    (TF-slim's ``l2_regularizer(4e-5)`` = 4e-5 * sum(w^2) / 2; none on depthwise kernels,
+    biases or batch norm), label smoothing 0.1, weight EMA 0.9999, dropout 0.2 before the
+    logits, batch-norm decay 0.997 (TF-slim's mobilenet ``training_scope``). The paper gives no
+    epoch count; 300 epochs take the lr down ~400-fold.
+    """
+
+    alpha: float = 1.0
+    resolution: int = 224
+    batch_size: int = 96  # global (all replicas)
+    epochs: int = 300
+    steps_per_epoch: int = 0  # 0: one pass over the training split
+    optimizer: str = "rmsprop"  # rmsprop, adam, sgd
+    learning_rate: float = 0.045  # for lr_batch_size images; scaled linearly with batch_size
+    lr_batch_size: int = 96
+    schedule: str = "exponential"  # exponential (staircase), cosine
+    lr_decay: float = 0.98
+    lr_decay_epochs: float = 1.0
+    warmup_epochs: float = 0.0
+    rmsprop_rho: float = 0.9
+    momentum: float = 0.9
+    rmsprop_epsilon: float = 1.0
+    weight_decay: float = 4e-5
+    label_smoothing: float = 0.1
+    use_ema: bool = True
+    ema_momentum: float = 0.9999
+    dropout: float = 0.2
+    bn_momentum: float = 0.997
+    sync_bn: bool = False  # batch-norm statistics over all replicas
+    min_crop_area: float = 0.08  # Inception crop: area in [min_crop_area, 1]
+    crop_fraction: float = 0.875  # evaluation centre crop
+    shuffle_buffer: int = 10_000
+    cache: bool = False  # keep the encoded images in memory after the first epoch
+    validate: bool = False  # also evaluate the val split after every epoch
+    jit_compile: bool = False
+    seed: int = 0
+
+
+PAPER = ImagenetRecipe()
+# The embedded default, chosen by measurement on the 2 shared CPU cores: 30 epochs of 93 steps of
+# 32 images at 64 px reach 97.4% and 98.0% top-1 on the synthetic val split in 5.6 and 6.1
+# minutes, data generation included (~6.5 CPU-minutes). alpha 0.35 at 64 px is the cheapest
+# MobileNetV2 that learns the shapes in ~2800 steps; Adam with a cosine decay learns them far
+# faster than the paper's RMSProp schedule, which is built for 300 epochs; mild crops (65-100%
+# of the area) keep the one object in view.
+EMBEDDED = ImagenetRecipe(
+    alpha=0.35,
+    resolution=64,
+    batch_size=32,
+    epochs=30,
+    optimizer="adam",
+    learning_rate=5e-3,
+    lr_batch_size=32,
+    schedule="cosine",
+    warmup_epochs=0.3,
+    weight_decay=0.0,
+    label_smoothing=0.1,
+    use_ema=False,
+    dropout=0.0,
+    bn_momentum=0.9,  # ~2800 steps: at 0.997 the moving statistics would lag far behind
+    min_crop_area=0.65,
+    cache=True,
+    validate=True,  # val curves in curves.png; ~1 s an epoch
+)
+# 3000 train and 500 val images of 10 classes, 115-144 px: ~10 s to generate.
+SYNTHETIC = dict(num_train_per_class=300, num_val_per_class=50, num_classes=10, image_size=144,
+                 seed=0)
+
+
+# ----------------------------------------------------------------------------- model
+
+
+@keras.saving.register_keras_serializable(package="keras_mnv2")
+class SmoothedCrossentropy(keras.losses.Loss):
+    """Softmax cross-entropy of logits against integer labels, with label smoothing
+    (Szegedy et al. 2016, "Rethinking the Inception architecture", section 7)."""
+
+    def __init__(self, num_classes, label_smoothing=0.1, name="smoothed_crossentropy",
+                 **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.num_classes = int(num_classes)
+        self.label_smoothing = float(label_smoothing)
+
+    def call(self, y_true, y_pred):
+        labels = keras.ops.one_hot(keras.ops.reshape(keras.ops.cast(y_true, "int32"), [-1]),
+                                   self.num_classes)
+        return keras.losses.categorical_crossentropy(
+            labels, y_pred, from_logits=True, label_smoothing=self.label_smoothing)
+
+    def get_config(self):
+        return {**super().get_config(), "num_classes": self.num_classes,
+                "label_smoothing": self.label_smoothing}
+
+
+@keras.saving.register_keras_serializable(package="keras_mnv2")
+class Warmup(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warm-up from 0 over ``warmup_steps``, then ``schedule`` (counted from the end of
+    the warm-up)."""
+
+    def __init__(self, schedule, warmup_steps):
+        self.schedule = schedule
+        self.warmup_steps = int(warmup_steps)
+
+    def __call__(self, step):
+        step = keras.ops.cast(step, "float32")
+        warm = keras.ops.cast(self.warmup_steps, "float32")
+        after = self.schedule(keras.ops.maximum(step - warm, 0.0))
+        return keras.ops.where(step < warm, after * step / keras.ops.maximum(warm, 1.0), after)
+
+    def get_config(self):
+        return {"schedule": keras.optimizers.schedules.serialize(self.schedule),
+                "warmup_steps": self.warmup_steps}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["schedule"] = keras.optimizers.schedules.deserialize(config["schedule"])
+        return cls(**config)
+
+
+def build_model(recipe, num_classes, weights=None):
+    """MobileNetV2 with logits out; L2 weight decay and synchronized batch norm as the recipe
+    says (set in a clone of the builder's model, which keeps its layer names)."""
+    from keras_mnv2 import MobileNetV2
+
+    size = recipe.resolution
+    model = MobileNetV2(alpha=recipe.alpha, input_shape=(size, size, 3), classes=num_classes,
+                        classifier_activation=None, dropout_rate=recipe.dropout,
+                        bn_momentum=recipe.bn_momentum, weights=weights)
+    if not recipe.weight_decay and not recipe.sync_bn:
+        return model
+    l2 = recipe.weight_decay / 2  # TF-slim's l2_regularizer(wd) is wd * sum(w^2) / 2
+
+    def configure(layer):
+        config = layer.get_config()
+        if isinstance(layer, keras.layers.DepthwiseConv2D):
+            pass  # TF-slim puts no weight decay on depthwise kernels
+        elif isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense)) and l2:
+            config["kernel_regularizer"] = keras.regularizers.L2(l2)
+        elif isinstance(layer, keras.layers.BatchNormalization) and recipe.sync_bn:
+            config["synchronized"] = True
+        return layer.__class__.from_config(config)
+
+    inputs = keras.Input(model.input_shape[1:], name=model.layers[0].name)
+    clone = keras.models.clone_model(model, input_tensors=inputs, clone_function=configure)
+    clone.set_weights(model.get_weights())
+    return clone
+
+
+def peak_learning_rate(recipe):
+    """The recipe's learning rate scaled linearly from ``lr_batch_size`` to ``batch_size``."""
+    return recipe.learning_rate * recipe.batch_size / recipe.lr_batch_size
+
+
+def make_schedule(recipe, steps_per_epoch):
+    peak = peak_learning_rate(recipe)
+    warmup = int(round(recipe.warmup_epochs * steps_per_epoch))
+    total = max(1, recipe.epochs * steps_per_epoch)
+    if recipe.schedule == "exponential":
+        schedule = keras.optimizers.schedules.ExponentialDecay(
+            peak, decay_steps=max(1, int(round(recipe.lr_decay_epochs * steps_per_epoch))),
+            decay_rate=recipe.lr_decay, staircase=True)
+    elif recipe.schedule == "cosine":
+        schedule = keras.optimizers.schedules.CosineDecay(peak, max(1, total - warmup))
+    else:
+        raise ValueError(f"schedule must be 'exponential' or 'cosine', got {recipe.schedule!r}")
+    return Warmup(schedule, warmup) if warmup else schedule
+
+
+def make_optimizer(recipe, steps_per_epoch):
+    common = dict(learning_rate=make_schedule(recipe, steps_per_epoch), use_ema=recipe.use_ema,
+                  ema_momentum=recipe.ema_momentum)
+    if recipe.optimizer == "rmsprop":
+        return keras.optimizers.RMSprop(rho=recipe.rmsprop_rho, momentum=recipe.momentum,
+                                        epsilon=recipe.rmsprop_epsilon, **common)
+    if recipe.optimizer == "adam":
+        return keras.optimizers.Adam(**common)
+    if recipe.optimizer == "sgd":
+        return keras.optimizers.SGD(momentum=recipe.momentum, nesterov=True, **common)
+    raise ValueError(f"optimizer must be rmsprop, adam or sgd, got {recipe.optimizer!r}")
+
+
+def compile_model(model, recipe, num_classes, steps_per_epoch):
+    """Compiles with the recipe's optimizer and loss; metrics top1 and top5 (weighted, so that
+    zero-weight placeholders of undecodable val images do not count)."""
+    k = min(5, num_classes)
+    model.compile(
+        optimizer=make_optimizer(recipe, steps_per_epoch),
+        loss=SmoothedCrossentropy(num_classes, recipe.label_smoothing),
+        weighted_metrics=[keras.metrics.SparseCategoricalAccuracy(name="top1"),
+                          keras.metrics.SparseTopKCategoricalAccuracy(k=k, name="top5")],
+        jit_compile=recipe.jit_compile,
+    )
+    return model
+
+
+# ----------------------------------------------------------------------------- distribution
+
+
+def make_strategy(name="default", devices=None, tpu=None):
+    """A ``tf.distribute`` strategy by name.
+
+    default: the current (single-device) strategy. mirrored: synchronous data parallelism over
+    ``devices`` (default: all local GPUs, or the CPU). multi_worker: the same over the workers
+    that TF_CONFIG names (one process per worker, the same command on each). tpu: a TPU found by
+    ``TPUClusterResolver(tpu)``.
+    """
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        devices = devices or None
+        cpu_only = devices is not None and all("cpu" in d.lower() for d in devices)
+        # collective all-reduce over CPU devices can order its instances differently on each
+        # replica (synchronized batch norm, then the gradients) and abort; reduce on one device
+        return tf.distribute.MirroredStrategy(
+            devices, cross_device_ops=tf.distribute.ReductionToOneDevice() if cpu_only else None)
+    if name == "multi_worker":
+        if "TF_CONFIG" not in os.environ:
+            raise ValueError("strategy 'multi_worker' needs TF_CONFIG naming the cluster and "
+                             'this task, e.g. {"cluster": {"worker": ["host1:port", '
+                             '"host2:port"]}, "task": {"type": "worker", "index": 0}}')
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if name == "tpu":
+        try:
+            resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu or "")
+            tf.config.experimental_connect_to_cluster(resolver)
+            tf.tpu.experimental.initialize_tpu_system(resolver)
+        except (ValueError, tf.errors.OpError, RuntimeError) as err:
+            raise ValueError(f"strategy 'tpu': no TPU found ({err})") from err
+        return tf.distribute.TPUStrategy(resolver)
+    raise ValueError(f"strategy must be one of {STRATEGIES}, got {name!r}")
+
+
+def is_chief(strategy):
+    """False on the non-chief workers of a multi-worker strategy (they write elsewhere)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.cluster_spec().as_dict():
+        return True
+    task_type, task_id = resolver.task_type, resolver.task_id
+    return task_type == "chief" or (task_type == "worker" and task_id == 0
+                                    and "chief" not in resolver.cluster_spec().as_dict())
+
+
+def distribute(strategy, dataset_fn):
+    """``dataset_fn(input_context)`` as the strategy's input: each input pipeline reads its own
+    shard of the files and batches its replicas' share (the plain dataset under the default
+    strategy)."""
+    if strategy is tf.distribute.get_strategy() and not tf.distribute.has_strategy():
+        return dataset_fn(None)
+    return strategy.distribute_datasets_from_function(dataset_fn)
+
+
+def prepare_fit(model, strategy, dataset_fn):
+    """Works around Keras 3's fit under MultiWorkerMirroredStrategy (a no-op otherwise).
+
+    Keras (through 3.15) peeks at the first distributed batch before training and averages it
+    with ``strategy.reduce``, which the collective strategy cannot do for an (images, labels)
+    tuple, so ``fit`` fails at once (keras-team/keras#20585). This builds the compiled metrics
+    and the optimizer from one local batch of ``dataset_fn`` instead, under the strategy's
+    scope, and skips the peek for this model.
+    """
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return model
+    _patch_keras_multi_worker_mean()
+    resolver = strategy.cluster_resolver
+    workers = len(resolver.cluster_spec().as_dict().get("worker", [])) + len(
+        resolver.cluster_spec().as_dict().get("chief", []))
+    index = resolver.task_id + (1 if resolver.task_type == "worker" and "chief" in
+                                resolver.cluster_spec().as_dict() else 0)
+    context = tf.distribute.InputContext(num_input_pipelines=max(1, workers),
+                                         input_pipeline_id=index,
+                                         num_replicas_in_sync=strategy.num_replicas_in_sync)
+    batch = next(iter(dataset_fn(context)))
+    with strategy.scope():
+        model._symbolic_build(data_batch=batch)
+    model._maybe_symbolic_build = lambda iterator=None, data_batch=None: None
+    return model
+
+
+def _patch_keras_multi_worker_mean():
+    """Keras (through 3.15) averages each step's scalar logs over the workers of a
+    MultiWorkerMirroredStrategy with ``strategy.reduce("MEAN", v, axis=0)``, which fails on a
+    0-d value; reduce those with ``axis=None`` (the same mean) and leave the rest to Keras."""
+    from keras.src.backend.tensorflow import trainer
+
+    if getattr(trainer.reduce_per_replica, "keras_mnv2_patch", False):
+        return
+    original = trainer.reduce_per_replica
+
+    def reduce_per_replica(values, strategy, reduction):
+        if reduction not in ("auto", "mean") or not isinstance(
+                strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            return original(values, strategy, reduction)
+
+        def mean(value):
+            if not isinstance(value, tf.distribute.DistributedValues):
+                return value
+            rank = strategy.experimental_local_results(value)[0].shape.rank
+            return strategy.reduce("MEAN", value, axis=0 if rank else None)
+
+        return tf.nest.map_structure(mean, values)
+
+    reduce_per_replica.keras_mnv2_patch = True
+    trainer.reduce_per_replica = reduce_per_replica
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def evaluate(model, dataset, top_k=5):
+    """Top-1 and top-k accuracy over every image of ``dataset`` (an ``eval_dataset``: batches of
+    images, labels, weights; weight-0 placeholders of undecodable images are left out).
+
+    Returns {"top1", "top5", "images", "skipped"} (top5 is top-k for ``top_k``, capped at the
+    number of classes).
+    """
+    predict = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+    correct1 = correct_k = images = skipped = 0
+    for batch in dataset:
+        x, labels, weights = batch if len(batch) == 3 else (*batch, None)
+        logits = tf.convert_to_tensor(predict(x))
+        k = min(top_k, int(logits.shape[-1]))
+        labels = tf.cast(tf.reshape(labels, [-1]), tf.int32)
+        keep = tf.ones_like(labels, tf.bool) if weights is None else weights > 0
+        hit1 = tf.math.in_top_k(labels, logits, 1) & keep
+        hitk = tf.math.in_top_k(labels, logits, k) & keep
+        correct1 += int(tf.reduce_sum(tf.cast(hit1, tf.int64)))
+        correct_k += int(tf.reduce_sum(tf.cast(hitk, tf.int64)))
+        n = int(tf.reduce_sum(tf.cast(keep, tf.int64)))
+        images += n
+        skipped += int(labels.shape[0]) - n
+    if images == 0:
+        raise ValueError("evaluate: the dataset held no decodable image")
+    return {"top1": correct1 / images, "top5": correct_k / images, "images": images,
+            "skipped": skipped}
+
+
+class SkipReport(keras.callbacks.Callback):
+    """Prints, at the end of each epoch, how many images the input pipeline skipped as
+    undecodable during it and which files were new (prefetching reads a few batches ahead, so a
+    skip near an epoch's end may show in the next)."""
+
+    def __init__(self, skip_log, max_names=10):
+        super().__init__()
+        self.skip_log = skip_log
+        self.max_names = max_names
+        self.history = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        count, new = self.skip_log.take_new()
+        self.history.append(count)
+        if count:
+            names = ", ".join(new[:self.max_names]) + (" ..." if len(new) > self.max_names
+                                                       else "")
+            print(f"\nepoch {epoch + 1}: skipped {count} undecodable {self.skip_log.split} "
+                  f"images ({self.skip_log.skipped} distinct files so far)"
+                  + (f"; new: {names}" if new else ""), flush=True)
+
+
+# ----------------------------------------------------------------------------- the job
+
+
+def sources(data_dir=None, tfds_data_dir=None, tfds_manual_dir=None, tfrecord_dir=None,
+            val_labels=None, data_root="data/synthetic_imagenet"):
+    """(train Source, val Source, description) for the given data; the embedded synthetic
+    dataset (generated in ``data_root`` if not there yet) when none is given."""
+    from pipelines import synthetic_imagenet
+
+    given = [x for x in (data_dir, tfds_data_dir, tfrecord_dir) if x is not None]
+    if len(given) > 1:
+        raise ValueError("give one of data_dir, tfds_data_dir and tfrecord_dir")
+    if tfds_data_dir is not None or tfds_manual_dir is not None:
+        train = imagenet_data.tfds_source("train", tfds_data_dir, tfds_manual_dir)
+        val = imagenet_data.tfds_source("validation", tfds_data_dir, tfds_manual_dir)
+        return train, val, f"tfds:{tfds_data_dir}"
+    if tfrecord_dir is not None:
+        train = imagenet_data.tfrecord_source(os.path.join(tfrecord_dir, "train-*"))
+        val = imagenet_data.tfrecord_source(os.path.join(tfrecord_dir, "validation-*"))
+        return train, val, f"tfrecord:{tfrecord_dir}"
+    if data_dir is None:
+        print(f"No ImageNet given: using the embedded synthetic ImageNet-layout dataset in "
+              f"{data_root}", flush=True)
+        data_dir = synthetic_imagenet.generate(data_root, **SYNTHETIC)
+    train = imagenet_data.folder_source(data_dir, "train")
+    val_split = "val" if os.path.isdir(os.path.join(data_dir, "val")) else "validation"
+    val = imagenet_data.folder_source(data_dir, val_split, labels_file=val_labels,
+                                      class_names=train.class_names)
+    return train, val, os.path.abspath(data_dir)
+
+
+def run(data_dir=None, tfds_data_dir=None, tfds_manual_dir=None, tfrecord_dir=None,
+        val_labels=None, run_dir="runs/imagenet", recipe=None, strategy="default",
+        data_service=None, data_root="data/synthetic_imagenet", train_source=None,
+        val_source=None, verbose="auto", callbacks=()):
+    """Trains and evaluates; returns the metrics dict (also written to run_dir/metrics.json).
+
+    Restarting the same command after a kill continues from the last finished epoch. Data: see
+    the module docstring, or pass ``train_source``/``val_source`` (``imagenet_data.Source``).
+    ``strategy`` is a name (``make_strategy``) or a ``tf.distribute.Strategy``.
+    """
+    from pipelines import driver
+
+    start = time.time()
+    if train_source is not None or val_source is not None:
+        if train_source is None or val_source is None:
+            raise ValueError("give both train_source and val_source")
+        train, val, origin = train_source, val_source, train_source.origin
+        embedded = False
+    else:
+        embedded = data_dir is None and tfds_data_dir is None and tfrecord_dir is None \
+            and tfds_manual_dir is None
+        train, val, origin = sources(data_dir, tfds_data_dir, tfds_manual_dir, tfrecord_dir,
+                                     val_labels, data_root)
+    recipe = recipe or (EMBEDDED if embedded else PAPER)
+    if val.class_names != train.class_names:
+        raise ValueError(f"train ({train.num_classes} classes) and val ({val.num_classes}) "
+                         "have different classes")
+    if isinstance(strategy, str):
+        strategy = make_strategy(strategy)
+    chief = is_chief(strategy)
+    if not chief:  # non-chief workers of a multi-worker run keep their files apart
+        run_dir = os.path.join(run_dir, f"worker_{strategy.cluster_resolver.task_id}")
+    num_classes = train.num_classes
+    steps = recipe.steps_per_epoch or max(1, train.num_examples // recipe.batch_size)
+    print(f"ImageNet job: {train.num_examples} train / {val.num_examples} val images, "
+          f"{num_classes} classes, MobileNetV2 {recipe.alpha}/{recipe.resolution}, "
+          f"{strategy.num_replicas_in_sync} replica(s), {steps} steps of {recipe.batch_size} "
+          f"per epoch", flush=True)
+
+    keras.utils.set_random_seed(recipe.seed)  # the same initial weights on every run
+    with strategy.scope():
+        model = build_model(recipe, num_classes)
+        compile_model(model, recipe, num_classes, steps)
+
+    train_log = imagenet_data.SkipLog("train")
+    val_log = imagenet_data.SkipLog("val")
+
+    def train_fn(ctx):
+        return imagenet_data.train_dataset(
+            train, recipe.batch_size, recipe.resolution, seed=recipe.seed, cache=recipe.cache,
+            shuffle_buffer=recipe.shuffle_buffer, area_range=(recipe.min_crop_area, 1.0),
+            data_service=data_service, skip_log=train_log, input_context=ctx)
+
+    train_ds = distribute(strategy, train_fn)
+    prepare_fit(model, strategy, train_fn)
+
+    def val_dataset():
+        return imagenet_data.eval_dataset(val, recipe.batch_size, recipe.resolution,
+                                          crop_fraction=recipe.crop_fraction,
+                                          cache=recipe.cache, skip_log=val_log,
+                                          pad=strategy.num_replicas_in_sync > 1)
+
+    os.makedirs(run_dir, exist_ok=True)
+    nan = driver.fit(model, train_ds, recipe.epochs, run_dir, steps_per_epoch=steps,
+                     validation_data=val_dataset() if recipe.validate else None,
+                     verbose=verbose, extra_callbacks=[SkipReport(train_log), *callbacks])
+    train_seconds = time.time() - start
+    if chief:
+        model.save(os.path.join(run_dir, "model.keras"))  # EMA weights, if the recipe has them
+
+    results = {"top1": None, "top5": None, "images": 0, "skipped": 0}
+    if nan is None:
+        val_log = imagenet_data.SkipLog("val")  # the final pass only
+        results = evaluate(model, imagenet_data.eval_dataset(
+            val, recipe.batch_size, recipe.resolution, crop_fraction=recipe.crop_fraction,
+            skip_log=val_log))
+    print(train_log.summary())
+    print(val_log.summary())
+    metrics = {
+        "top1": results["top1"],
+        "top5": results["top5"],
+        "val_images": results["images"],
+        "skipped_images": {"train": train_log.skipped, "val": val_log.skipped},
+        "skipped_files": {"train": train_log.files[:100], "val": val_log.files[:100]},
+        "recipe": dataclasses.asdict(recipe),
+        "dataset": origin,
+        "num_classes": num_classes,
+        "train_images": train.num_examples,
+        "strategy": type(strategy).__name__,
+        "replicas": strategy.num_replicas_in_sync,
+        "data_service": data_service,
+        "stopped_on_nan": nan,
+        "seconds": round(time.time() - start, 1),
+        "train_seconds": round(train_seconds, 1),
+    }
+    if chief:
+        driver.write_metrics(run_dir, metrics)
+    return metrics
+
+
+def run_eval(model="runs/imagenet/model.keras", data_dir=None, tfds_data_dir=None,
+             tfds_manual_dir=None, tfrecord_dir=None, val_labels=None, run_dir=None,
+             alpha=1.0, resolution=224, batch_size=100, crop_fraction=0.875,
+             data_root="data/synthetic_imagenet", val_source=None):
+    """``keras-mnv2 eval imagenet``: top-1/top-5 of a saved model (or ``model="imagenet"``, the
+    official keras.applications weights at ``alpha``/``resolution``) on the whole val split;
+    writes metrics.json into ``run_dir`` (default: the model's folder). Returns the metrics."""
+    from pipelines import driver
+
+    if model == "imagenet":
+        from keras_mnv2 import MobileNetV2
+
+        net = MobileNetV2(alpha=alpha, input_shape=(resolution, resolution, 3),
+                          weights="imagenet")
+        run_dir = run_dir or os.path.join("runs", "imagenet_pretrained")
+    else:
+        if not os.path.exists(model):
+            raise FileNotFoundError(f"model file not found: {model}")
+        net = keras.saving.load_model(model, compile=False)
+        resolution = int(net.input_shape[1])
+        run_dir = run_dir or os.path.dirname(os.path.abspath(model))
+    if val_source is None:
+        _, val_source, _ = sources(data_dir, tfds_data_dir, tfds_manual_dir, tfrecord_dir,
+                                   val_labels, data_root)
+    classes = int(net.output_shape[-1])
+    if classes != val_source.num_classes:
+        raise ValueError(f"the model has {classes} outputs but {val_source.origin} has "
+                         f"{val_source.num_classes} classes")
+    skip_log = imagenet_data.SkipLog("val")
+    start = time.time()
+    results = evaluate(net, imagenet_data.eval_dataset(
+        val_source, batch_size, resolution, crop_fraction=crop_fraction, skip_log=skip_log))
+    print(skip_log.summary())
+    metrics = {
+        "top1": results["top1"],
+        "top5": results["top5"],
+        "val_images": results["images"],
+        "skipped_images": {"val": skip_log.skipped},
+        "skipped_files": {"val": skip_log.files[:100]},
+        "model": model,
+        "resolution": resolution,
+        "crop_fraction": crop_fraction,
+        "dataset": val_source.origin,
+        "seconds": round(time.time() - start, 1),
+    }
+    os.makedirs(run_dir, exist_ok=True)
+    driver.write_metrics(run_dir, metrics)
+    return metrics
