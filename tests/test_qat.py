@@ -155,8 +155,9 @@ def test_quantization_plan_annotates_or_lists_every_layer():
     assert lines == ["quantize odd: 8 layers quantized, 2 left float: swish, head"]
     assert qat.is_quantized(qat_model) and not qat.is_quantized(model)
     # TFMOT starts the input range empty: untrained and uncalibrated, it cannot be exported
-    assert qat.uncalibrated_inputs(qat_model) == ["quantize_layer"]
-    with pytest.raises(ValueError, match="input range of quantize_layer is empty"):
+    uncalibrated = qat.uncalibrated_inputs(qat_model)  # tf_keras numbers repeated layer names
+    assert len(uncalibrated) == 1 and uncalibrated[0].startswith("quantize_layer")
+    with pytest.raises(ValueError, match=f"input range of {uncalibrated[0]} is empty"):
         export.convert(qat_model, mode="qat", output="raw")
     wrappers = {layer.layer.name: layer for layer in qat_model.layers if hasattr(layer, "layer")}
     assert type(wrappers["resize"].quantize_config).__name__ == "Default8BitOutputQuantizeConfig"
