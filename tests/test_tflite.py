@@ -26,3 +26,30 @@ def test_output_stride_16_backbone_converts(images):
     out = tflite.run(tflite.convert_float(model), x)
     assert out.shape == (1, 6, 6, 1280)
     np.testing.assert_allclose(out, model.predict(x, verbose=0), atol=1e-4)
+
+
+def test_size_breakdown_counts_weights_and_per_channel_parameters():
+    import keras
+
+    from keras_mnv2 import memory
+
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(4, 3, padding="same")(inputs)  # 108 weights + 4 biases
+    x = keras.layers.DepthwiseConv2D(3, padding="same")(x)  # 36 weights + 4 biases
+    model = keras.Model(inputs, x)
+    # distinct values: the converter stores identical constants (two zero biases) only once
+    rng = np.random.RandomState(1)
+    model.set_weights([rng.uniform(-1, 1, w.shape) for w in model.get_weights()])
+    float_sizes = tflite.size_breakdown(tflite.convert_float(model))
+    assert float_sizes["weights"] == 4 * model.count_params() == 4 * 152
+    assert float_sizes["quantization"] == 0 and float_sizes["channels"] == 0
+    assert float_sizes["weights"] + float_sizes["other"] == float_sizes["total"]
+
+    samples = np.random.RandomState(0).uniform(-1, 1, (4, 8, 8, 3)).astype("float32")
+    int8 = tflite.size_breakdown(memory.convert_int8(model, samples))
+    assert int8["weights"] == (108 + 36) * 1 + (4 + 4) * 4  # int8 kernels, int32 biases
+    # per channel: the two kernels and the two biases, 4 output channels each
+    assert int8["channels"] == 4 * 4
+    # a float32 scale and an int64 zero point per channel, plus per-tensor activation params
+    assert int8["quantization"] >= 12 * int8["channels"]
+    assert int8["weights"] + int8["quantization"] + int8["other"] == int8["total"]
