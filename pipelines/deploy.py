@@ -376,20 +376,45 @@ def compare(job, run_dir=None, modes=None):
                 raise FileNotFoundError(f"{path} not found: export it first")
             continue
         label = {"int8": "TFLite PTQ int8", "qat": "TFLite QAT int8"}.get(mode, f"TFLite {mode}")
+        from keras_mnv2.tflite import size_breakdown
+
         rows.append({"model": label, "file": path, "size_bytes": os.path.getsize(path),
-                     **data.evaluate_tflite(path)})
+                     "size": size_breakdown(path), **data.evaluate_tflite(path)})
     write_table(job, rows, run_dir)
     return rows
 
 
 def table_markdown(job, rows):
+    """The comparison table; integer files get a line on where their bytes go (see
+    ``keras_mnv2.tflite.size_breakdown``)."""
     names = METRICS[job]
-    head = "| model | " + " | ".join(f"{n} x100" for n in names) + " | size (MB) |"
+    reference = next((r for r in rows if r["model"] == "TFLite float32"), None)
+    head = ("| model | " + " | ".join(f"{n} x100" for n in names) + " | size (MB) |"
+            + (" size / float32 |" if reference else ""))
     lines = [f"# {job}: float Keras vs TFLite", "", head,
-             "|" + "---|" * (len(names) + 2)]
+             "|" + "---|" * (len(names) + 2 + bool(reference))]
     for row in rows:
         values = " | ".join("-" if row.get(n) is None else f"{100 * row[n]:.1f}" for n in names)
-        lines.append(f"| {row['model']} | {values} | {row['size_bytes'] / 1e6:.2f} |")
+        line = f"| {row['model']} | {values} | {row['size_bytes'] / 1e6:.2f} |"
+        if reference:
+            line += (" - |" if row["model"].startswith("Keras")
+                     else f" {row['size_bytes'] / reference['size_bytes']:.0%} |")
+        lines.append(line)
+    notes = []
+    float_weights = (reference or {}).get("size", {}).get("weights")
+    for row in rows:
+        size = row.get("size")
+        if not size or not size.get("channels"):
+            continue
+        weights = f"weights {size['weights'] / 1e6:.2f} MB"
+        if float_weights:
+            weights += f" ({size['weights'] / float_weights:.0%} of the float32 weights)"
+        notes.append(f"- {row['model']}: {weights}, quantization parameters "
+                     f"{size['quantization'] / 1e6:.2f} MB ({size['channels']:,} per-channel "
+                     f"scales and zero points: 12 bytes each in the TFLite schema), graph and "
+                     f"metadata {size['other'] / 1e6:.2f} MB.")
+    if notes:
+        lines += ["", "Where the integer files' bytes go:", ""] + notes
     return "\n".join(lines) + "\n"
 
 

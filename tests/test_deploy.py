@@ -55,6 +55,24 @@ def test_table_reports_metric_times_100_and_size(tmp_path):
     assert (tmp_path / "deploy.png").stat().st_size > 1000
 
 
+def test_table_reports_size_ratio_and_where_int8_bytes_go():
+    rows = [{"model": "Keras float32", "size_bytes": 9_350_000, "AP50": 0.88, "AP": 0.45},
+            {"model": "TFLite float32", "size_bytes": 2_855_220, "AP50": 0.88, "AP": 0.45,
+             "size": {"weights": 2_762_716, "quantization": 0, "other": 92_504,
+                      "total": 2_855_220, "channels": 0}},
+            {"model": "TFLite PTQ int8", "size_bytes": 1_120_048, "AP50": 0.88, "AP": 0.45,
+             "size": {"weights": 732_994, "quantization": 287_328, "other": 99_726,
+                      "total": 1_120_048, "channels": 23_830}}]
+    text = deploy.table_markdown("coco", rows)
+    assert "| model | AP50 x100 | AP x100 | size (MB) | size / float32 |" in text
+    assert "| Keras float32 | 88.0 | 45.0 | 9.35 | - |" in text
+    assert "| TFLite float32 | 88.0 | 45.0 | 2.86 | 100% |" in text
+    assert "| TFLite PTQ int8 | 88.0 | 45.0 | 1.12 | 39% |" in text
+    assert ("- TFLite PTQ int8: weights 0.73 MB (27% of the float32 weights), quantization "
+            "parameters 0.29 MB (23,830 per-channel") in text
+    assert "TFLite float32: weights" not in text
+
+
 def test_cli_parses_the_deploy_commands():
     parser = cli.build_parser()
     args = parser.parse_args(["qat", "voc", "--epochs", "3", "--learning-rate", "1e-4"])
