@@ -614,8 +614,9 @@ def qat_fit(qat_model, train_data, epochs, loss=None, learning_rate=1e-4, optimi
             verbose="auto", callbacks=()):
     """Fine-tunes a quantization-aware model (``quantize``) on the training tf.data pipeline.
 
-    Use the same dataset as the float run, with a learning rate about a tenth of its final one
-    and a few epochs: QAT starts from the trained weights and only adapts them to the rounding.
+    Use the same dataset as the float run, with a small learning rate (``pipelines.deploy``
+    uses 1/50 of the float run's peak) and a few epochs: QAT starts from the trained weights and
+    only adapts them to the rounding.
 
     Args:
         loss: the training loss (Keras 3 loss objects, a dict per output, or tf_keras names);

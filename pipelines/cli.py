@@ -194,7 +194,7 @@ def build_parser():
     qat_cmd.add_argument("--run-dir", default=None, help="the trained run (default runs/<job>)")
     qat_cmd.add_argument("--epochs", type=int, default=2)
     qat_cmd.add_argument("--learning-rate", type=float, default=None,
-                         help="default: a tenth of the recipe's")
+                         help="default: 1/50 of the recipe's peak")
     qat_cmd.add_argument("--steps-per-epoch", type=int, default=None,
                          help="default: the float run's")
     qat_cmd.add_argument("--io-dtype", default="float32", choices=("float32", "int8", "uint8"))
