@@ -19,6 +19,7 @@ import keras
 import tensorflow as tf
 
 from pipelines import imagenet_data
+from pipelines.skips import SkipLog
 
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 
@@ -465,8 +466,8 @@ def run(data_dir=None, tfds_data_dir=None, tfds_manual_dir=None, tfrecord_dir=No
         model = build_model(recipe, num_classes)
         compile_model(model, recipe, num_classes, steps)
 
-    train_log = imagenet_data.SkipLog("train")
-    val_log = imagenet_data.SkipLog("val")
+    train_log = SkipLog("train")
+    val_log = SkipLog("val")
 
     def train_fn(ctx):
         return imagenet_data.train_dataset(
@@ -493,7 +494,7 @@ def run(data_dir=None, tfds_data_dir=None, tfds_manual_dir=None, tfrecord_dir=No
 
     results = {"top1": None, "top5": None, "images": 0, "skipped": 0}
     if nan is None:
-        val_log = imagenet_data.SkipLog("val")  # the final pass only
+        val_log = SkipLog("val")  # the final pass only
         results = evaluate(model, imagenet_data.eval_dataset(
             val, recipe.batch_size, recipe.resolution, crop_fraction=recipe.crop_fraction,
             skip_log=val_log))
@@ -549,7 +550,7 @@ def run_eval(model="runs/imagenet/model.keras", data_dir=None, tfds_data_dir=Non
     if classes != val_source.num_classes:
         raise ValueError(f"the model has {classes} outputs but {val_source.origin} has "
                          f"{val_source.num_classes} classes")
-    skip_log = imagenet_data.SkipLog("val")
+    skip_log = SkipLog("val")
     start = time.time()
     results = evaluate(net, imagenet_data.eval_dataset(
         val_source, batch_size, resolution, crop_fraction=crop_fraction, skip_log=skip_log))
