@@ -101,6 +101,28 @@ SYNTHETIC = dict(num_train_per_class=300, num_val_per_class=50, num_classes=10, 
                  seed=0)
 
 
+def check_recipe(recipe):
+    """Raises ValueError, naming the field and its allowed values, for a recipe that cannot run
+    (before any data is read)."""
+    from pipelines.driver import check_fields
+
+    check_fields(recipe, ranges={
+        "alpha": "(0, inf)", "resolution": "[32, inf)", "batch_size": "[1, inf)",
+        "epochs": "[1, inf)", "steps_per_epoch": "[0, inf)", "learning_rate": "(0, inf)",
+        "lr_batch_size": "[1, inf)", "lr_decay": "(0, 1]", "lr_decay_epochs": "(0, inf)",
+        "warmup_epochs": "[0, inf)", "rmsprop_rho": "[0, 1)", "momentum": "[0, 1)",
+        "rmsprop_epsilon": "(0, inf)", "weight_decay": "[0, inf)",
+        "label_smoothing": "[0, 1)", "ema_momentum": "[0, 1)", "dropout": "[0, 1)",
+        "bn_momentum": "[0, 1)", "min_crop_area": "(0, 1]", "crop_fraction": "(0, 1]",
+        "shuffle_buffer": "[1, inf)",
+    }, choices={
+        "optimizer": ("rmsprop", "adam", "sgd"), "schedule": ("exponential", "cosine"),
+    })
+    if recipe.warmup_epochs >= recipe.epochs:
+        raise ValueError(f"ImagenetRecipe.warmup_epochs must be in [0, epochs={recipe.epochs}), "
+                         f"got {recipe.warmup_epochs!r}")
+
+
 # ----------------------------------------------------------------------------- model
 
 
@@ -435,17 +457,18 @@ def run(data_dir=None, tfds_data_dir=None, tfds_manual_dir=None, tfrecord_dir=No
     from pipelines import driver
 
     start = time.time()
-    if train_source is not None or val_source is not None:
+    given = train_source is not None or val_source is not None
+    embedded = not given and data_dir is None and tfds_data_dir is None \
+        and tfrecord_dir is None and tfds_manual_dir is None
+    recipe = recipe or (EMBEDDED if embedded else PAPER)
+    check_recipe(recipe)
+    if given:
         if train_source is None or val_source is None:
             raise ValueError("give both train_source and val_source")
         train, val, origin = train_source, val_source, train_source.origin
-        embedded = False
     else:
-        embedded = data_dir is None and tfds_data_dir is None and tfrecord_dir is None \
-            and tfds_manual_dir is None
         train, val, origin = sources(data_dir, tfds_data_dir, tfds_manual_dir, tfrecord_dir,
                                      val_labels, data_root)
-    recipe = recipe or (EMBEDDED if embedded else PAPER)
     if val.class_names != train.class_names:
         raise ValueError(f"train ({train.num_classes} classes) and val ({val.num_classes}) "
                          "have different classes")

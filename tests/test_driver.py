@@ -100,3 +100,26 @@ def test_nan_loss_stops_with_message(tmp_path, capsys):
 def test_write_metrics(tmp_path):
     path = driver.write_metrics(str(tmp_path), {"AP50": 0.5})
     assert open(path).read().strip().startswith("{")
+
+
+def test_check_fields_intervals_and_choices():
+    import dataclasses
+
+    @dataclasses.dataclass(frozen=True)
+    class Recipe:
+        rate: float = 0.5
+        steps: int = 1
+        mode: str = "a"
+
+    driver.check_fields(Recipe(), ranges={"rate": "(0, 1)", "steps": "[1, inf)"},
+                        choices={"mode": ("a", "b")})
+    for recipe, message in ((Recipe(rate=0.0), r"Recipe\.rate must be in \(0, 1\), got 0\.0"),
+                            (Recipe(rate=1.0), r"rate must be in \(0, 1\), got 1\.0"),
+                            (Recipe(rate="0.5"), r"rate must be in \(0, 1\), got '0\.5'"),
+                            (Recipe(steps=True), r"steps must be in \[1, inf\), got True"),
+                            (Recipe(steps=0), r"steps must be in \[1, inf\), got 0"),
+                            (Recipe(mode="c"), r"mode must be one of 'a', 'b', got 'c'")):
+        with pytest.raises(ValueError, match=message):
+            driver.check_fields(recipe, ranges={"rate": "(0, 1)", "steps": "[1, inf)"},
+                                choices={"mode": ("a", "b")})
+    driver.check_fields(Recipe(rate=1.0, steps=0), ranges={"rate": "[0, 1]", "steps": "[0, 0]"})
