@@ -278,8 +278,6 @@ def run(coco_dir=None, tfds_data_dir=None, run_dir="runs/coco", recipe=None,
     steps = max(1, num_train // recipe.batch_size)
     model.compile(optimizer=make_optimizer(recipe, steps),
                   loss=ssd_losses(mode=recipe.class_loss))
-    # Optimizer slots built eagerly: created inside the first traced step they cost far more.
-    model.optimizer.build(model.trainable_variables)
     os.makedirs(run_dir, exist_ok=True)
     nan = driver.fit(model, train_ds, recipe.epochs, run_dir, steps_per_epoch=steps,
                      verbose=verbose)

@@ -123,3 +123,24 @@ def test_check_fields_intervals_and_choices():
             driver.check_fields(recipe, ranges={"rate": "(0, 1)", "steps": "[1, inf)"},
                                 choices={"mode": ("a", "b")})
     driver.check_fields(Recipe(rate=1.0, steps=0), ranges={"rate": "[0, 1]", "steps": "[0, 0]"})
+
+
+def test_fit_builds_the_optimizer_first_under_the_model_strategy(tmp_path):
+    """Adam's slots exist before the first step, and are mirrored like the weights when the
+    model was made under a MirroredStrategy (one CPU device: the scope is what matters)."""
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
+    with strategy.scope():
+        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+        model.compile(optimizer=keras.optimizers.Adam(0.01), loss="mse")
+    seen = {}
+
+    class Check(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            optimizer = self.model.optimizer
+            seen["built"] = optimizer.built
+            seen["mirrored"] = [isinstance(v.value, tf.distribute.DistributedValues)
+                                for v in optimizer.variables]
+
+    driver.fit(model, _data(), 1, str(tmp_path / "run"), verbose=0, extra_callbacks=[Check()])
+    assert seen["built"] and len(seen["mirrored"]) == 2 + 2 * 2  # iterations, lr, m and v of 2
+    assert all(seen["mirrored"])
