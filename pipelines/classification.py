@@ -19,6 +19,7 @@ import keras
 import tensorflow as tf
 
 from pipelines import imagenet_data
+from pipelines.skips import SkipLog
 
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 
@@ -98,6 +99,28 @@ EMBEDDED = ImagenetRecipe(
 # 3000 train and 500 val images of 10 classes, 115-144 px: ~10 s to generate.
 SYNTHETIC = dict(num_train_per_class=300, num_val_per_class=50, num_classes=10, image_size=144,
                  seed=0)
+
+
+def check_recipe(recipe):
+    """Raises ValueError, naming the field and its allowed values, for a recipe that cannot run
+    (before any data is read)."""
+    from pipelines.driver import check_fields
+
+    check_fields(recipe, ranges={
+        "alpha": "(0, inf)", "resolution": "[32, inf)", "batch_size": "[1, inf)",
+        "epochs": "[1, inf)", "steps_per_epoch": "[0, inf)", "learning_rate": "(0, inf)",
+        "lr_batch_size": "[1, inf)", "lr_decay": "(0, 1]", "lr_decay_epochs": "(0, inf)",
+        "warmup_epochs": "[0, inf)", "rmsprop_rho": "[0, 1)", "momentum": "[0, 1)",
+        "rmsprop_epsilon": "(0, inf)", "weight_decay": "[0, inf)",
+        "label_smoothing": "[0, 1)", "ema_momentum": "[0, 1)", "dropout": "[0, 1)",
+        "bn_momentum": "[0, 1)", "min_crop_area": "(0, 1]", "crop_fraction": "(0, 1]",
+        "shuffle_buffer": "[1, inf)",
+    }, choices={
+        "optimizer": ("rmsprop", "adam", "sgd"), "schedule": ("exponential", "cosine"),
+    })
+    if recipe.warmup_epochs >= recipe.epochs:
+        raise ValueError(f"ImagenetRecipe.warmup_epochs must be in [0, epochs={recipe.epochs}), "
+                         f"got {recipe.warmup_epochs!r}")
 
 
 # ----------------------------------------------------------------------------- model
@@ -434,17 +457,18 @@ def run(data_dir=None, tfds_data_dir=None, tfds_manual_dir=None, tfrecord_dir=No
     from pipelines import driver
 
     start = time.time()
-    if train_source is not None or val_source is not None:
+    given = train_source is not None or val_source is not None
+    embedded = not given and data_dir is None and tfds_data_dir is None \
+        and tfrecord_dir is None and tfds_manual_dir is None
+    recipe = recipe or (EMBEDDED if embedded else PAPER)
+    check_recipe(recipe)
+    if given:
         if train_source is None or val_source is None:
             raise ValueError("give both train_source and val_source")
         train, val, origin = train_source, val_source, train_source.origin
-        embedded = False
     else:
-        embedded = data_dir is None and tfds_data_dir is None and tfrecord_dir is None \
-            and tfds_manual_dir is None
         train, val, origin = sources(data_dir, tfds_data_dir, tfds_manual_dir, tfrecord_dir,
                                      val_labels, data_root)
-    recipe = recipe or (EMBEDDED if embedded else PAPER)
     if val.class_names != train.class_names:
         raise ValueError(f"train ({train.num_classes} classes) and val ({val.num_classes}) "
                          "have different classes")
@@ -465,8 +489,8 @@ def run(data_dir=None, tfds_data_dir=None, tfds_manual_dir=None, tfrecord_dir=No
         model = build_model(recipe, num_classes)
         compile_model(model, recipe, num_classes, steps)
 
-    train_log = imagenet_data.SkipLog("train")
-    val_log = imagenet_data.SkipLog("val")
+    train_log = SkipLog("train")
+    val_log = SkipLog("val")
 
     def train_fn(ctx):
         return imagenet_data.train_dataset(
@@ -493,7 +517,7 @@ def run(data_dir=None, tfds_data_dir=None, tfds_manual_dir=None, tfrecord_dir=No
 
     results = {"top1": None, "top5": None, "images": 0, "skipped": 0}
     if nan is None:
-        val_log = imagenet_data.SkipLog("val")  # the final pass only
+        val_log = SkipLog("val")  # the final pass only
         results = evaluate(model, imagenet_data.eval_dataset(
             val, recipe.batch_size, recipe.resolution, crop_fraction=recipe.crop_fraction,
             skip_log=val_log))
@@ -549,7 +573,7 @@ def run_eval(model="runs/imagenet/model.keras", data_dir=None, tfds_data_dir=Non
     if classes != val_source.num_classes:
         raise ValueError(f"the model has {classes} outputs but {val_source.origin} has "
                          f"{val_source.num_classes} classes")
-    skip_log = imagenet_data.SkipLog("val")
+    skip_log = SkipLog("val")
     start = time.time()
     results = evaluate(net, imagenet_data.eval_dataset(
         val_source, batch_size, resolution, crop_fraction=crop_fraction, skip_log=skip_log))

@@ -16,12 +16,13 @@ import json
 import logging
 import math
 import os
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
+
+from pipelines.skips import SkipLog
 
 log = logging.getLogger(__name__)
 
@@ -38,38 +39,6 @@ COCO2017_CATEGORY_IDS = (
 
 class CocoFormatError(ValueError):
     """A COCO annotation file that cannot be read as detection annotations."""
-
-
-class SkipCounter:
-    """Images skipped because they could not be decoded. Thread safe.
-
-    ``skipped`` counts distinct files, ``files`` lists them in the order met; ``events`` counts
-    every skip, once per file per pass over the data.
-    """
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        self._files = {}
-        self.events = 0
-
-    @property
-    def skipped(self):
-        return len(self._files)
-
-    @property
-    def files(self):
-        return list(self._files)
-
-    def add(self, path):
-        """Counts one skip; True the first time this file is met."""
-        with self._lock:
-            self.events += 1
-            first = path not in self._files
-            self._files.setdefault(path, None)
-            return first
-
-    def __repr__(self):
-        return f"SkipCounter(skipped={self.skipped}, events={self.events})"
 
 
 @dataclass(repr=False)
@@ -92,7 +61,7 @@ class CocoIndex:
     category_ids: tuple  # sorted COCO category ids; label l is category_ids[l - 1]
     category_names: tuple  # names in the same order
     skipped_boxes: int  # annotations dropped for a zero or negative size (after clipping)
-    skipped_images: SkipCounter = field(default_factory=SkipCounter)
+    skipped_images: SkipLog = field(default_factory=SkipLog)
     _coco: object = field(default=None, repr=False)
     _dataset: dict = field(default=None, repr=False)
 
@@ -340,8 +309,7 @@ def _skip_recorder(counter):
             reason = "decoded to an empty image"
         except Exception as e:  # noqa: BLE001 - only to report why
             reason = str(e).splitlines()[0].split("}} ")[-1].split(" [Op:")[0]
-        if counter.add(name):
-            log.warning("skipping undecodable image %s (%s)", name, reason)
+        counter.add(name, f"undecodable image ({reason})")
         return False
 
     return record

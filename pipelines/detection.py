@@ -58,6 +58,26 @@ EMBEDDED = CocoRecipe(
 SYNTHETIC = dict(num_train=2000, num_val=250, image_size=256, num_classes=5, seed=0)
 
 
+def check_recipe(recipe):
+    """Raises ValueError, naming the field and its allowed values, for a recipe that cannot run
+    (before any data is read)."""
+    from keras_mnv2.losses import MODES
+    from pipelines.driver import check_fields
+
+    check_fields(recipe, ranges={
+        "alpha": "(0, inf)", "input_size": "[64, inf)", "batch_size": "[1, inf)",
+        "epochs": "[1, inf)", "learning_rate": "(0, inf)", "warmup_epochs": "[0, inf)",
+        "weight_decay": "[0, inf)", "background_prior": "(0, 1)", "bn_momentum": "[0, 1)",
+        "score_threshold": "[0, 1]", "nms_iou": "(0, 1]", "max_detections": "[1, inf)",
+    }, choices={
+        "optimizer": ("rmsprop", "adam", "sgd"), "class_loss": MODES,
+        "augment": ("ssd", "flip"),
+    })
+    if recipe.warmup_epochs >= recipe.epochs:
+        raise ValueError(f"CocoRecipe.warmup_epochs must be in [0, epochs={recipe.epochs}), "
+                         f"got {recipe.warmup_epochs!r}")
+
+
 def _encode(anchors):
     from keras_mnv2.matching import encode_targets
 
@@ -228,6 +248,7 @@ def run(coco_dir=None, tfds_data_dir=None, run_dir="runs/coco", recipe=None,
     start = time.time()
     embedded = coco_dir is None and tfds_data_dir is None
     recipe = recipe or (EMBEDDED if embedded else PAPER)
+    check_recipe(recipe)
     if embedded:
         print(f"No COCO given: using the embedded synthetic COCO-format dataset in {data_root}")
         synthetic_coco.generate(data_root, **SYNTHETIC)
@@ -257,8 +278,6 @@ def run(coco_dir=None, tfds_data_dir=None, run_dir="runs/coco", recipe=None,
     steps = max(1, num_train // recipe.batch_size)
     model.compile(optimizer=make_optimizer(recipe, steps),
                   loss=ssd_losses(mode=recipe.class_loss))
-    # Optimizer slots built eagerly: created inside the first traced step they cost far more.
-    model.optimizer.build(model.trainable_variables)
     os.makedirs(run_dir, exist_ok=True)
     nan = driver.fit(model, train_ds, recipe.epochs, run_dir, steps_per_epoch=steps,
                      verbose=verbose)

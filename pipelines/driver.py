@@ -12,7 +12,9 @@ A run directory holds everything a job writes:
 import csv
 import json
 import math
+import numbers
 import os
+import re
 
 import keras
 
@@ -58,15 +60,47 @@ def fit(model, train_data, epochs, run_dir, validation_data=None, steps_per_epoc
         verbose="auto", extra_callbacks=()):
     """``model.fit`` with the shared callbacks; returns the StopOnNaN message or None.
 
+    The compiled optimizer is built first, eagerly, under ``model.distribute_strategy``.
+
     Restarting the same command after a kill continues from the last finished epoch (the
     BackupAndRestore state in ``run_dir/backup``); a finished run is not trained again.
     """
+    if model.optimizer is not None and not model.optimizer.built:
+        # Slot variables made now, eagerly: made inside the first traced train step they cost
+        # ~20x more each, and the step is traced twice (about a minute on 2 cores). Under the
+        # model's strategy, so that they are distributed like the weights.
+        with model.distribute_strategy.scope():
+            model.optimizer.build(model.trainable_variables)
     cbs = callbacks(run_dir) + list(extra_callbacks)
     model.fit(train_data, epochs=epochs, validation_data=validation_data,
               steps_per_epoch=steps_per_epoch, callbacks=cbs, verbose=verbose)
     plot_curves(run_dir)
     nan = next(cb for cb in cbs if isinstance(cb, StopOnNaN))
     return nan.message
+
+
+def check_fields(recipe, ranges=(), choices=()):
+    """Raises ValueError naming the first field of ``recipe`` outside what it may hold.
+
+    ``ranges`` maps a field name to its interval, written as in the message: ``"(0, inf)"``,
+    ``"[0, 1)"``, ``"[1, inf)"``; ``choices`` maps a field name to the tuple of its values.
+    """
+    cls = type(recipe).__name__
+    for name, interval in dict(ranges).items():
+        low_bracket, low, high, high_bracket = re.fullmatch(
+            r"([\[(])\s*([^,\s]+)\s*,\s*([^\]\)\s]+)\s*([\])])", interval).groups()
+        low, high = float(low), float(high)
+        value = getattr(recipe, name)
+        ok = (isinstance(value, numbers.Real) and not isinstance(value, bool)
+              and (value >= low if low_bracket == "[" else value > low)
+              and (value <= high if high_bracket == "]" else value < high))
+        if not ok:
+            raise ValueError(f"{cls}.{name} must be in {interval}, got {value!r}")
+    for name, allowed in dict(choices).items():
+        value = getattr(recipe, name)
+        if value not in allowed:
+            raise ValueError(f"{cls}.{name} must be one of {', '.join(map(repr, allowed))}, "
+                             f"got {value!r}")
 
 
 def read_history(run_dir):

@@ -29,8 +29,8 @@ Odd files: CMYK and grayscale JPEGs decode to RGB (libjpeg converts, ``channels=
 are not JPEG (ImageNet has a PNG named .JPEG) fall back to ``tf.io.decode_image``; a JPEG
 without its end-of-image marker (truncated) is decoded in full, so that it fails every time
 rather than only when a crop reaches its missing part. Files that still do not decode are
-skipped and recorded in a ``SkipLog`` (counted and named; ``classification.SkipReport`` prints
-them at the end of each epoch).
+skipped and recorded in a ``skips.SkipLog`` (counted and named; ``classification.SkipReport``
+prints them at the end of each epoch).
 """
 
 import csv
@@ -38,12 +38,13 @@ import dataclasses
 import logging
 import os
 import re
-import threading
 from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
 import tensorflow as tf
+
+from pipelines.skips import SkipLog
 
 log = logging.getLogger(__name__)
 
@@ -498,63 +499,11 @@ GROUP = 16  # images decoded per attempt_each call
 # ----------------------------------------------------------------------------- skip log
 
 
-class SkipLog:
-    """Undecodable images a pipeline skipped: counted and named. Thread safe.
-
-    ``events`` counts every skip (a file met in each of 3 epochs counts 3 times); ``files`` are
-    the distinct names in the order met; ``take_new()`` returns the skips since its last call
-    (what ``classification.SkipReport`` prints at the end of each epoch).
-    """
-
-    def __init__(self, split="train"):
-        self.split = split
-        self._lock = threading.Lock()
-        self._files = {}
-        self.events = 0
-        self._taken = 0
-        self._new_files = []
-
-    @property
-    def skipped(self):
-        return len(self._files)
-
-    @property
-    def files(self):
-        return list(self._files)
-
-    def add(self, names):
-        with self._lock:
-            for name in names:
-                name = name.decode() if isinstance(name, bytes) else str(name)
-                self.events += 1
-                if name not in self._files:
-                    self._files[name] = None
-                    self._new_files.append(name)
-                    log.warning("skipping undecodable %s image %s", self.split, name)
-
-    def take_new(self):
-        """(skips since the last call, the files first met since then)."""
-        with self._lock:
-            count, self._taken = self.events - self._taken, self.events
-            new, self._new_files = self._new_files, []
-            return count, new
-
-    def summary(self):
-        if not self.events:
-            return f"{self.split}: no undecodable images"
-        shown = ", ".join(self.files[:5]) + (" ..." if self.skipped > 5 else "")
-        return (f"{self.split}: skipped {self.events} undecodable image reads "
-                f"({self.skipped} distinct files: {shown})")
-
-    def __repr__(self):
-        return f"SkipLog({self.split!r}, skipped={self.skipped}, events={self.events})"
-
-
 def _record_names(skip_log, names):
     """Graph op: hands the (non-empty) ``names`` to ``skip_log``; returns a dummy int32."""
 
     def record(values):
-        skip_log.add([n for n in values.numpy() if n])
+        skip_log.add_all(n for n in values.numpy() if n)
         return np.int32(0)
 
     return tf.cond(tf.size(names) > 0,
@@ -598,7 +547,10 @@ def train_dataset(source, batch_size, image_size, *, seed=None, deterministic=Fa
 
     Undecodable images are dropped before batching; each kept image carries the names of those
     dropped just before it, and the client side hands them to ``skip_log`` (created if None;
-    it is then ``dataset.skip_log``), so the count is right with remote workers too.
+    it is then ``dataset.skip_log``), so the count is right with remote workers too. Without
+    ``repeat``, one empty row (label -1) closes each pass to carry the names of skips after the
+    last kept image, and the rows of a partial last batch are named before it is dropped, so
+    every pass counts every skip; the row is removed again on the client side.
     """
     if data_service and deterministic:
         raise ValueError("deterministic=True and data_service do not mix: the service's workers "
@@ -632,6 +584,10 @@ def train_dataset(source, batch_size, image_size, *, seed=None, deterministic=Fa
         return images, element["label"], ok, element["name"]
 
     ds = ds.map(prepare, num_parallel_calls=AUTOTUNE).unbatch()
+    if not repeat:  # the closing row, kept by the filter below: label -1, no image
+        ds = ds.concatenate(tf.data.Dataset.from_tensors((
+            tf.zeros([image_size, image_size, 3], tf.float32), tf.constant(-1, tf.int32),
+            tf.constant(True), tf.constant(""))))
 
     def carry(state, element):
         image, label, ok, name = element
@@ -643,7 +599,9 @@ def train_dataset(source, batch_size, image_size, *, seed=None, deterministic=Fa
 
     ds = ds.scan((tf.constant(0), tf.constant("")), carry)
     ds = ds.filter(_second).map(_first)
-    ds = ds.batch(batch_size, drop_remainder=drop_remainder, num_parallel_calls=AUTOTUNE)
+    # Without repeat, the partial last batch is dropped only after its names are recorded.
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder and repeat,
+                  num_parallel_calls=AUTOTUNE)
     ds = ds.with_options(_options(deterministic))
     if data_service:
         ds = ds.apply(tf.data.experimental.service.distribute(
@@ -652,9 +610,21 @@ def train_dataset(source, batch_size, image_size, *, seed=None, deterministic=Fa
     def record(images, labels, counts, names):
         names = tf.strings.split(tf.boolean_mask(names, counts > 0), "\n").flat_values
         with tf.control_dependencies([_record_names(skip_log, names)]):
-            return tf.identity(images), labels
+            images = tf.identity(images)
+        if not repeat:  # remove the closing row
+            real = labels >= 0
+            images, labels = tf.boolean_mask(images, real), tf.boolean_mask(labels, real)
+        return images, labels
 
-    ds = ds.map(record).prefetch(AUTOTUNE)
+    ds = ds.map(record)
+    if not repeat:  # no empty batch (the closing row alone), no partial one with drop_remainder
+        least = batch_size if drop_remainder else 1
+        ds = ds.filter(lambda images, labels: tf.shape(labels)[0] >= least)
+    if not repeat and drop_remainder:
+        ds = ds.map(lambda images, labels: (
+            tf.ensure_shape(images, [batch_size, image_size, image_size, 3]),
+            tf.ensure_shape(labels, [batch_size])))
+    ds = ds.prefetch(AUTOTUNE)
     ds.skip_log = skip_log
     return ds
 

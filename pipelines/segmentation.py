@@ -379,9 +379,6 @@ def run(voc_dir=None, sbd_dir=None, run_dir="runs/voc", recipe=None, backbone_we
     model.compile(optimizer=make_optimizer(recipe, steps),
                   loss=SegmentationLoss(ignore_label=IGNORE_LABEL),
                   metrics=[MeanIoU(num_classes, ignore_label=IGNORE_LABEL)])
-    # Slot variables made now, eagerly: made inside the first traced train step they cost
-    # ~20x more each, and the step is traced twice (about a minute on 2 cores).
-    model.optimizer.build(model.trainable_variables)
     os.makedirs(run_dir, exist_ok=True)
     nan = driver.fit(model, train_dataset(train, recipe), recipe.epochs, run_dir,
                      steps_per_epoch=steps, verbose=verbose)

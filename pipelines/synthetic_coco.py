@@ -20,12 +20,12 @@ Category ids are deliberately not contiguous (1, 3, 7, 10, 12, ...), so a reader
 import argparse
 import json
 import math
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from pipelines.manifest import reuse_or_wipe, write_atomic, write_manifest
 
 FORMAT_VERSION = 1
 
@@ -78,18 +78,15 @@ def generate(
         "num_classes": int(num_classes),
         "jpeg_quality": int(jpeg_quality),
     }
-    manifest = root / "manifest.json"
-    if _manifest_matches(manifest, params, root):
+    required = [f"annotations/instances_{split}.json" for split in SPLIT_ID_OFFSET]
+    if reuse_or_wipe(root, params, required, wipe=SPLIT_ID_OFFSET):
         return root
-    if manifest.exists():  # ours, with other parameters: start from a clean slate
-        manifest.unlink()
-        for split in SPLIT_ID_OFFSET:
-            shutil.rmtree(root / split, ignore_errors=True)
     (root / "annotations").mkdir(parents=True, exist_ok=True)
     for split, count in (("train", num_train), ("val", num_val)):
         dataset = _write_split(root, split, count, params)
-        _write_json(root / "annotations" / f"instances_{split}.json", dataset)
-    _write_json(manifest, params)  # last, so an interrupted run is redone
+        write_atomic(root / "annotations" / f"instances_{split}.json",
+                     json.dumps(dataset, separators=(",", ":")))
+    write_manifest(root, params)
     return root
 
 
@@ -99,21 +96,6 @@ def categories(num_classes=5):
         {"id": cid, "name": name, "supercategory": "shape"}
         for cid, name, _ in CLASSES[:num_classes]
     ]
-
-
-def _manifest_matches(manifest, params, root):
-    try:
-        if json.loads(manifest.read_text()) != params:
-            return False
-    except (OSError, ValueError):
-        return False
-    return all((root / "annotations" / f"instances_{s}.json").is_file() for s in SPLIT_ID_OFFSET)
-
-
-def _write_json(path, obj):
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj, separators=(",", ":")))
-    os.replace(tmp, path)
 
 
 def _write_split(root, split, count, params):

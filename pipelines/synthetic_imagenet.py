@@ -22,14 +22,13 @@ part of it (occlusion). Image sides vary (the shorter side is 80-100% of the lon
 
 import argparse
 import csv
-import json
 import math
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from pipelines.manifest import reuse_or_wipe, write_manifest
 
 FORMAT_VERSION = 1
 
@@ -88,13 +87,9 @@ def generate(root, num_train_per_class=300, num_val_per_class=50, num_classes=10
         "seed": int(seed),
         "jpeg_quality": int(jpeg_quality),
     }
-    manifest = root / "manifest.json"
-    if _manifest_matches(manifest, params, root):
+    if reuse_or_wipe(root, params, required=("LOC_val_solution.csv", "train"),
+                     wipe=("train", "val")):
         return root
-    if manifest.exists():  # ours, with other parameters: start from a clean slate
-        manifest.unlink()
-        for name in ("train", "val"):
-            shutil.rmtree(root / name, ignore_errors=True)
     root.mkdir(parents=True, exist_ok=True)
     classes = CLASSES[:num_classes]
     with open(root / "LOC_synset_mapping.txt", "w") as f:
@@ -121,24 +116,13 @@ def generate(root, num_train_per_class=300, num_val_per_class=50, num_classes=10
         writer = csv.writer(f)
         writer.writerow(["ImageId", "PredictionString"])
         writer.writerows(rows)
-    tmp = manifest.with_suffix(".tmp")
-    tmp.write_text(json.dumps(params, indent=1))
-    os.replace(tmp, manifest)  # last, so an interrupted run is redone
+    write_manifest(root, params)
     return root
 
 
 def class_names(num_classes=10):
     """The (wnid, name) pairs of the first ``num_classes`` classes, in label order."""
     return tuple((wnid, name) for wnid, name, _ in CLASSES[:num_classes])
-
-
-def _manifest_matches(manifest, params, root):
-    try:
-        if json.loads(manifest.read_text()) != params:
-            return False
-    except (OSError, ValueError):
-        return False
-    return (root / "LOC_val_solution.csv").is_file() and (root / "train").is_dir()
 
 
 def render(rng, label, image_size):

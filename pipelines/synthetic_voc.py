@@ -16,16 +16,14 @@ band ``2 * border`` px wide along every boundary between labels, as VOC outlines
 """
 
 import argparse
-import json
 import math
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from pipelines import synthetic_coco
+from pipelines.manifest import reuse_or_wipe, write_atomic, write_manifest
 from pipelines.voc import IGNORE_LABEL, voc_palette
 
 FORMAT_VERSION = 1
@@ -69,12 +67,9 @@ def generate(root, num_train=1000, num_val=200, image_size=128, num_classes=MAX_
     }
     voc = root / "VOC2012"
     lists = voc / "ImageSets" / "Segmentation"
-    manifest = root / "manifest.json"
-    if _manifest_matches(manifest, params, lists):
+    required = [f"VOC2012/ImageSets/Segmentation/{s}.txt" for s in ("train", "val", "trainval")]
+    if reuse_or_wipe(root, params, required, wipe=["VOC2012"]):
         return root
-    if manifest.exists():  # ours, with other parameters: start from a clean slate
-        manifest.unlink()
-        shutil.rmtree(voc, ignore_errors=True)
     for folder in (voc / "JPEGImages", voc / "SegmentationClass", lists):
         folder.mkdir(parents=True, exist_ok=True)
     palette = voc_palette().tobytes()
@@ -95,24 +90,9 @@ def generate(root, num_train=1000, num_val=200, image_size=128, num_classes=MAX_
         written[split] = ids
     for name, ids in (("train", written["train"]), ("val", written["val"]),
                       ("trainval", written["train"] + written["val"])):
-        _write_text(lists / f"{name}.txt", "".join(f"{i}\n" for i in ids))
-    _write_text(manifest, json.dumps(params, indent=1))  # last, so an interrupted run is redone
+        write_atomic(lists / f"{name}.txt", "".join(f"{i}\n" for i in ids))
+    write_manifest(root, params)
     return root
-
-
-def _manifest_matches(manifest, params, lists):
-    try:
-        if json.loads(manifest.read_text()) != params:
-            return False
-    except (OSError, ValueError):
-        return False
-    return all((lists / f"{s}.txt").is_file() for s in ("train", "val", "trainval"))
-
-
-def _write_text(path, text):
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def void_band(labels, border):

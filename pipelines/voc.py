@@ -31,11 +31,12 @@ built. With ``skip_bad=True`` such examples are instead skipped, logged and coun
 """
 
 import logging
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from pipelines.skips import SkipLog
 
 log = logging.getLogger(__name__)
 
@@ -69,38 +70,6 @@ def voc_palette():
     return palette
 
 
-class BadExamples:
-    """Examples skipped (``skip_bad=True``) with the reason, by file. Thread safe."""
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        self._reasons = {}
-
-    @property
-    def skipped(self):
-        return len(self._reasons)
-
-    @property
-    def files(self):
-        return list(self._reasons)
-
-    @property
-    def reasons(self):
-        return dict(self._reasons)
-
-    def add(self, path, reason):
-        """Records a skip; True the first time this file is met."""
-        with self._lock:
-            first = path not in self._reasons
-            self._reasons.setdefault(path, reason)
-        if first:
-            log.warning("skipping %s: %s", path, reason)
-        return first
-
-    def __repr__(self):
-        return f"BadExamples(skipped={self.skipped})"
-
-
 @dataclass(repr=False)
 class VocIndex:
     """One split: per-example ids, image and mask paths (VOC PNG or SBD .mat), the classes."""
@@ -112,7 +81,7 @@ class VocIndex:
     mask_paths: list
     class_names: tuple = VOC_CLASSES
     skip_bad: bool = False
-    skipped: BadExamples = field(default_factory=BadExamples)
+    skipped: SkipLog = field(default_factory=SkipLog)
 
     @property
     def num_images(self):
@@ -220,7 +189,8 @@ def load_voc(voc_dir, split="train", sbd_dir=None, class_names=VOC_CLASSES, skip
     if len(class_names) < 2 or len(class_names) > IGNORE_LABEL:
         raise ValueError(f"need 2..255 class names, got {len(class_names)}")
     index = VocIndex(root=root, split=split, ids=[], image_paths=[], mask_paths=[],
-                     class_names=tuple(class_names), skip_bad=skip_bad)
+                     class_names=tuple(class_names), skip_bad=skip_bad,
+                     skipped=SkipLog(split))
     for image_id in split_ids(root, split, sbd):
         image = root / "JPEGImages" / f"{image_id}.jpg"
         mask = root / "SegmentationClass" / f"{image_id}.png"

@@ -49,6 +49,27 @@ def test_paper_recipe():
     assert e.bn_momentum == 0.9 and e.alpha < 1 and e.resolution < 224
 
 
+def test_check_recipe_names_the_field_and_range():
+    job.check_recipe(job.PAPER)
+    job.check_recipe(job.EMBEDDED)
+    for change, message in (
+            (dict(alpha=0.0), r"ImagenetRecipe\.alpha must be in \(0, inf\), got 0\.0"),
+            (dict(resolution=16), r"resolution must be in \[32, inf\), got 16"),
+            (dict(batch_size=0), r"batch_size must be in \[1, inf\)"),
+            (dict(lr_decay=1.5), r"lr_decay must be in \(0, 1\], got 1\.5"),
+            (dict(label_smoothing=1.0), r"label_smoothing must be in \[0, 1\)"),
+            (dict(min_crop_area=0.0), r"min_crop_area must be in \(0, 1\]"),
+            (dict(learning_rate=float("nan")), r"learning_rate must be in \(0, inf\), got nan"),
+            (dict(warmup_epochs=300.0), r"warmup_epochs must be in \[0, epochs=300\)"),
+            (dict(optimizer="lamb"), r"optimizer must be one of 'rmsprop', 'adam', 'sgd', "
+                                     r"got 'lamb'"),
+            (dict(schedule="step"), r"schedule must be one of 'exponential', 'cosine'")):
+        with pytest.raises(ValueError, match=message):
+            job.check_recipe(dataclasses.replace(job.PAPER, **change))
+    with pytest.raises(ValueError, match="dropout"):  # checked before any data is read
+        job.run(data_dir="/nonexistent", recipe=dataclasses.replace(job.PAPER, dropout=1.0))
+
+
 def test_learning_rate_schedule():
     recipe = dataclasses.replace(job.PAPER, batch_size=192)
     assert job.peak_learning_rate(recipe) == pytest.approx(0.09)  # linear in the batch

@@ -9,6 +9,27 @@ import pytest
 from pipelines import detection, synthetic_coco
 
 
+def test_check_recipe_names_the_field_and_range():
+    detection.check_recipe(detection.PAPER)
+    detection.check_recipe(detection.EMBEDDED)
+    for change, message in (
+            (dict(input_size=32), r"CocoRecipe\.input_size must be in \[64, inf\), got 32"),
+            (dict(epochs=0), r"epochs must be in \[1, inf\), got 0"),
+            (dict(learning_rate=-1e-3), r"learning_rate must be in \(0, inf\)"),
+            (dict(background_prior=1.0), r"background_prior must be in \(0, 1\), got 1\.0"),
+            (dict(nms_iou=0.0), r"nms_iou must be in \(0, 1\]"),
+            (dict(score_threshold=1.5), r"score_threshold must be in \[0, 1\]"),
+            (dict(warmup_epochs=100.0), r"warmup_epochs must be in \[0, epochs=100\)"),
+            (dict(optimizer="adagrad"), r"optimizer must be one of 'rmsprop', 'adam', 'sgd'"),
+            (dict(class_loss="hinge"), r"class_loss must be one of 'softmax', 'focal'"),
+            (dict(augment="mixup"), r"augment must be one of 'ssd', 'flip', got 'mixup'")):
+        with pytest.raises(ValueError, match=message):
+            detection.check_recipe(dataclasses.replace(detection.PAPER, **change))
+    with pytest.raises(ValueError, match="max_detections"):  # checked before any data is read
+        detection.run(coco_dir="/nonexistent",
+                      recipe=dataclasses.replace(detection.PAPER, max_detections=0))
+
+
 @pytest.mark.slow
 def test_coco_job_end_to_end(tmp_path):
     root = tmp_path / "coco"

@@ -100,3 +100,47 @@ def test_nan_loss_stops_with_message(tmp_path, capsys):
 def test_write_metrics(tmp_path):
     path = driver.write_metrics(str(tmp_path), {"AP50": 0.5})
     assert open(path).read().strip().startswith("{")
+
+
+def test_check_fields_intervals_and_choices():
+    import dataclasses
+
+    @dataclasses.dataclass(frozen=True)
+    class Recipe:
+        rate: float = 0.5
+        steps: int = 1
+        mode: str = "a"
+
+    driver.check_fields(Recipe(), ranges={"rate": "(0, 1)", "steps": "[1, inf)"},
+                        choices={"mode": ("a", "b")})
+    for recipe, message in ((Recipe(rate=0.0), r"Recipe\.rate must be in \(0, 1\), got 0\.0"),
+                            (Recipe(rate=1.0), r"rate must be in \(0, 1\), got 1\.0"),
+                            (Recipe(rate="0.5"), r"rate must be in \(0, 1\), got '0\.5'"),
+                            (Recipe(steps=True), r"steps must be in \[1, inf\), got True"),
+                            (Recipe(steps=0), r"steps must be in \[1, inf\), got 0"),
+                            (Recipe(mode="c"), r"mode must be one of 'a', 'b', got 'c'")):
+        with pytest.raises(ValueError, match=message):
+            driver.check_fields(recipe, ranges={"rate": "(0, 1)", "steps": "[1, inf)"},
+                                choices={"mode": ("a", "b")})
+    driver.check_fields(Recipe(rate=1.0, steps=0), ranges={"rate": "[0, 1]", "steps": "[0, 0]"})
+
+
+def test_fit_builds_the_optimizer_first_under_the_model_strategy(tmp_path):
+    """Adam's slots exist before the first step, and are mirrored like the weights when the
+    model was made under a MirroredStrategy (one CPU device: the scope is what matters)."""
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
+    with strategy.scope():
+        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+        model.compile(optimizer=keras.optimizers.Adam(0.01), loss="mse")
+    seen = {}
+
+    class Check(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            optimizer = self.model.optimizer
+            seen["built"] = optimizer.built
+            seen["mirrored"] = [isinstance(v.value, tf.distribute.DistributedValues)
+                                for v in optimizer.variables]
+
+    driver.fit(model, _data(), 1, str(tmp_path / "run"), verbose=0, extra_callbacks=[Check()])
+    assert seen["built"] and len(seen["mirrored"]) == 2 + 2 * 2  # iterations, lr, m and v of 2
+    assert all(seen["mirrored"])

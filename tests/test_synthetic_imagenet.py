@@ -1,9 +1,7 @@
 """The synthetic ImageNet-layout dataset: layout, determinism, idempotence, content."""
 
 import csv
-import hashlib
 import json
-import os
 
 import numpy as np
 import pytest
@@ -17,15 +15,6 @@ PARAMS = dict(num_train_per_class=3, num_val_per_class=2, num_classes=10, image_
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
     return synthetic_imagenet.generate(tmp_path_factory.mktemp("shapes"), **PARAMS)
-
-
-def digest(root):
-    h = hashlib.sha256()
-    for path in sorted(root.rglob("*")):
-        if path.is_file():
-            h.update(path.relative_to(root).as_posix().encode())
-            h.update(path.read_bytes())
-    return h.hexdigest()
 
 
 def test_layout_is_imagenet(root):
@@ -68,17 +57,6 @@ def test_val_boxes_hold_the_object(root):
         family = synthetic_imagenet.FAMILIES[synthetic_imagenet.CLASSES[names[wnid]][2]]
         close = np.linalg.norm(pixels[y0:y1, x0:x1] - family, axis=-1) < 90
         assert close.mean() > 0.15  # textures are half their colour, blobs may cover some
-
-
-def test_deterministic_and_idempotent(root, tmp_path):
-    again = synthetic_imagenet.generate(tmp_path / "again", **PARAMS)
-    assert digest(again) == digest(root)
-    stamp = os.path.getmtime(again / "val" / "ILSVRC2012_val_00000001.JPEG")
-    synthetic_imagenet.generate(again, **PARAMS)  # a matching manifest: nothing rewritten
-    assert os.path.getmtime(again / "val" / "ILSVRC2012_val_00000001.JPEG") == stamp
-    other = synthetic_imagenet.generate(again, **{**PARAMS, "seed": 1})
-    assert digest(other) != digest(root)
-    assert len(list((other / "val").iterdir())) == 20
 
 
 def test_classes_differ_in_shape_not_only_colour():

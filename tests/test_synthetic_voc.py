@@ -1,6 +1,4 @@
-import hashlib
 import json
-import os
 
 import numpy as np
 import pytest
@@ -14,15 +12,6 @@ PARAMS = dict(num_train=16, num_val=6, image_size=64, num_classes=5, seed=0, bor
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
     return synthetic_voc.generate(tmp_path_factory.mktemp("shapes_voc"), **PARAMS)
-
-
-def digest(root):
-    h = hashlib.sha256()
-    for path in sorted(root.rglob("*")):
-        if path.is_file():
-            h.update(path.relative_to(root).as_posix().encode())
-            h.update(path.read_bytes())
-    return h.hexdigest()
 
 
 def test_layout_and_lists(root):
@@ -87,20 +76,12 @@ def test_readable_by_the_voc_pipeline(root):
     assert saturation[object_pixels].mean() > saturation[e["label"][..., 0] == 0].mean() + 40
 
 
-def test_idempotent_and_deterministic(root, tmp_path):
-    before = digest(root)
-    stamp = os.path.getmtime(root / "VOC2012" / "JPEGImages" / "2024_000001.jpg")
-    synthetic_voc.generate(root, **PARAMS)
-    assert digest(root) == before
-    assert os.path.getmtime(root / "VOC2012" / "JPEGImages" / "2024_000001.jpg") == stamp
-    assert digest(synthetic_voc.generate(tmp_path / "again", **PARAMS)) == before
-
-
 def test_other_parameters_regenerate(tmp_path):
+    """Regenerated with fewer classes, the masks and class names follow (the manifest logic
+    itself is tested for all formats in test_manifest.py)."""
     params = dict(PARAMS, num_train=4, num_val=2)
     out = synthetic_voc.generate(tmp_path / "d", **params)
     synthetic_voc.generate(out, **dict(params, num_train=3, num_classes=2))
-    assert len(list((out / "VOC2012" / "JPEGImages").glob("*.jpg"))) == 5
     labels = set()
     for path in (out / "VOC2012" / "SegmentationClass").glob("*.png"):
         labels |= set(np.unique(np.asarray(Image.open(path))).tolist())
