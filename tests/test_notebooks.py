@@ -60,3 +60,35 @@ def test_segmentation_notebook(tmp_path):
     assert miou > 0.2  # six classes; a model predicting only background scores about 1/6
     diff = float(re.search(r"max \|Keras - TFLite\|: ([\d.e+-]+)", outputs).group(1))
     assert diff < 1e-4
+
+
+@pytest.mark.slow
+def test_qat_tflite_notebook(tmp_path):
+    import re
+
+    notebook = execute("04_qat_tflite.ipynb", tmp_path)
+    outputs = "\n".join(_text(cell) for cell in notebook.cells if cell.cell_type == "code")
+    diff = float(re.search(r"max \|Keras 3 - tf_keras\| on a random image: ([\d.e+-]+)",
+                           outputs).group(1))
+    assert diff < 5e-5  # float32 round-off (seen: 6e-7 to 3e-6); a wrong weight copy is O(1)
+    assert "none left float" in outputs
+    # the QAT file computes in int8 throughout (its summary would name any float op)
+    assert re.search(r"imagenet_qat\.tflite: qat \(float32 I/O, logits\), [\d.]+ MB, \d+ ops$",
+                     outputs, re.M)
+    ratios = [float(r) for r in re.findall(r"(?:int8|qat) file size / float32 file size: "
+                                           r"([\d.]+)", outputs)]
+    # int8 weights take a quarter of the bytes; biases and per-channel scales stay 32-bit
+    assert len(ratios) == 2 and all(r < 0.45 for r in ratios)  # seen: 0.39
+    top1 = {name: float(value) for name, value in re.findall(
+        r"^(Keras float32|TFLite float32|TFLite PTQ int8|TFLite QAT int8): top-1 ([\d.]+)$",
+        outputs, re.M)}
+    assert len(top1) == 4
+    float_top1 = top1["Keras float32"]
+    assert float_top1 > 0.3  # ten classes: chance is 0.1
+    assert abs(top1["TFLite float32"] - float_top1) <= 0.004  # at most 2 of the 500 images
+    # int8 within 5 points of float after the brief run (seen: -2.0 to +1.0 points); an int8
+    # model that has lost what the float one learned falls toward chance, 0.1
+    assert top1["TFLite PTQ int8"] > float_top1 - 0.05
+    assert top1["TFLite QAT int8"] > float_top1 - 0.05
+    assert (tmp_path / "runs" / "imagenet" / "deploy.png").stat().st_size > 10_000
+    assert "TFLite_Detection_PostProcess ops: 1" in outputs
