@@ -184,6 +184,16 @@ def latency_rows(group, candidates, threads=THREADS, repeats=50, rounds=5, calib
 # Targets, computed from the rows
 
 
+def sign_test_p(won, rounds):
+    """Two-sided sign-test p-value of ``won`` wins in ``rounds`` rounds under equal speed: how
+    often two equally fast models split the rounds at least this unevenly."""
+    import math
+
+    low = min(won, rounds - won)
+    tail = sum(math.comb(rounds, k) for k in range(low + 1)) / 2 ** rounds
+    return min(1.0, 2 * tail)
+
+
 def _ratio_text(ratio, limit):
     return f"{ratio:.2f}x {'holds' if ratio <= limit else 'FAILS'}"
 
@@ -244,16 +254,25 @@ def target_lines(rows, limit=INT8_TARGET):
     if pairs:
         lines.append(f"Target: {OURS} no slower than {THEIRS} (same alpha, resolution, mode; "
                      "ratio of median latencies, <= 1 holds; won: rounds in which ours was "
-                     "no slower)")
+                     "no slower; p: sign test of the rounds against equal speed)")
+
+        def part(label, ratio, won, rounds):
+            return (f"{label} {_ratio_text(ratio, 1.0)} "
+                    f"(won {won}/{rounds}, p={sign_test_p(won, rounds):.2f})")
+
         for p in pairs:
             lines.append(f"  {p.group:<22} {p.mode:<8} {p.threads}T  "
-                         f"wall {_ratio_text(p.wall, 1.0)} (won {p.wall_rounds_won}/{p.rounds})  "
-                         f"cpu {_ratio_text(p.cpu, 1.0)} (won {p.cpu_rounds_won}/{p.rounds})"
+                         f"{part('wall', p.wall, p.wall_rounds_won, p.rounds)}  "
+                         f"{part('cpu', p.cpu, p.cpu_rounds_won, p.rounds)}"
                          f"{'' if p.same_ops else '  (different ops)'}")
         same = sum(p.same_ops for p in pairs)
+        slower = sum(p.cpu > 1 and p.cpu_rounds_won < p.rounds / 2
+                     and sign_test_p(p.cpu_rounds_won, p.rounds) < 0.05 for p in pairs)
         lines.append(f"  holds in {sum(p.wall <= 1 for p in pairs)}/{len(pairs)} by wall time, "
-                     f"{sum(p.cpu <= 1 for p in pairs)}/{len(pairs)} by CPU time; the two "
-                     f"flatbuffers run the same ops in the same order in {same}/{len(pairs)}")
+                     f"{sum(p.cpu <= 1 for p in pairs)}/{len(pairs)} by CPU time; "
+                     f"{OURS} slower in most rounds at p < 0.05 (CPU time) in "
+                     f"{slower}/{len(pairs)}; the two flatbuffers run the same ops in the same "
+                     f"order in {same}/{len(pairs)}")
     checks = int8_checks(rows, limit)
     if checks:
         lines.append(f"Target: int8 <= {limit}x float32 latency at 1 thread")

@@ -1,10 +1,12 @@
 """TFLite invoke timing shared by the benchmarks (``run``, ``memory_bench``, ``latency_bench``).
 
 Several flatbuffers are timed side by side: one interpreter each (``keras_mnv2.tflite.interpreter``,
-the default XNNPACK path), warmed up by one invocation, then invoked in alternating rounds (a
-few invocations of each model per round) so that drift in machine load hits them all alike. Each
-invocation is timed as wall time and as CPU time: the invoking thread's at 1 thread, the whole
-process's (all interpreter threads) at more; CPU time is the figure a loaded machine disturbs less.
+the default XNNPACK path), warmed up by two invocations, then invoked in alternating rounds (a few
+invocations of each model per round) so that drift in machine load hits them all alike; the order
+is rotated by one model each round, as a model's place in a round shifts its time by a few
+percent. Each invocation is timed as wall time and as CPU time: the invoking thread's at 1 thread,
+the whole process's (all interpreter threads) at more; CPU time is the figure a loaded machine
+disturbs less.
 """
 
 import dataclasses
@@ -73,8 +75,10 @@ def tflite_timings(contents, threads=1, repeats=100, rounds=5, inputs=None, budg
     cpu_clock = time.thread_time if threads == 1 else time.process_time
     wall = {name: [[] for _ in range(rounds)] for name in contents}
     cpu = {name: [[] for _ in range(rounds)] for name in contents}
+    names = list(interps)
     for r in range(rounds):
-        for name, interp in interps.items():
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            interp = interps[name]
             for _ in range(per_round):
                 start_wall, start_cpu = time.perf_counter(), cpu_clock()
                 interp.invoke()

@@ -39,16 +39,25 @@ def test_targets_are_computed_from_the_rows():
     checks = lb.int8_checks(rows)
     assert [(c[1], round(c[2], 4)) for c in checks] == [(lb.OURS, 0.5), (lb.THEIRS, 0.56)]
     text = "\n".join(lb.target_lines(rows))
-    assert "float32  1T  wall 0.80x holds (won 2/2)  cpu 1.25x FAILS (won 0/2)\n" in text
-    assert "int8     1T  wall 0.71x holds (won 1/2)  cpu 0.71x holds (won 1/2)  (different ops)" \
+    assert "float32  1T  wall 0.80x holds (won 2/2, p=0.50)  cpu 1.25x FAILS (won 0/2, p=0.50)\n" \
         in text
-    assert "holds in 4/4 by wall time, 3/4 by CPU time; the two flatbuffers run the same ops " \
-        "in the same order in 2/4" in text
+    assert "int8     1T  wall 0.71x holds (won 1/2, p=1.00)  cpu 0.71x holds (won 1/2, p=1.00)" \
+        "  (different ops)" in text
+    # Two rounds can never make a loss significant at 0.05.
+    assert "holds in 4/4 by wall time, 3/4 by CPU time; keras_mnv2 slower in most rounds at " \
+        "p < 0.05 (CPU time) in 0/4; the two flatbuffers run the same ops in the same order " \
+        "in 2/4" in text
     assert f"{lb.THEIRS:<20} wall 0.56x holds" in text
     # The same int8 model 0.7x the float latency misses the 0.6x target.
     slow = [_row(lb.OURS, "float32", 10.0), _row(lb.OURS, "int8", 7.0)]
     assert "wall 0.70x FAILS" in "\n".join(lb.target_lines(slow))
     assert not lb.pair_checks(slow)
+
+
+def test_sign_test():
+    assert lb.sign_test_p(5, 10) == 1.0
+    assert lb.sign_test_p(1, 10) == pytest.approx(2 * 11 / 1024)
+    assert lb.sign_test_p(10, 10) == lb.sign_test_p(0, 10) == pytest.approx(2 / 1024)
 
 
 def test_madds_per_second_is_madds_over_the_median_latency():
@@ -136,3 +145,11 @@ def test_partitions_and_time_budget(tiny):
     assert sum(outside.values()) < sum(counts.values())
     timed = tflite_timings({"a": content, "b": content}, repeats=100, rounds=3, budget_s=1e-9)
     assert [t.invocations for t in timed.values()] == [3, 3]
+
+
+def test_a_consistent_loss_is_reported_as_significant():
+    rounds = (1.0,) * 10
+    rows = [_row(lb.OURS, "int8", 10.0, rounds=rounds), _row(lb.THEIRS, "int8", 9.0, rounds=rounds)]
+    text = "\n".join(lb.target_lines(rows))
+    assert "cpu 1.11x FAILS (won 0/10, p=0.00)" in text
+    assert "slower in most rounds at p < 0.05 (CPU time) in 2/2" in text
