@@ -6,7 +6,9 @@ that table for TFLite on the machine at hand. Each model is converted with
 post-training quantization calibrated on a few random images: right for speed, not for
 accuracy), float32 input and outputs; ``keras.applications.MobileNetV2`` (weights=None) goes
 through the very same converter path (``export.convert`` takes any single-output Keras
-classifier: its softmax output is exported as "probabilities", as ours).
+classifier: its softmax output is exported as "probabilities", as ours), both with the same
+random weights (``keras_mnv2.copy_weights``), so that only the graphs differ, not the values
+(which set the int8 ranges).
 
 Models (groups; the models of a group, all modes, are timed side by side in alternating rounds,
 so that drift in machine load hits them alike):
@@ -321,9 +323,10 @@ def _groups(selected, deeplab_size):
     def mobilenets(alpha, size):
         def build():
             shape = (size, size, 3)
-            return [Candidate(OURS, keras_mnv2.MobileNetV2(alpha=alpha, input_shape=shape)),
-                    Candidate(THEIRS, keras.applications.MobileNetV2(
-                        alpha=alpha, input_shape=shape, weights=None))]
+            theirs = keras.applications.MobileNetV2(alpha=alpha, input_shape=shape, weights=None)
+            ours = keras_mnv2.MobileNetV2(alpha=alpha, input_shape=shape)
+            keras_mnv2.copy_weights(theirs, ours)  # the same values: only the graphs differ
+            return [Candidate(OURS, ours), Candidate(THEIRS, theirs)]
         return build
 
     def ssdlite():

@@ -153,3 +153,17 @@ def test_a_consistent_loss_is_reported_as_significant():
     text = "\n".join(lb.target_lines(rows))
     assert "cpu 1.11x FAILS (won 0/10, p=0.00)" in text
     assert "slower in most rounds at p < 0.05 (CPU time) in 2/2" in text
+
+
+def test_the_keras_applications_pair_shares_the_weights():
+    import numpy as np
+
+    (title, build), = lb._groups(["small"], 513)
+    ours, theirs = build()
+    assert title == "MobileNetV2 0.35/96" and (ours.name, theirs.name) == (lb.OURS, lb.THEIRS)
+    layers = {layer.name: layer for layer in ours.model.layers}
+    weighted = [layer for layer in theirs.model.layers if layer.weights]
+    assert len(weighted) == 105  # 52 convs, 52 batch norms, the classifier
+    for layer in weighted:
+        for a, b in zip(layer.get_weights(), layers[layer.name].get_weights()):
+            np.testing.assert_array_equal(a, b)
