@@ -22,8 +22,6 @@ convolutions, more ops), so the later, small blocks stay whole.
 
 import argparse
 import os
-import statistics
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -41,27 +39,13 @@ def _plans():
 
 
 def _latencies(contents, repeats, rounds=5):
-    """Median wall and thread-CPU invoke times (ms) of each flatbuffer in ``contents``."""
-    from keras_mnv2 import tflite
+    """Median wall and thread-CPU invoke times (ms) of each flatbuffer in ``contents``, at 1
+    thread (``benchmarks.timing``)."""
+    from benchmarks.timing import tflite_timings
 
-    interps = {}
-    for name, content in contents.items():
-        interp = tflite.interpreter(content, num_threads=1)
-        detail = interp.get_input_details()[0]
-        interp.set_tensor(detail["index"], np.zeros(detail["shape"], detail["dtype"]))
-        interp.invoke()
-        interps[name] = interp
-    wall = {name: [] for name in contents}
-    cpu = {name: [] for name in contents}
-    for _ in range(rounds):
-        for name, interp in interps.items():
-            for _ in range(max(1, repeats // rounds)):
-                start_wall, start_cpu = time.perf_counter(), time.thread_time()
-                interp.invoke()
-                cpu[name].append((time.thread_time() - start_cpu) * 1e3)
-                wall[name].append((time.perf_counter() - start_wall) * 1e3)
-    return ({name: statistics.median(v) for name, v in wall.items()},
-            {name: statistics.median(v) for name, v in cpu.items()})
+    timings = tflite_timings(contents, threads=1, repeats=repeats, rounds=rounds)
+    return ({name: t.wall_ms for name, t in timings.items()},
+            {name: t.cpu_ms for name, t in timings.items()})
 
 
 def _model_section(title, base, size, repeats, calibration):

@@ -2,16 +2,19 @@
 
 Section 1: MobileNetV2 1.0/224, keras_mnv2 vs keras.applications: parameters, MAdds, Keras predict
 throughput and TFLite float latency (median of repeated invocations, XNNPACK, 1 and 2 threads).
+Section "latency" (benchmarks/latency_bench.py): TFLite latency of every model in every export
+mode, keras.applications alongside, MAdds and achieved MAdds/s, and the issue's targets.
 """
 
 import argparse
 import os
-import statistics
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
+
+from benchmarks import latency_bench
 
 
 def keras_throughput(model, x, repeats):
@@ -23,26 +26,12 @@ def keras_throughput(model, x, repeats):
 
 
 def tflite_latency_ms(contents, x, threads, repeats, rounds=5):
-    """Median invoke time (ms) of each model in ``contents`` ({name: flatbuffer}).
+    """Median invoke wall time (ms) of each model in ``contents`` ({name: flatbuffer}) on
+    ``x[:1]``, the models timed in alternating rounds (``benchmarks.timing``)."""
+    from benchmarks.timing import tflite_timings
 
-    The models are timed in alternating rounds so that drift in machine load hits all alike.
-    """
-    from keras_mnv2 import tflite
-
-    interps = {}
-    for name, content in contents.items():
-        interp = tflite.interpreter(content, num_threads=threads)
-        interp.set_tensor(interp.get_input_details()[0]["index"], x[:1])
-        interp.invoke()
-        interps[name] = interp
-    times = {name: [] for name in contents}
-    for _ in range(rounds):
-        for name, interp in interps.items():
-            for _ in range(max(1, repeats // rounds)):
-                start = time.perf_counter()
-                interp.invoke()
-                times[name].append((time.perf_counter() - start) * 1e3)
-    return {name: statistics.median(values) for name, values in times.items()}
+    timings = tflite_timings(contents, threads, repeats, rounds, inputs=x[:1])
+    return {name: timing.wall_ms for name, timing in timings.items()}
 
 
 def classifier_section(alpha, size, repeats):
@@ -78,8 +67,17 @@ def main(argv=None):
     parser.add_argument("--alpha", type=float, default=1.0)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--repeats", type=int, default=100)
-    parser.add_argument("--sections", default="classifier,memory,imagenet",
-                        help="comma-separated: classifier, memory (issue 7), imagenet (issue 3)")
+    parser.add_argument("--sections", default="classifier,memory,latency,imagenet",
+                        help="comma-separated: classifier, memory (issue 7), latency (issue 6), "
+                             "imagenet (issue 3)")
+    parser.add_argument("--latency-groups", default=",".join(latency_bench.GROUPS),
+                        help="latency section models: mobilenet (1.0/224), small (0.35/96), "
+                             "ssdlite, deeplab")
+    parser.add_argument("--deeplab-size", type=int, default=513,
+                        help="latency section: DeepLabV3 input side")
+    parser.add_argument("--latency-budget", type=float, default=20.0,
+                        help="latency section: seconds of timing per model group and thread "
+                             "count (fewer than --repeats invocations for slow models)")
     args = parser.parse_args(argv)
     sections = args.sections.split(",")
     if "classifier" in sections:
@@ -89,6 +87,9 @@ def main(argv=None):
 
         print("\n== Split-expansion inverted residuals: peak activation memory and latency ==")
         memory_bench(repeats=args.repeats)
+    if "latency" in sections:
+        latency_bench.latency_bench(repeats=args.repeats, groups=args.latency_groups.split(","),
+                      deeplab_size=args.deeplab_size, budget_s=args.latency_budget)
     if "imagenet" in sections and os.path.exists(os.path.join(os.path.dirname(__file__),
                                                                "imagenet_bench.py")):
         from benchmarks import imagenet_bench

@@ -1,0 +1,169 @@
+"""The latency section of ``make bench`` (benchmarks/latency_bench.py) on tiny models: structure
+and the figures that follow from others (no timing assertions)."""
+
+import pytest
+
+from benchmarks import latency_bench as lb
+from benchmarks.timing import Timing, tflite_timings
+
+ALPHA, SIZE = 0.35, 96
+
+
+def _timing(ms, cpu=None, rounds=(1.0, 1.0)):
+    cpu = ms if cpu is None else cpu
+    return Timing(wall_ms=ms, cpu_ms=cpu, invocations=2,
+                  round_wall_ms=tuple(ms * r for r in rounds),
+                  round_cpu_ms=tuple(cpu * r for r in rounds))
+
+
+def _row(name, mode, ms, cpu=None, group="g", madds=1_000_000, rounds=(1.0, 1.0),
+         ops=("CONV_2D",)):
+    return lb.LatencyRow(group=group, name=name, mode=mode, output="auto", madds=madds,
+                         size_bytes=1, convert_s=0.0,
+                         timings={1: _timing(ms, cpu, rounds), 2: _timing(ms / 2, cpu, rounds)},
+                         delegates=1, outside={}, ops=ops)
+
+
+def test_targets_are_computed_from_the_rows():
+    rows = [_row(lb.OURS, "float32", 10.0), _row(lb.THEIRS, "float32", 12.5, cpu=8.0),
+            _row(lb.OURS, "int8", 5.0),
+            _row(lb.THEIRS, "int8", 7.0, rounds=(0.5, 2.0), ops=("CONV_2D", "SOFTMAX"))]
+    pairs = lb.pair_checks(rows)
+    assert [(p.mode, p.threads) for p in pairs] == [("float32", 1), ("float32", 2), ("int8", 1),
+                                                    ("int8", 2)]
+    assert pairs[0].wall == pytest.approx(10.0 / 12.5) and pairs[0].cpu == pytest.approx(1.25)
+    assert (pairs[0].wall_rounds_won, pairs[0].cpu_rounds_won, pairs[0].rounds) == (2, 0, 2)
+    # ours 5 ms in both rounds; theirs 3.5 ms, then 14 ms: ours won one round of two.
+    assert (pairs[2].wall_rounds_won, pairs[2].rounds) == (1, 2)
+    assert [p.same_ops for p in pairs] == [True, True, False, False]
+    checks = lb.int8_checks(rows)
+    assert [(c[1], round(c[2], 4)) for c in checks] == [(lb.OURS, 0.5), (lb.THEIRS, 0.56)]
+    text = "\n".join(lb.target_lines(rows))
+    assert "float32  1T  wall 0.80x holds (won 2/2, p=0.50)  cpu 1.25x FAILS (won 0/2, p=0.50)\n" \
+        in text
+    assert "int8     1T  wall 0.71x holds (won 1/2, p=1.00)  cpu 0.71x holds (won 1/2, p=1.00)" \
+        "  (different ops)" in text
+    # Two rounds can never make a loss significant at 0.05.
+    assert "holds in 4/4 by wall time, 3/4 by CPU time; keras_mnv2 slower in most rounds at " \
+        "p < 0.05 (CPU time) in 0/4; the two flatbuffers run the same ops in the same order " \
+        "in 2/4" in text
+    assert f"{lb.THEIRS:<20} wall 0.56x holds" in text
+    # The same int8 model 0.7x the float latency misses the 0.6x target.
+    slow = [_row(lb.OURS, "float32", 10.0), _row(lb.OURS, "int8", 7.0)]
+    assert "wall 0.70x FAILS" in "\n".join(lb.target_lines(slow))
+    assert not lb.pair_checks(slow)
+
+
+def test_sign_test():
+    assert lb.sign_test_p(5, 10) == 1.0
+    assert lb.sign_test_p(1, 10) == pytest.approx(2 * 11 / 1024)
+    assert lb.sign_test_p(10, 10) == lb.sign_test_p(0, 10) == pytest.approx(2 / 1024)
+
+
+def test_madds_per_second_is_madds_over_the_median_latency():
+    row = _row(lb.OURS, "float32", 4.0, cpu=3.0, madds=300_000_000)
+    assert row.madds_per_s(1) == pytest.approx(300e6 / 4e-3)
+    assert row.madds_per_s(2) == pytest.approx(300e6 / 2e-3)
+    assert row.madds_per_s(1, cpu=True) == pytest.approx(300e6 / 3e-3)
+
+
+def test_bad_settings_are_refused():
+    with pytest.raises(ValueError, match="distinct"):
+        lb.latency_rows("g", [lb.Candidate("a", None), lb.Candidate("a", None)])
+    with pytest.raises(ValueError, match="unknown modes"):
+        lb.latency_rows("g", [lb.Candidate("a", None, modes=("float32", "qat"))])
+    with pytest.raises(ValueError, match="repeats and rounds"):
+        tflite_timings({"a": b""}, repeats=0)
+    with pytest.raises(ValueError, match="unknown latency groups"):
+        lb._groups(["mobilenet", "resnet"], 513)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    import keras
+
+    import keras_mnv2
+
+    shape = (SIZE, SIZE, 3)
+    models = {lb.OURS: keras_mnv2.MobileNetV2(alpha=ALPHA, input_shape=shape),
+              lb.THEIRS: keras.applications.MobileNetV2(alpha=ALPHA, input_shape=shape,
+                                                         weights=None)}
+    rows = lb.latency_rows("tiny", [lb.Candidate(name, m) for name, m in models.items()],
+                           threads=(1, 2), repeats=4, rounds=2, calibration=2)
+    return models, rows
+
+
+@pytest.mark.slow
+def test_latency_rows_on_tiny_models(tiny):
+    import keras_mnv2
+
+    models, rows = tiny
+    assert [(r.name, r.mode) for r in rows] == [(name, mode) for mode in lb.MODES
+                                                for name in (lb.OURS, lb.THEIRS)]
+    madds = {name: keras_mnv2.profile(m).madds for name, m in models.items()}
+    assert madds[lb.OURS] == madds[lb.THEIRS] > 0  # the same architecture
+    by_key = {(r.name, r.mode): r for r in rows}
+    for r in rows:
+        assert r.madds == madds[r.name]
+        assert set(r.timings) == {1, 2}
+        for n, t in r.timings.items():
+            assert t.wall_ms > 0 and t.cpu_ms >= 0 and t.invocations == 4
+            assert len(t.round_wall_ms) == len(t.round_cpu_ms) == 2
+            assert min(t.round_wall_ms) <= t.wall_ms <= max(t.round_wall_ms)
+            assert r.madds_per_s(n) == pytest.approx(r.madds / (t.wall_ms / 1e3))
+        assert r.delegates >= 1
+        # int8 and dynamic store int8 weights, float16 half-width ones.
+        ratio = r.size_bytes / by_key[(r.name, "float32")].size_bytes
+        assert ratio < {"float32": 1.01, "float16": 0.55, "dynamic": 0.35, "int8": 0.35}[r.mode]
+    # The float32 model runs in one XNNPACK partition, nothing left outside.
+    assert (by_key[(lb.OURS, "float32")].delegates, by_key[(lb.OURS, "float32")].outside) \
+        == (1, {})
+    pairs = lb.pair_checks(rows)
+    assert sorted((p.mode, p.threads) for p in pairs) == sorted((m, n) for m in lb.MODES
+                                                                for n in (1, 2))
+    for p in pairs:
+        ours, theirs = by_key[(lb.OURS, p.mode)], by_key[(lb.THEIRS, p.mode)]
+        assert p.wall == pytest.approx(ours.ms(p.threads) / theirs.ms(p.threads))
+        assert p.same_ops == (ours.ops == theirs.ops)
+        assert 0 <= p.wall_rounds_won <= p.rounds == 2
+    # Same architecture, same converter path: the same TFLite graph op for op.
+    assert all(p.same_ops for p in pairs)
+    lines = lb.table_lines(rows)
+    assert len([line for line in lines if line.startswith(lb.OURS)]) == len(lb.MODES)
+
+
+@pytest.mark.slow
+def test_partitions_and_time_budget(tiny):
+    from keras_mnv2 import export, tflite
+
+    models, _ = tiny
+    content = export.convert(models[lb.OURS], mode="dynamic")
+    delegates, outside = lb.xnnpack_partitions(content)
+    counts = tflite.op_counts(content)
+    assert delegates >= 1
+    assert all(0 < k <= counts[op] for op, k in outside.items())
+    assert sum(outside.values()) < sum(counts.values())
+    timed = tflite_timings({"a": content, "b": content}, repeats=100, rounds=3, budget_s=1e-9)
+    assert [t.invocations for t in timed.values()] == [3, 3]
+
+
+def test_a_consistent_loss_is_reported_as_significant():
+    rounds = (1.0,) * 10
+    rows = [_row(lb.OURS, "int8", 10.0, rounds=rounds), _row(lb.THEIRS, "int8", 9.0, rounds=rounds)]
+    text = "\n".join(lb.target_lines(rows))
+    assert "cpu 1.11x FAILS (won 0/10, p=0.00)" in text
+    assert "slower in most rounds at p < 0.05 (CPU time) in 2/2" in text
+
+
+def test_the_keras_applications_pair_shares_the_weights():
+    import numpy as np
+
+    (title, build), = lb._groups(["small"], 513)
+    ours, theirs = build()
+    assert title == "MobileNetV2 0.35/96" and (ours.name, theirs.name) == (lb.OURS, lb.THEIRS)
+    layers = {layer.name: layer for layer in ours.model.layers}
+    weighted = [layer for layer in theirs.model.layers if layer.weights]
+    assert len(weighted) == 105  # 52 convs, 52 batch norms, the classifier
+    for layer in weighted:
+        for a, b in zip(layer.get_weights(), layers[layer.name].get_weights()):
+            np.testing.assert_array_equal(a, b)
