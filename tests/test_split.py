@@ -157,3 +157,54 @@ def test_split_expansion_errors(tiny):
         split_expansion(keras.Model(plain.inputs, plain.outputs), 2)
     with pytest.raises(TypeError):
         split_expansion("model.keras", 2)
+
+
+def _named_block(splits, name="zz_block", size=32, channels=16):
+    """One stride-1 inverted residual (expansion 6) with random weights. Named to sort after the
+    input ``image``: the converter then emits the groups level by level, side by side."""
+    from keras_mnv2.blocks import inverted_residual
+
+    x = keras.Input((size, size, channels))
+    y = inverted_residual(keras, x, 6, channels, 1, block_id=1, splits=splits)
+    model = keras.Model(x, y, name=name)
+    rng = np.random.RandomState(0)
+    model.set_weights([rng.uniform(0.5, 1.0, w.shape) for w in model.get_weights()])
+    return model
+
+
+@pytest.mark.parametrize("mode", ["float32", "int8"])
+def test_export_keeps_the_split_arena(mode, tmp_path, monkeypatch):
+    from keras_mnv2 import export, memory, tflite
+
+    rng = np.random.RandomState(1)
+    data = rng.uniform(-1, 1, (4, 32, 32, 16)).astype("float32")
+    kwargs = dict(mode=mode, output="raw", representative_data=data if mode == "int8" else None,
+                  io_dtype="int8" if mode == "int8" else "float32")
+    split, whole = _named_block(3), _named_block(1)
+    assert export.has_split_blocks(split) and not export.has_split_blocks(whole)
+    report = export.export_tflite(split, tmp_path / "split.tflite", **kwargs)
+    export.export_tflite(whole, tmp_path / "whole.tflite", **kwargs)
+    with monkeypatch.context() as patch:  # the converter's own op order
+        patch.setattr(memory, "reorder_ops", lambda content: content)
+        export.export_tflite(split, tmp_path / "converter_order.tflite", **kwargs)
+    arena = {name: memory.tflite_arena_bytes(str(tmp_path / f"{name}.tflite"))
+             for name in ("split", "whole", "converter_order")}
+    # 32x32 px, 16 channels expanded to 96 in 3 groups of 32 (bytes per channel: 4096 float,
+    # 1024 int8, with int8 input and output). Whole: input 16 + expansion 96 + depthwise 96 = 208 channels; memory order:
+    # input 16 + running sum 16 + one group's expansion and depthwise 32 + 32 = 96; the
+    # converter's order here holds all groups' depthwise outputs before projecting: 144.
+    per_channel = 32 * 32 * (4 if mode == "float32" else 1)
+    assert arena["whole"] == 208 * per_channel
+    assert arena["split"] == 96 * per_channel
+    assert arena["converter_order"] == 144 * per_channel
+    x = rng.uniform(-1, 1, (1, 32, 32, 16)).astype("float32")
+    got = tflite.run_signature(report.path, x)["output"]
+    np.testing.assert_array_equal(
+        got, tflite.run_signature(str(tmp_path / "converter_order.tflite"), x)["output"])
+    expected = split.predict(x, verbose=0)
+    if mode == "float32":
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-3)
+    else:  # within a few int8 steps of the output (each partial projection is requantized)
+        step = tflite.interpreter(report.path).get_output_details()[0]["quantization"][0]
+        assert np.abs(got - expected).mean() < step
+        assert np.abs(got - expected).max() < 3 * step
