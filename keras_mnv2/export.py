@@ -27,7 +27,10 @@ A model with split-expansion blocks (``expansion_splits`` / ``keras_mnv2.split.s
 paper section 5.1) is exported with its ops in the memory-aware order of
 ``keras_mnv2.memory.reorder_ops`` (one group of a split block at a time), in every mode: the
 converter orders parallel branches by name, which can run the groups side by side and lose the
-arena saving.
+arena saving. In the float modes and int8 its projection BNs are folded into the partial
+projections first (``keras_mnv2.split.fold_projection_bn``; otherwise each stays a MUL and an
+ADD over the block's output); a QAT model must be quantized from the folded tf_keras twin for
+the same (``fold_projection_bn(tf_keras_twin(split_model))``), or its projection BNs stay float.
 """
 
 import dataclasses
@@ -389,6 +392,11 @@ def _convert(model, mode, representative_data, io_dtype, output, anchors, nms,
 
     _check_settings(model, mode, io_dtype, representative_data)
     shape = _input_shape(model, input_shape)
+    if mode != "qat":
+        from keras_mnv2.split import fold_projection_bn, foldable_blocks
+
+        if foldable_blocks(model):
+            model = fold_projection_bn(model)
     serve, kind, output = serving_function(model, output, anchors, nms)
     calibration = None
     if mode == "int8":
