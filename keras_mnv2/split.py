@@ -25,7 +25,9 @@ Measured (``python -m benchmarks.memory_bench``): splitting Conv1 + block 0 into
 6 and block 2 into 3 halves the TFLite arena of MobileNetV2 1.0/224 and SSDLite 320, float32 and
 int8; uniform splits cost more speed for less memory. In int8 every partial projection is
 requantized before the sum, which adds rounding (PTQ: about 1.5 times the unsplit model's output
-error).
+error). For deployment ``fold_projection_bn`` folds the BN that follows a split block's sum into
+the partial projections (the converter cannot; ``keras_mnv2.export`` does it in the float and
+int8 modes, and a QAT model is quantized from the folded twin so that it is int8 throughout).
 """
 
 import re
