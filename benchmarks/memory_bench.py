@@ -17,7 +17,16 @@ at 1 (the original), 2, 3 and 6 groups per block, and at one per-block plan, pri
 The per-block plan ``EARLY_SPLITS`` splits only the first blocks, whose expanded tensors bound
 the peak (the stem Conv1 + block 0 into 3, block 1 into 6, block 2 into 3): the smallest counts
 that halve the TFLite arena of MobileNetV2 at 224 px. Splitting costs speed (smaller
-convolutions, more ops), so the later, small blocks stay whole.
+convolutions, more ops), so the later, small blocks stay whole. ``INT8_SPLITS`` (stem in 2) is
+the int8 trade-off: in int8 every stem group costs about 11% of the model's time (each group's
+Conv1 reads the whole 224x224x3 input again, and the partial projections are summed at
+112x112), so the stem in 3 misses +20% latency; in 2 it stays near +15% but the stem then bounds
+the arena at about 54% (int8 input kept alive + one 16-channel group's Conv1 and depthwise
+outputs + the running sum). With the stem whole the arena stops at 58% (input + Conv1 + block 0
+depthwise output), so halving the int8 arena needs the stem split in 3.
+
+Split models are converted as ``keras_mnv2.export`` ships them: projection BNs folded into the
+partial projections (``keras_mnv2.split.fold_projection_bn``), ops reordered.
 """
 
 import argparse
@@ -29,12 +38,14 @@ import numpy as np
 
 SPLITS = (1, 2, 3, 6)
 EARLY_SPLITS = (3, 6, 3) + (1,) * 14
+INT8_SPLITS = (2, 6, 3) + (1,) * 14
 MiB = 2 ** 20
 
 
 def _plans():
     plans = {str(k): k for k in SPLITS}
     plans["3,6,3,1.."] = EARLY_SPLITS
+    plans["2,6,3,1.."] = INT8_SPLITS
     return plans
 
 
@@ -51,18 +62,21 @@ def _latencies(contents, repeats, rounds=5):
 def _model_section(title, base, size, repeats, calibration):
     import keras_mnv2
     from keras_mnv2 import memory, tflite
-    from keras_mnv2.split import split_expansion
+    from keras_mnv2.split import fold_projection_bn, split_expansion
 
     samples = np.random.RandomState(0).uniform(-1, 1, (calibration, size, size, 3))
     models = {name: base if plan == 1 else split_expansion(base, plan)
               for name, plan in _plans().items()}
+    # What export ships: the projection BNs folded (profile counts the unfolded graph).
+    deployed = {name: model if model is base else fold_projection_bn(model)
+                for name, model in models.items()}
     for dtype in ("float32", "int8"):
         rows, contents = {}, {}
         for name, model in models.items():
             if dtype == "float32":
-                converted = tflite.convert_float(model)
+                converted = tflite.convert_float(deployed[name])
             else:
-                converted = memory.convert_int8(model, samples)
+                converted = memory.convert_int8(deployed[name], samples)
             contents[name] = memory.reorder_ops(converted)
             computed = keras_mnv2.profile(model, bytes_per_element=4 if dtype == "float32" else 1,
                                           schedule="memory").peak_activation_bytes

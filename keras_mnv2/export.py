@@ -22,6 +22,15 @@ What comes out (``output``):
               detection apps consume; or "raw" (box encodings and class logits);
   DeepLabV3   "logits" [1, H, W, C] or "mask" [1, H, W] int32 (argmax).
 The input is one image, ``image`` [1, H, W, 3], preprocessed as for the Keras model.
+
+A model with split-expansion blocks (``expansion_splits`` / ``keras_mnv2.split.split_expansion``,
+paper section 5.1) is exported with its ops in the memory-aware order of
+``keras_mnv2.memory.reorder_ops`` (one group of a split block at a time), in every mode: the
+converter orders parallel branches by name, which can run the groups side by side and lose the
+arena saving. In the float modes and int8 its projection BNs are folded into the partial
+projections first (``keras_mnv2.split.fold_projection_bn``; otherwise each stays a MUL and an
+ADD over the block's output); a QAT model must be quantized from the folded tf_keras twin for
+the same (``fold_projection_bn(tf_keras_twin(split_model))``), or its projection BNs stay float.
 """
 
 import dataclasses
@@ -383,6 +392,11 @@ def _convert(model, mode, representative_data, io_dtype, output, anchors, nms,
 
     _check_settings(model, mode, io_dtype, representative_data)
     shape = _input_shape(model, input_shape)
+    if mode != "qat":
+        from keras_mnv2.split import fold_projection_bn, foldable_blocks
+
+        if foldable_blocks(model):
+            model = fold_projection_bn(model)
     serve, kind, output = serving_function(model, output, anchors, nms)
     calibration = None
     if mode == "int8":
@@ -429,7 +443,21 @@ def _convert(model, mode, representative_data, io_dtype, output, anchors, nms,
         if POSTPROCESS_OP not in op_counts(content):
             raise ExportError(f"{model.name!r} ({setting}): the converter did not fuse the "
                               f"{POSTPROCESS_OP} function into the custom op")
+    if has_split_blocks(model):
+        from keras_mnv2.memory import reorder_ops
+
+        content = reorder_ops(content)
     return content, output
+
+
+_SPLIT_PROJECTION = re.compile(r".*project_s\d+")
+
+
+def has_split_blocks(model):
+    """True when ``model`` (Keras 3, tf_keras or its QAT form, whose wrappers are named
+    ``quant_<layer>``) has split-expansion blocks (``keras_mnv2.split``, paper section 5.1): a
+    ``..._project_s<i>`` layer."""
+    return any(_SPLIT_PROJECTION.fullmatch(layer.name) for layer in model.layers)
 
 
 def _sample_image(shape, representative_data, limit=1):

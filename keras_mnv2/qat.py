@@ -421,7 +421,9 @@ def quantize(model, keep_float=(), calibration_data=None, log=print):
     Layers the default registry does not cover are annotated (``quantization_plan``); anything
     it cannot quantize stays float and is named, never dropped silently. The result is a new
     tf_keras model (layers named ``quant_<name>``) with the source's weights; SSDLite's
-    ``anchors`` carry over.
+    ``anchors`` carry over. A model with split-expansion blocks (paper section 5.1) first has
+    the batch norm after each block's sum of partial projections folded into the projections
+    (``keras_mnv2.split.fold_projection_bn``), which TFMOT would otherwise leave in float.
     """
     import tensorflow_model_optimization as tfmot
     import tf_keras
@@ -429,8 +431,12 @@ def quantize(model, keep_float=(), calibration_data=None, log=print):
         default_8bit_quantize_configs as configs,
     )
 
+    from keras_mnv2.split import fold_projection_bn, foldable_blocks
+
     if framework_of(model) == "keras":
         model = tf_keras_twin(model)
+    if foldable_blocks(model):  # split blocks: their projection BN would stay float otherwise
+        model = fold_projection_bn(model)
     plan = quantization_plan(model, keep_float)
     annotate = tfmot.quantization.keras.quantize_annotate_layer
 

@@ -25,7 +25,9 @@ Measured (``python -m benchmarks.memory_bench``): splitting Conv1 + block 0 into
 6 and block 2 into 3 halves the TFLite arena of MobileNetV2 1.0/224 and SSDLite 320, float32 and
 int8; uniform splits cost more speed for less memory. In int8 every partial projection is
 requantized before the sum, which adds rounding (PTQ: about 1.5 times the unsplit model's output
-error).
+error). For deployment ``fold_projection_bn`` folds the BN that follows a split block's sum into
+the partial projections (the converter cannot; ``keras_mnv2.export`` does it in the float and
+int8 modes, and a QAT model is quantized from the folded twin so that it is int8 throughout).
 """
 
 import re
@@ -263,3 +265,98 @@ def _replace(structure, new):
     if isinstance(structure, (list, tuple)):
         return type(structure)(_replace(value, new) for value in structure)
     return new.get(id(structure), structure)
+
+
+def foldable_blocks(model):
+    """The split blocks of ``model`` ({prefix: groups}, as ``split_blocks``) whose projection BN
+    follows the sum of the partial projections, unfolded (see ``fold_projection_bn``)."""
+    names = {layer.name: type(layer).__name__ for layer in model.layers}
+    return {prefix: groups for prefix, groups in split_blocks(model).items()
+            if names.get(prefix + "project_BN") == "BatchNormalization"}
+
+
+def fold_projection_bn(model, name=None):
+    """``model`` with the batch norm after each split block's sum folded into its projections.
+
+    In split form a block's projection BN follows the sum of the partial projections
+    (``<prefix>project_BN``), so the TFLite converter cannot fold it into a convolution as it
+    does for a whole block: it stays a MUL and an ADD over the block's output (and in a
+    quantization-aware model, where TFMOT folds BN only after a convolution, a float BN between
+    a dequantize and a quantize). BN in inference is affine per channel, so
+    BN(sum_i P_i) = sum_i (s * P_i) + (beta - s * mean) with s = gamma / sqrt(var + eps): here
+    each ``<prefix>project_s<i>`` convolution gets the scaled kernel (group 0 also the bias), and
+    the BN layer is gone. The outputs equal the original's in inference up to float rounding.
+
+    This is an inference (deployment) form: the BN statistics are frozen into the kernels, and
+    the model no longer has the builder's graph (``tf_keras_twin`` cannot rebuild it; take the
+    twin of the split model first, then fold the twin). Works on Keras 3 and tf_keras models;
+    raises ValueError when ``model`` has no split block.
+    """
+    framework = framework_of(model)
+    keras = get_keras(framework)
+    blocks = foldable_blocks(model)
+    if not blocks:
+        raise ValueError(f"model {model.name!r} has no split-expansion block with a projection "
+                         "BN to fold (none split, or folded already)")
+    nodes = _nodes_in_order(model)
+    layers = {layer.name: layer for layer in model.layers}
+    folds = {}  # BN name -> (prefix, groups)
+    for prefix, groups in blocks.items():
+        bn = layers[prefix + "project_BN"]
+        if len(_nodes_of(bn, nodes)) != 1:
+            raise ValueError(f"model {model.name!r}: {bn.name} is called more than once")
+        folds[bn.name] = (prefix, groups)
+    projections = {f"{prefix}project_s{i}": prefix for prefix, groups in blocks.items()
+                   for i in range(groups)}
+
+    new = {}
+    clones = {}
+    for node in nodes:
+        layer = _node_layer(node)
+        outputs = _node_outputs(node)
+        if type(layer).__name__ == "InputLayer":
+            tensor = outputs[0]
+            new[id(tensor)] = keras.Input(shape=tuple(tensor.shape[1:]),
+                                          batch_size=tensor.shape[0], dtype=tensor.dtype,
+                                          name=layer.name)
+            continue
+        if layer.name in folds:  # the sum goes straight on
+            new[id(outputs[0])] = new[id(_node_inputs(node)[0])]
+            continue
+        if layer.name not in clones:
+            overrides = {"use_bias": True} if layer.name in projections else {}
+            clones[layer.name] = clone_layer(layer, **overrides)
+        args, kwargs = _call_arguments(node)
+        result = clones[layer.name](*_replace(args, new), **_replace(kwargs, new))
+        for old, tensor in zip(outputs, _flatten(result)):
+            new[id(old)] = tensor
+    inputs = _replace(_structure(model, "inputs"), new)
+    outputs = _replace(_structure(model, "outputs"), new)
+    folded = keras.Model(inputs, outputs, name=name or model.name)
+
+    scales = {}
+    for bn_name, (prefix, _) in folds.items():
+        bn = layers[bn_name]
+        config = bn.get_config()
+        weights = dict(zip([w.name.split("/")[-1].split(":")[0] for w in bn.weights],
+                           bn.get_weights()))
+        variance = weights["moving_variance"]
+        scale = weights.get("gamma", np.ones_like(variance)) / np.sqrt(variance
+                                                                        + config["epsilon"])
+        shift = weights.get("beta", np.zeros_like(variance)) - scale * weights["moving_mean"]
+        scales[prefix] = (scale, shift)
+    for layer in model.layers:
+        if layer.name in folds or not layer.get_weights():
+            continue
+        target = folded.get_layer(layer.name)
+        if layer.name in projections:
+            scale, shift = scales[projections[layer.name]]
+            kernel, *bias = layer.get_weights()
+            first = layer.name.endswith("_s0")
+            bias = bias[0] * scale if bias else np.zeros_like(shift)
+            target.set_weights([kernel * scale, bias + (shift if first else 0.0)])
+        else:
+            target.set_weights(layer.get_weights())
+    if hasattr(model, "anchors"):
+        folded.anchors = model.anchors
+    return folded

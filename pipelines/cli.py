@@ -63,12 +63,17 @@ def _train_imagenet(args):
     return 1 if metrics.get("stopped_on_nan") else 0
 
 
+SPLITS_HELP = ("split-expansion blocks (paper sec. 5.1): an int (every block), or per block from the "
+               "stem, e.g. 3,6,3 (the rest whole); the files get a _split suffix")
+
+
 def _qat(args):
     from pipelines import deploy
 
     deploy.run_qat(args.job, run_dir=args.run_dir, epochs=args.epochs,
                    learning_rate=args.learning_rate, steps_per_epoch=args.steps_per_epoch,
-                   io_dtype=args.io_dtype)
+                   io_dtype=args.io_dtype,
+                   expansion_splits=deploy.parse_expansion_splits(args.expansion_splits))
     if not args.no_compare:
         deploy.compare(args.job, run_dir=args.run_dir)
     return 0
@@ -78,7 +83,8 @@ def _export(args):
     from pipelines import deploy
 
     modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
-    deploy.run_export(args.job, run_dir=args.run_dir, modes=modes, io_dtype=args.io_dtype)
+    deploy.run_export(args.job, run_dir=args.run_dir, modes=modes, io_dtype=args.io_dtype,
+                      expansion_splits=deploy.parse_expansion_splits(args.expansion_splits))
     if not args.no_compare:
         deploy.compare(args.job, run_dir=args.run_dir)
     return 0
@@ -199,6 +205,7 @@ def build_parser():
                          help="default: the float run's")
     qat_cmd.add_argument("--io-dtype", default="float32", choices=("float32", "int8", "uint8"))
     qat_cmd.add_argument("--no-compare", action="store_true", help="skip the comparison table")
+    qat_cmd.add_argument("--expansion-splits", default=None, help=SPLITS_HELP)
     qat_cmd.set_defaults(func=_qat)
 
     exp = sub.add_parser("export", help="TFLite files of a trained run, then the comparison "
@@ -210,6 +217,7 @@ def build_parser():
     exp.add_argument("--io-dtype", default="float32", choices=("float32", "int8", "uint8"),
                      help="input/output type of the int8 file")
     exp.add_argument("--no-compare", action="store_true", help="skip the comparison table")
+    exp.add_argument("--expansion-splits", default=None, help=SPLITS_HELP)
     exp.set_defaults(func=_export)
 
     ev = sub.add_parser("eval", help="evaluate a .keras model or a .tflite file")

@@ -7,7 +7,11 @@ so calibration and fine-tuning use the same tf.data pipeline as the float run, a
 the same val split and metric: COCO AP/AP50 (pycocotools), VOC mean IoU, ImageNet top-1/top-5.
 
 Outputs: ``run_dir/tflite/<job>_<mode>.tflite``, ``run_dir/qat/`` (QAT backup, history.csv,
-last.weights.h5), and the comparison ``run_dir/deploy.{md,png,json}``.
+last.weights.h5), and the comparison ``run_dir/deploy.{md,png,json}``. With
+``expansion_splits`` (paper section 5.1, memory-efficient inference) the trained model is first
+rewritten in split-expansion form (``keras_mnv2.split.split_expansion``): the files are
+``<job>_<mode>_split.tflite`` (QAT in ``run_dir/qat_split/``), beside the unsplit ones in the
+comparison.
 """
 
 import dataclasses
@@ -35,8 +39,38 @@ def model_path(job, run_dir):
     return os.path.join(run_dir, MODEL_FILES[job])
 
 
-def tflite_path(job, run_dir, mode):
-    return os.path.join(run_dir, "tflite", f"{job}_{mode}.tflite")
+def tflite_path(job, run_dir, mode, split=False):
+    return os.path.join(run_dir, "tflite", f"{job}_{mode}{'_split' if split else ''}.tflite")
+
+
+def parse_expansion_splits(text):
+    """``--expansion-splits``: "3" (every block in 3 groups) -> 3; "3,6,3" (per block, from the
+    stem Conv1 + block 0, the rest whole) -> (3, 6, 3, 1, ..., 1), 17 counts. None or "" -> None.
+    """
+    from keras_mnv2.mobilenet_v2 import block_plan
+
+    if text is None or not str(text).strip():
+        return None
+    blocks = len(block_plan())
+    try:
+        counts = [int(part) for part in str(text).split(",")]
+    except ValueError:
+        counts = []
+    if not counts or min(counts) < 1 or len(counts) > blocks:
+        raise ValueError(f"expansion splits must be an integer >= 1 or up to {blocks} "
+                         f"comma-separated integers >= 1 (one per block), got {text!r}")
+    if len(counts) == 1 and "," not in str(text):
+        return counts[0]
+    return tuple(counts) + (1,) * (blocks - len(counts))
+
+
+def _split_model(model, expansion_splits):
+    """``model`` in split-expansion form (``expansion_splits`` as ``split_expansion``)."""
+    from keras_mnv2.split import split_blocks, split_expansion
+
+    split = split_expansion(model, expansion_splits)
+    print(f"split expansion: {split_blocks(split)}", flush=True)
+    return split
 
 
 def load_run(run_dir):
@@ -274,13 +308,18 @@ def _rename_outputs(qat_model, loss, train_ds):
 
 
 def run_qat(job, run_dir=None, epochs=2, learning_rate=None, steps_per_epoch=None,
-            io_dtype="float32", verbose="auto"):
+            io_dtype="float32", verbose="auto", expansion_splits=None):
     """Quantization-aware fine-tuning of a finished run, then the QAT int8 .tflite.
 
     Ranges are calibrated on the float run's training pipeline (same recipe), the model is
     fine-tuned ``epochs`` epochs at ``learning_rate`` (default 1/50 of the recipe's peak) into
     ``run_dir/qat`` (re-running the same command resumes), and exported to
     ``run_dir/tflite/<job>_qat.tflite``. Returns the ``ExportReport``.
+
+    With ``expansion_splits`` (an int or 17 per-block counts, see ``parse_expansion_splits``)
+    the float model is split first (``keras_mnv2.qat.quantize`` folds the projection BNs of the
+    split blocks into the partial projections, so that the QAT model is int8 throughout), and
+    the run goes to ``run_dir/qat_split`` and ``<job>_qat_split.tflite``.
     """
     from keras_mnv2 import export, qat
 
@@ -291,6 +330,9 @@ def run_qat(job, run_dir=None, epochs=2, learning_rate=None, steps_per_epoch=Non
     steps = steps_per_epoch or data.steps_per_epoch
     print(f"QAT {job}: {epochs} epoch(s) of {steps} steps at learning rate {learning_rate:g}",
           flush=True)
+    split = expansion_splits is not None
+    if split:  # quantize folds the split blocks' projection BNs
+        model = _split_model(model, expansion_splits)
     q = qat.quantize(model, calibration_data=data.train_ds)
     loss, train_ds = _rename_outputs(q, data.loss, data.train_ds)
     optimizer = getattr(data.recipe, "optimizer", "adam")
@@ -298,13 +340,14 @@ def run_qat(job, run_dir=None, epochs=2, learning_rate=None, steps_per_epoch=Non
     history = qat.qat_fit(q, train_ds, epochs, loss=loss, learning_rate=learning_rate,
                           optimizer=optimizer if optimizer in ("adam", "sgd", "rmsprop")
                           else "adam",
-                          run_dir=os.path.join(run_dir, "qat"), steps_per_epoch=steps,
+                          run_dir=os.path.join(run_dir, "qat_split" if split else "qat"),
+                          steps_per_epoch=steps,
                           verbose=verbose)
     losses = history.history.get("loss", [])
     if losses and not np.isfinite(losses[-1]):
         raise RuntimeError(f"QAT of {job} diverged (loss {losses[-1]}): lower --learning-rate")
     kwargs = {k: v for k, v in data.export_kwargs.items()}
-    report = export.export_tflite(q, tflite_path(job, run_dir, "qat"), mode="qat",
+    report = export.export_tflite(q, tflite_path(job, run_dir, "qat", split), mode="qat",
                                   io_dtype=io_dtype, **kwargs)
     print(f"QAT done in {time.time() - start:.0f} s; {report.summary()}", flush=True)
     return report
@@ -313,10 +356,12 @@ def run_qat(job, run_dir=None, epochs=2, learning_rate=None, steps_per_epoch=Non
 # ---------------------------------------------------------------------------- export + eval
 
 
-def run_export(job, run_dir=None, modes=DEFAULT_MODES, io_dtype="float32"):
+def run_export(job, run_dir=None, modes=DEFAULT_MODES, io_dtype="float32",
+               expansion_splits=None):
     """Writes ``run_dir/tflite/<job>_<mode>.tflite`` for each of ``modes`` (float32, float16,
     dynamic, int8: post-training quantization calibrated on the training pipeline). Returns
-    {mode: ExportReport}."""
+    {mode: ExportReport}. With ``expansion_splits`` the model is split first
+    (``parse_expansion_splits``) and the files are ``<job>_<mode>_split.tflite``."""
     from keras_mnv2 import export
 
     run_dir = run_dir or f"runs/{job}"
@@ -325,11 +370,14 @@ def run_export(job, run_dir=None, modes=DEFAULT_MODES, io_dtype="float32"):
             raise ValueError(f"export mode must be one of float32, float16, dynamic, int8 "
                              f"(qat: keras-mnv2 qat), got {mode!r}")
     model = load_model(job, run_dir)
+    split = expansion_splits is not None
+    if split:
+        model = _split_model(model, expansion_splits)
     data = job_data(job, run_dir)
     reports = {}
     for mode in modes:
         report = export.export_tflite(
-            model, tflite_path(job, run_dir, mode), mode=mode,
+            model, tflite_path(job, run_dir, mode, split), mode=mode,
             representative_data=data.train_ds if mode == "int8" else None,
             io_dtype=io_dtype if mode == "int8" else "float32", **data.export_kwargs)
         print(report.summary(), flush=True)
@@ -370,16 +418,18 @@ def compare(job, run_dir=None, modes=None):
     from keras_mnv2 import export
 
     for mode in modes or export.MODES:
-        path = tflite_path(job, run_dir, mode)
-        if not os.path.exists(path):
-            if modes:
-                raise FileNotFoundError(f"{path} not found: export it first")
-            continue
-        label = {"int8": "TFLite PTQ int8", "qat": "TFLite QAT int8"}.get(mode, f"TFLite {mode}")
         from keras_mnv2.tflite import size_breakdown
 
-        rows.append({"model": label, "file": path, "size_bytes": os.path.getsize(path),
-                     "size": size_breakdown(path), **data.evaluate_tflite(path)})
+        for split in (False, True):  # the split-expansion file, when there is one, beside
+            path = tflite_path(job, run_dir, mode, split)
+            if not os.path.exists(path):
+                if modes and not split:
+                    raise FileNotFoundError(f"{path} not found: export it first")
+                continue
+            label = {"int8": "TFLite PTQ int8", "qat": "TFLite QAT int8"}.get(
+                mode, f"TFLite {mode}") + (" split" if split else "")
+            rows.append({"model": label, "file": path, "size_bytes": os.path.getsize(path),
+                         "size": size_breakdown(path), **data.evaluate_tflite(path)})
     write_table(job, rows, run_dir)
     return rows
 

@@ -145,3 +145,42 @@ def test_coco_qat_fine_tunes_and_exports(tmp_path):
     result = deploy.evaluate_tflite("coco", report.path, run_dir, keras_metrics=False)
     assert result["keras"] is None and result["tflite"]["images"] == 8
     assert 0.0 <= result["tflite"]["AP50"] <= 1.0
+
+
+def test_expansion_splits_flag():
+    assert deploy.parse_expansion_splits("3") == 3
+    assert deploy.parse_expansion_splits("3,6,3") == (3, 6, 3) + (1,) * 14
+    assert deploy.parse_expansion_splits(None) is None
+    for bad in ("0", "3,x", "2," * 17 + "2", "-1"):
+        with pytest.raises(ValueError, match="expansion splits must be"):
+            deploy.parse_expansion_splits(bad)
+    parser = cli.build_parser()
+    args = parser.parse_args(["qat", "coco", "--expansion-splits", "3,6,3"])
+    assert args.expansion_splits == "3,6,3"
+    args = parser.parse_args(["export", "voc", "--expansion-splits", "2"])
+    assert args.expansion_splits == "2"
+    assert parser.parse_args(["export", "voc"]).expansion_splits is None
+    assert deploy.tflite_path("coco", "r", "qat", split=True) == os.path.join(
+        "r", "tflite", "coco_qat_split.tflite")
+
+
+@pytest.mark.slow
+def test_voc_split_export_sits_beside_the_unsplit_one(voc_run):
+    from keras_mnv2 import memory
+
+    splits = deploy.parse_expansion_splits("3,6,3")
+    split_path = deploy.tflite_path("voc", voc_run, "float32", split=True)
+    try:
+        split = deploy.run_export("voc", voc_run, modes=("float32",),
+                                  expansion_splits=splits)["float32"]
+        assert split.path == split_path
+        whole = deploy.run_export("voc", voc_run, modes=("float32",))["float32"]
+        assert memory.tflite_arena_bytes(split.path) < memory.tflite_arena_bytes(whole.path)
+        rows = deploy.compare("voc", voc_run, modes=("float32",))
+        assert [r["model"] for r in rows] == ["Keras float32", "TFLite float32",
+                                              "TFLite float32 split"]
+        assert rows[2]["mean_iou"] == pytest.approx(rows[1]["mean_iou"], abs=0.005)
+        assert rows[2]["images"] == rows[1]["images"] == 6
+    finally:
+        if os.path.exists(split_path):
+            os.remove(split_path)

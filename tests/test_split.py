@@ -157,3 +157,136 @@ def test_split_expansion_errors(tiny):
         split_expansion(keras.Model(plain.inputs, plain.outputs), 2)
     with pytest.raises(TypeError):
         split_expansion("model.keras", 2)
+
+
+def _named_block(splits, name="zz_block", size=32, channels=16):
+    """One stride-1 inverted residual (expansion 6) with random weights. Named to sort after the
+    input ``image``: the converter then emits the groups level by level, side by side."""
+    from keras_mnv2.blocks import inverted_residual
+
+    x = keras.Input((size, size, channels))
+    y = inverted_residual(keras, x, 6, channels, 1, block_id=1, splits=splits)
+    model = keras.Model(x, y, name=name)
+    rng = np.random.RandomState(0)
+    model.set_weights([rng.uniform(0.5, 1.0, w.shape) for w in model.get_weights()])
+    return model
+
+
+@pytest.mark.parametrize("mode", ["float32", "int8"])
+def test_export_keeps_the_split_arena(mode, tmp_path, monkeypatch):
+    from keras_mnv2 import export, memory, tflite
+
+    rng = np.random.RandomState(1)
+    data = rng.uniform(-1, 1, (4, 32, 32, 16)).astype("float32")
+    kwargs = dict(mode=mode, output="raw", representative_data=data if mode == "int8" else None,
+                  io_dtype="int8" if mode == "int8" else "float32")
+    split, whole = _named_block(3), _named_block(1)
+    assert export.has_split_blocks(split) and not export.has_split_blocks(whole)
+    report = export.export_tflite(split, tmp_path / "split.tflite", **kwargs)
+    export.export_tflite(whole, tmp_path / "whole.tflite", **kwargs)
+    with monkeypatch.context() as patch:  # the converter's own op order
+        patch.setattr(memory, "reorder_ops", lambda content: content)
+        export.export_tflite(split, tmp_path / "converter_order.tflite", **kwargs)
+    arena = {name: memory.tflite_arena_bytes(str(tmp_path / f"{name}.tflite"))
+             for name in ("split", "whole", "converter_order")}
+    # 32x32 px, 16 channels expanded to 96 in 3 groups of 32 (bytes per channel: 4096 float,
+    # 1024 int8, with int8 input and output). Whole: input 16 + expansion 96 + depthwise 96 = 208 channels; memory order:
+    # input 16 + running sum 16 + one group's expansion and depthwise 32 + 32 = 96; the
+    # converter's order here holds all groups' depthwise outputs before projecting: 144.
+    per_channel = 32 * 32 * (4 if mode == "float32" else 1)
+    assert arena["whole"] == 208 * per_channel
+    assert arena["split"] == 96 * per_channel
+    assert arena["converter_order"] == 144 * per_channel
+    x = rng.uniform(-1, 1, (1, 32, 32, 16)).astype("float32")
+    got = tflite.run_signature(report.path, x)["output"]
+    np.testing.assert_array_equal(
+        got, tflite.run_signature(str(tmp_path / "converter_order.tflite"), x)["output"])
+    expected = split.predict(x, verbose=0)
+    if mode == "float32":
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-3)
+    else:  # within a few int8 steps of the output (each partial projection is requantized)
+        step = tflite.interpreter(report.path).get_output_details()[0]["quantization"][0]
+        assert np.abs(got - expected).mean() < step
+        assert np.abs(got - expected).max() < 3 * step
+
+
+def test_fold_projection_bn_keeps_outputs(tiny, images):
+    from keras_mnv2.split import fold_projection_bn, foldable_blocks
+
+    split = split_expansion(tiny, (3, 6, 3) + (1,) * 14)
+    folded = fold_projection_bn(split)
+    assert foldable_blocks(split) == {"expanded_conv_": 3, "block_1_": 6, "block_2_": 3}
+    assert foldable_blocks(folded) == {}
+    for prefix in ("expanded_conv_", "block_1_", "block_2_"):
+        with pytest.raises(ValueError):
+            folded.get_layer(prefix + "project_BN")
+        assert folded.get_layer(prefix + "project_s1").use_bias
+    folded.get_layer("block_3_project_BN")  # a whole block keeps its BN (the converter folds it)
+    x = images(n=4, size=SIZE, seed=3)
+    mid, out = _probe(tiny).predict(x, verbose=0)
+    folded_mid, folded_out = _probe(folded).predict(x, verbose=0)
+    np.testing.assert_allclose(folded_mid, mid, atol=1e-5)
+    np.testing.assert_allclose(folded_out, out, atol=1e-5)
+    with pytest.raises(ValueError, match="no split-expansion block with a projection BN"):
+        fold_projection_bn(folded)
+
+
+@pytest.mark.slow
+def test_qat_of_a_split_model_agrees_with_the_unsplit_one(tmp_path):
+    """QAT int8 of the split model (its tf_keras twin, projection BNs folded, then quantized):
+    fully int8, the groups survive as separate tensors, and its int8 outputs agree with the
+    unsplit QAT model's within a few quantization steps (each partial projection is requantized
+    before the sum)."""
+    from test_export import pattern_images, probe_classifier
+
+    from keras_mnv2 import export, memory, qat, tflite
+    from keras_mnv2.split import foldable_blocks
+
+    images, labels = pattern_images(size=64)
+    model = probe_classifier(images, labels)
+    split = split_expansion(model, (3, 6, 3) + (1,) * 14)
+    twin = qat.tf_keras_twin(split, bn_momentum=0.99)  # checks the twin's outputs, too
+    assert split_blocks(twin) == {"expanded_conv_": 3, "block_1_": 6, "block_2_": 3}
+    lines = []
+    assert foldable_blocks(twin)  # quantize folds them: nothing is left float
+    qat_models = {"split": qat.quantize(twin, calibration_data=images, log=lines.append),
+                  "whole": qat.quantize(qat.tf_keras_twin(model, bn_momentum=0.99),
+                                        calibration_data=images, log=None)}
+    assert lines[0].endswith("none left float")
+    reports = {name: export.export_tflite(q, tmp_path / f"{name}.tflite", mode="qat",
+                                          io_dtype="int8", output="logits")
+               for name, q in qat_models.items()}
+    assert reports["split"].float_ops == () and reports["whole"].float_ops == ()
+    shapes = {name: [shapes[0] for _, shapes in memory.tflite_ops(report.path)]
+              for name, report in reports.items()}
+    # Conv1 (32x32x16) in groups of 6, 5, 5; block 1's expansion (32x32x48) in 6 groups of 8;
+    # block 2's (16x16x48, as block 1's depthwise output and block 3's expansion) in 3 of 16.
+    for whole_tensor in ((1, 32, 32, 16), (1, 32, 32, 48)):
+        assert whole_tensor in shapes["whole"] and whole_tensor not in shapes["split"]
+    assert shapes["whole"].count((1, 16, 16, 48)) == 4 and shapes["split"].count((1, 16, 16, 48)) == 1
+    assert {(1, 32, 32, 6), (1, 32, 32, 5), (1, 16, 16, 16)} <= set(shapes["split"])
+    arena = {name: memory.tflite_arena_bytes(report.path) for name, report in reports.items()}
+    assert arena["split"] < 0.8 * arena["whole"]
+
+    got = {name: tflite.run_signature(report.path, images)["logits"]
+           for name, report in reports.items()}
+    expected = model.predict(images, verbose=0)  # the float model
+    error = {name: np.abs(got[name] - expected) for name in got}
+    step = tflite.interpreter(reports["split"].path).get_output_details()[0]["quantization"][0]
+    diff = np.abs(got["split"] - got["whole"])
+    agreement = (got["split"].argmax(-1) == got["whole"].argmax(-1)).mean()
+    print(f"split vs unsplit QAT int8: top-1 agreement {agreement:.3f}, max diff "
+          f"{diff.max() / step:.1f} steps, mean {diff.mean() / step:.2f} steps (logits range "
+          f"{np.ptp(got['whole']) / step:.0f} steps); against float: split mean "
+          f"{error['split'].mean() / step:.2f} max {error['split'].max() / step:.1f}, unsplit "
+          f"mean {error['whole'].mean() / step:.2f} max {error['whole'].max() / step:.1f} steps; "
+          f"arena {arena['split']} vs {arena['whole']} bytes; accuracy "
+          f"{(got['split'].argmax(-1) == labels).mean():.3f} vs "
+          f"{(got['whole'].argmax(-1) == labels).mean():.3f}")
+    assert agreement == 1.0
+    assert (got["split"].argmax(-1) == labels).mean() == (got["whole"].argmax(-1) == labels).mean()
+    # The split adds rounding (k requantized partial sums per split block), no more than the
+    # unsplit model's own quantization error against float.
+    assert error["split"].mean() < 2.0 * error["whole"].mean()
+    assert diff.mean() < 2.0 * error["whole"].mean()
+    assert error["split"].max() < 3.0 * error["whole"].max()
