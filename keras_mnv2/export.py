@@ -29,8 +29,8 @@ paper section 5.1) is exported with its ops in the memory-aware order of
 converter orders parallel branches by name, which can run the groups side by side and lose the
 arena saving. In the float modes and int8 its projection BNs are folded into the partial
 projections first (``keras_mnv2.split.fold_projection_bn``; otherwise each stays a MUL and an
-ADD over the block's output); a QAT model must be quantized from the folded tf_keras twin for
-the same (``fold_projection_bn(tf_keras_twin(split_model))``), or its projection BNs stay float.
+ADD over the block's output); ``keras_mnv2.qat.quantize`` folds them the same way before it
+quantizes a split model.
 """
 
 import dataclasses

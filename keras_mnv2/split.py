@@ -27,7 +27,8 @@ int8; uniform splits cost more speed for less memory. In int8 every partial proj
 requantized before the sum, which adds rounding (PTQ: about 1.5 times the unsplit model's output
 error). For deployment ``fold_projection_bn`` folds the BN that follows a split block's sum into
 the partial projections (the converter cannot; ``keras_mnv2.export`` does it in the float and
-int8 modes, and a QAT model is quantized from the folded twin so that it is int8 throughout).
+int8 modes, and ``keras_mnv2.qat.quantize`` before it quantizes, so that a QAT model is int8
+throughout).
 """
 
 import re
