@@ -450,14 +450,12 @@ def _convert(model, mode, representative_data, io_dtype, output, anchors, nms,
     return content, output
 
 
-_SPLIT_PROJECTION = re.compile(r".*project_s\d+")
-
-
 def has_split_blocks(model):
     """True when ``model`` (Keras 3, tf_keras or its QAT form, whose wrappers are named
-    ``quant_<layer>``) has split-expansion blocks (``keras_mnv2.split``, paper section 5.1): a
-    ``..._project_s<i>`` layer."""
-    return any(_SPLIT_PROJECTION.fullmatch(layer.name) for layer in model.layers)
+    ``quant_<layer>``) has split-expansion blocks (``keras_mnv2.split``, paper section 5.1)."""
+    from keras_mnv2.split import split_blocks
+
+    return bool(split_blocks(model))
 
 
 def _sample_image(shape, representative_data, limit=1):

@@ -99,42 +99,25 @@ def split_expansion(model, splits, name=None):
     groups = {name: _block_count(name, counts, model.name) for name in branches}
     skip = {layer.name for branch in branches.values() for layer in branch[1:]}
 
-    new = {}  # id(original tensor) -> tensor of the new graph
-    clones = {}
-    for node in nodes:
-        layer = _node_layer(node)
-        outputs = _node_outputs(node)
-        if type(layer).__name__ == "InputLayer":
-            tensor = outputs[0]
-            new[id(tensor)] = keras.Input(shape=tuple(tensor.shape[1:]),
-                                          batch_size=tensor.shape[0], dtype=tensor.dtype,
-                                          name=layer.name)
-            continue
+    def rewrite(node, layer, new, clones):
         if layer.name in skip:
-            continue
-        if layer.name in branches:
-            branch = branches[layer.name]
-            x = new[id(_node_inputs(node)[0])]
-            if groups[layer.name] > 1:
-                y = split_branch(keras, x, branch, groups[layer.name])
-            else:
-                y = x
-                for member in branch:
-                    clones[member.name] = clone_layer(member)
-                    y = clones[member.name](y)
-            project_output = _node_outputs(_nodes_of(branch[-1], nodes)[0])[0]
-            new[id(project_output)] = y
-            continue
-        if layer.name not in clones:
-            clones[layer.name] = clone_layer(layer)
-        args, kwargs = _call_arguments(node)
-        result = clones[layer.name](*_replace(args, new), **_replace(kwargs, new))
-        for old, tensor in zip(outputs, _flatten(result)):
-            new[id(old)] = tensor
+            return True
+        if layer.name not in branches:
+            return False
+        branch = branches[layer.name]
+        x = new[id(_node_inputs(node)[0])]
+        if groups[layer.name] > 1:
+            y = split_branch(keras, x, branch, groups[layer.name])
+        else:
+            y = x
+            for member in branch:
+                clones[member.name] = clone_layer(member)
+                y = clones[member.name](y)
+        project_output = _node_outputs(_nodes_of(branch[-1], nodes)[0])[0]
+        new[id(project_output)] = y
+        return True
 
-    inputs = _replace(_structure(model, "inputs"), new)
-    outputs = _replace(_structure(model, "outputs"), new)
-    split = keras.Model(inputs, outputs, name=name or model.name)
+    split = _replay(model, keras, nodes, rewrite, name)
 
     split_layers = {member.name: first for first, branch in branches.items() if groups[first] > 1
                     for member in branch}
@@ -144,9 +127,41 @@ def split_expansion(model, splits, name=None):
                 _copy_split_weights(split, branches[layer.name], groups[layer.name])
         elif layer.get_weights():
             split.get_layer(layer.name).set_weights(layer.get_weights())
-    if hasattr(model, "anchors"):  # SSDLite's anchor table
-        split.anchors = model.anchors
     return split
+
+
+def _replay(model, keras, nodes, rewrite, name=None):
+    """A new functional model with ``model``'s graph, every layer cloned (weights unset).
+
+    ``rewrite(node, layer, new, clones)`` sees each node first: it returns True when it has put
+    the node's outputs into ``new`` (id(original tensor) -> new tensor) itself, or skips the node;
+    False to have the layer cloned (``clones``: name -> clone) and called as in the original.
+    SSDLite's ``anchors`` carry over.
+    """
+    new, clones = {}, {}
+    for node in nodes:
+        layer = _node_layer(node)
+        outputs = _node_outputs(node)
+        if type(layer).__name__ == "InputLayer":
+            tensor = outputs[0]
+            new[id(tensor)] = keras.Input(shape=tuple(tensor.shape[1:]),
+                                          batch_size=tensor.shape[0], dtype=tensor.dtype,
+                                          name=layer.name)
+            continue
+        if rewrite(node, layer, new, clones):
+            continue
+        if layer.name not in clones:
+            clones[layer.name] = clone_layer(layer)
+        args, kwargs = _call_arguments(node)
+        result = clones[layer.name](*_replace(args, new), **_replace(kwargs, new))
+        for old, tensor in zip(outputs, _flatten(result)):
+            new[id(old)] = tensor
+    inputs = _replace(_structure(model, "inputs"), new)
+    outputs = _replace(_structure(model, "outputs"), new)
+    rebuilt = keras.Model(inputs, outputs, name=name or model.name)
+    if hasattr(model, "anchors"):  # SSDLite's anchor table
+        rebuilt.anchors = model.anchors
+    return rebuilt
 
 
 def _block_count(first_layer, counts, model_name):
@@ -310,30 +325,15 @@ def fold_projection_bn(model, name=None):
     projections = {f"{prefix}project_s{i}": prefix for prefix, groups in blocks.items()
                    for i in range(groups)}
 
-    new = {}
-    clones = {}
-    for node in nodes:
-        layer = _node_layer(node)
-        outputs = _node_outputs(node)
-        if type(layer).__name__ == "InputLayer":
-            tensor = outputs[0]
-            new[id(tensor)] = keras.Input(shape=tuple(tensor.shape[1:]),
-                                          batch_size=tensor.shape[0], dtype=tensor.dtype,
-                                          name=layer.name)
-            continue
+    def rewrite(node, layer, new, clones):
         if layer.name in folds:  # the sum goes straight on
-            new[id(outputs[0])] = new[id(_node_inputs(node)[0])]
-            continue
-        if layer.name not in clones:
-            overrides = {"use_bias": True} if layer.name in projections else {}
-            clones[layer.name] = clone_layer(layer, **overrides)
-        args, kwargs = _call_arguments(node)
-        result = clones[layer.name](*_replace(args, new), **_replace(kwargs, new))
-        for old, tensor in zip(outputs, _flatten(result)):
-            new[id(old)] = tensor
-    inputs = _replace(_structure(model, "inputs"), new)
-    outputs = _replace(_structure(model, "outputs"), new)
-    folded = keras.Model(inputs, outputs, name=name or model.name)
+            new[id(_node_outputs(node)[0])] = new[id(_node_inputs(node)[0])]
+            return True
+        if layer.name in projections and layer.name not in clones:
+            clones[layer.name] = clone_layer(layer, use_bias=True)
+        return False
+
+    folded = _replay(model, keras, nodes, rewrite, name)
 
     scales = {}
     for bn_name, (prefix, _) in folds.items():
@@ -358,6 +358,4 @@ def fold_projection_bn(model, name=None):
             target.set_weights([kernel * scale, bias + (shift if first else 0.0)])
         else:
             target.set_weights(layer.get_weights())
-    if hasattr(model, "anchors"):
-        folded.anchors = model.anchors
     return folded

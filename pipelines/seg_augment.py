@@ -11,17 +11,9 @@ Randomness is stateless: ``seed`` is a shape [2] integer tensor; ``None`` draws 
 
 import tensorflow as tf
 
+from pipelines.augment import _seed, _split  # stateless seeds, as the detection augmentation
+
 IGNORE_LABEL = 255
-
-
-def _seed(seed):
-    if seed is None:
-        return tf.random.uniform([2], maxval=2**31 - 1, dtype=tf.int64)
-    return tf.cast(tf.convert_to_tensor(seed), tf.int64)
-
-
-def _split(seed, n):
-    return tf.unstack(tf.random.experimental.stateless_split(_seed(seed), num=n))
 
 
 def normalize(image):
