@@ -30,7 +30,7 @@ def write_jpegs(folder, count, side=500, num_classes=4, seed=0):
     ImageNet folder layout under ``folder``; returns the folder."""
     from PIL import Image
 
-    from pipelines import synthetic_imagenet
+    from pipelines.synthetic import imagenet as synthetic_imagenet
 
     for i in range(count):
         label = i % num_classes
@@ -65,7 +65,7 @@ def input_pipeline_bench(num_images=64, side=500, image_size=224, batch_size=16,
                          rounds=3):
     """Prints (and returns) images/second on one core (one tf.data thread, timed in process CPU
     time) for the fused and the reference pipeline."""
-    from pipelines import imagenet_data
+    from pipelines.data import imagenet as imagenet_data
 
     with tempfile.TemporaryDirectory() as tmp:
         write_jpegs(tmp, num_images, side)
@@ -115,7 +115,8 @@ def training_bench(alpha=0.35, image_size=128, batch_size=32, steps=8, rounds=2,
     import keras
 
     import keras_mnv2
-    from pipelines import classification, imagenet_data
+    from pipelines.jobs import classification
+    from pipelines.data import imagenet as imagenet_data
 
     recipe = dataclasses.replace(classification.PAPER, alpha=alpha, resolution=image_size,
                                  batch_size=batch_size, weight_decay=0.0)

@@ -2,7 +2,7 @@
 
 Paper section 6 reports every model with its multiply-adds and its mobile CPU latency; this is
 that table for TFLite on the machine at hand. Each model is converted with
-``keras_mnv2.export.convert`` in modes float32, float16, dynamic and int8 (full-integer
+``keras_mnv2.deploy.export.convert`` in modes float32, float16, dynamic and int8 (full-integer
 post-training quantization calibrated on a few random images: right for speed, not for
 accuracy), float32 input and outputs; ``keras.applications.MobileNetV2`` (weights=None) goes
 through the very same converter path (``export.convert`` takes any single-output Keras
@@ -20,7 +20,7 @@ so that drift in machine load hits them alike):
       Table 7), logits at the input size (513 px by default).
 
 For each model and mode: median wall time of one invocation at 1 and 2 threads (default
-interpreter path, ``keras_mnv2.tflite.interpreter``: XNNPACK), CPU time (which a loaded machine
+interpreter path, ``keras_mnv2.deploy.tflite.interpreter``: XNNPACK), CPU time (which a loaded machine
 disturbs less; see ``benchmarks.timing``), MAdds (``keras_mnv2.profile``: the Keras model's,
 without softmax or the post-process op) and achieved multiply-adds per second (MAdds / median
 wall time), and how XNNPACK took the graph (delegated partitions, ops left to the built-in
@@ -89,7 +89,7 @@ def xnnpack_partitions(content, threads=1):
     The interpreter keeps the original nodes next to the delegate nodes; a partition's original
     ops are those reached backwards from its outputs without crossing its inputs.
     """
-    from keras_mnv2 import tflite
+    from keras_mnv2.deploy import tflite
 
     ops = tflite.interpreter(content, num_threads=threads)._get_ops_details()
     delegates = [op for op in ops if op["op_name"] == "DELEGATE"]
@@ -128,7 +128,7 @@ def latency_rows(group, candidates, threads=THREADS, repeats=50, rounds=5, calib
     """
     import keras_mnv2
     from benchmarks.timing import tflite_timings
-    from keras_mnv2 import export, tflite
+    from keras_mnv2.deploy import export, tflite
 
     names = [c.name for c in candidates]
     if len(set(names)) != len(names):

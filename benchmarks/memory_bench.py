@@ -7,8 +7,8 @@ at 1 (the original), 2, 3 and 6 groups per block, and at one per-block plan, pri
 
 - computed peak: ``keras_mnv2.profile(model, schedule="memory")`` on the Keras graph (BN, ReLU6
   and padding counted as tensors of their own, 1 byte per element for int8);
-- TFLite arena: ``keras_mnv2.memory.tflite_arena_bytes``, the interpreter's tensor arena (built-in
-  kernels), for the converter's op order and after ``keras_mnv2.memory.reorder_ops`` (the
+- TFLite arena: ``keras_mnv2.deploy.memory.tflite_arena_bytes``, the interpreter's tensor arena (built-in
+  kernels), for the converter's op order and after ``keras_mnv2.deploy.memory.reorder_ops`` (the
   memory-aware order, one group of a split block at a time; the order that ships);
 - TFLite latency of the reordered model: median over repeated invocations (default XNNPACK
   path, 1 thread, the models timed in alternating rounds), as wall time and as the invoking
@@ -25,7 +25,7 @@ the arena at about 54% (int8 input kept alive + one 16-channel group's Conv1 and
 outputs + the running sum). With the stem whole the arena stops at 58% (input + Conv1 + block 0
 depthwise output), so halving the int8 arena needs the stem split in 3.
 
-Split models are converted as ``keras_mnv2.export`` ships them: projection BNs folded into the
+Split models are converted as ``keras_mnv2.deploy.export`` ships them: projection BNs folded into the
 partial projections (``keras_mnv2.split.fold_projection_bn``), ops reordered.
 """
 
@@ -61,7 +61,7 @@ def _latencies(contents, repeats, rounds=5):
 
 def _model_section(title, base, size, repeats, calibration):
     import keras_mnv2
-    from keras_mnv2 import memory, tflite
+    from keras_mnv2.deploy import memory, tflite
     from keras_mnv2.split import fold_projection_bn, split_expansion
 
     samples = np.random.RandomState(0).uniform(-1, 1, (calibration, size, size, 3))

@@ -38,7 +38,7 @@ def classifier_section(alpha, size, repeats):
     import keras
 
     import keras_mnv2
-    from keras_mnv2 import tflite
+    from keras_mnv2.deploy import tflite
 
     x = np.random.RandomState(0).uniform(-1, 1, (16, size, size, 3)).astype("float32")
     models = {

@@ -1,6 +1,6 @@
 """TFLite invoke timing shared by the benchmarks (``run``, ``memory_bench``, ``latency_bench``).
 
-Several flatbuffers are timed side by side: one interpreter each (``keras_mnv2.tflite.interpreter``,
+Several flatbuffers are timed side by side: one interpreter each (``keras_mnv2.deploy.tflite.interpreter``,
 the default XNNPACK path), warmed up by two invocations, then invoked in alternating rounds (a few
 invocations of each model per round) so that drift in machine load hits them all alike; the order
 is rotated by one model each round, as a model's place in a round shifts its time by a few
@@ -50,7 +50,7 @@ def tflite_timings(contents, threads=1, repeats=100, rounds=5, inputs=None, budg
         budget_s: if given, fewer invocations where ``repeats`` of every model would take longer
             than this (estimated from the warm-up), but never fewer than one a round.
     """
-    from keras_mnv2 import tflite
+    from keras_mnv2.deploy import tflite
 
     if not contents:
         raise ValueError("no models to time")

@@ -1,13 +1,19 @@
 """keras_mnv2: MobileNetV2 for Keras 3, from the classifier to the device."""
 
 from keras_mnv2.blocks import inverted_residual, make_divisible
-from keras_mnv2.deeplab import DeepLabV3, deeplab_atrous_rates
+from keras_mnv2.detection import SSDLite, ssdlite_anchors
 from keras_mnv2.imagenet import decode_predictions, preprocess_input
 from keras_mnv2.mobilenet_v2 import MobileNetV2, block_plan, feature_extractor
 from keras_mnv2.profiler import Profile, count_madds, profile
-from keras_mnv2.segmentation import MeanIoU, SegmentationLoss, confusion_matrix, iou_from_confusion
+from keras_mnv2.segmentation import (
+    DeepLabV3,
+    MeanIoU,
+    SegmentationLoss,
+    confusion_matrix,
+    deeplab_atrous_rates,
+    iou_from_confusion,
+)
 from keras_mnv2.split import split_expansion
-from keras_mnv2.ssdlite import SSDLite, ssdlite_anchors
 from keras_mnv2.weights import copy_weights
 
 __version__ = "0.1.0"

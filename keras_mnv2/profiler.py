@@ -16,7 +16,7 @@ a memory-aware topological order (``memory_aware_order``: layers that free memor
 depth first). On a chain both orders agree. They differ where branches run in parallel: for a
 split-expansion block (paper section 5.1, ``keras_mnv2.split``) Keras's order computes every
 expanded group before any projection, while the memory-aware order completes one group (expand,
-depthwise, project, running sum) before the next; ``keras_mnv2.memory.reorder_ops`` puts a TFLite
+depthwise, project, running sum) before the next; ``keras_mnv2.deploy.memory.reorder_ops`` puts a TFLite
 model's ops in the same order.
 """
 

@@ -16,8 +16,8 @@ is used outside the block (the SSDLite tap ``block_13_expand_relu``) stay whole,
 
 The saving needs a runtime that computes one group at a time. It shows under the memory-aware
 schedule of ``keras_mnv2.profile(model, schedule="memory")`` and in the TFLite arena
-(``keras_mnv2.memory.tflite_arena_bytes``) of a flatbuffer whose ops are in that order: run
-``keras_mnv2.memory.reorder_ops`` on the converted model, since the converter orders parallel
+(``keras_mnv2.deploy.memory.tflite_arena_bytes``) of a flatbuffer whose ops are in that order: run
+``keras_mnv2.deploy.memory.reorder_ops`` on the converted model, since the converter orders parallel
 branches by op name. Keras's own order runs the graph level by level, all groups side by side,
 so ``profile(model)`` (schedule="keras") shows less of the saving.
 
@@ -26,8 +26,8 @@ Measured (``python -m benchmarks.memory_bench``): splitting Conv1 + block 0 into
 int8; uniform splits cost more speed for less memory. In int8 every partial projection is
 requantized before the sum, which adds rounding (PTQ: about 1.5 times the unsplit model's output
 error). For deployment ``fold_projection_bn`` folds the BN that follows a split block's sum into
-the partial projections (the converter cannot; ``keras_mnv2.export`` does it in the float and
-int8 modes, and ``keras_mnv2.qat.quantize`` before it quantizes, so that a QAT model is int8
+the partial projections (the converter cannot; ``keras_mnv2.deploy.export`` does it in the float and
+int8 modes, and ``keras_mnv2.deploy.qat.quantize`` before it quantizes, so that a QAT model is int8
 throughout).
 """
 

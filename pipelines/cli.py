@@ -30,7 +30,7 @@ def _recipe(args, module, embedded):
 
 
 def _train_coco(args):
-    from pipelines import detection
+    from pipelines.jobs import detection
 
     embedded = args.coco_dir is None and args.tfds_data_dir is None
     metrics = detection.run(coco_dir=args.coco_dir, tfds_data_dir=args.tfds_data_dir,
@@ -40,7 +40,7 @@ def _train_coco(args):
 
 
 def _train_voc(args):
-    from pipelines import segmentation
+    from pipelines.jobs import segmentation
 
     embedded = args.voc_dir is None
     metrics = segmentation.run(voc_dir=args.voc_dir, sbd_dir=args.sbd_dir, run_dir=args.run_dir,
@@ -50,7 +50,7 @@ def _train_voc(args):
 
 
 def _train_imagenet(args):
-    from pipelines import classification
+    from pipelines.jobs import classification
 
     embedded = all(getattr(args, k) is None for k in
                    ("data_dir", "tfds_data_dir", "tfds_manual_dir", "tfrecord_dir"))
@@ -68,7 +68,7 @@ SPLITS_HELP = ("split-expansion blocks (paper sec. 5.1): an int (every block), o
 
 
 def _qat(args):
-    from pipelines import deploy
+    from pipelines.jobs import deploy
 
     deploy.run_qat(args.job, run_dir=args.run_dir, epochs=args.epochs,
                    learning_rate=args.learning_rate, steps_per_epoch=args.steps_per_epoch,
@@ -80,7 +80,7 @@ def _qat(args):
 
 
 def _export(args):
-    from pipelines import deploy
+    from pipelines.jobs import deploy
 
     modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
     deploy.run_export(args.job, run_dir=args.run_dir, modes=modes, io_dtype=args.io_dtype,
@@ -94,7 +94,7 @@ def _eval(args):
     import json
     import os
 
-    from pipelines import deploy
+    from pipelines.jobs import deploy
 
     if (args.model is None) == (args.tflite is None):
         raise ValueError("give one of --model PATH (a .keras file) and --tflite PATH")
@@ -103,7 +103,7 @@ def _eval(args):
         result = deploy.evaluate_tflite(args.job, args.tflite, run_dir,
                                         keras_metrics=not args.no_keras)
     elif args.job == "imagenet":
-        from pipelines import classification
+        from pipelines.jobs import classification
 
         classification.run_eval(model=args.model, data_dir=args.data_dir,
                                 tfds_data_dir=args.tfds_data_dir,
@@ -159,9 +159,9 @@ def build_parser():
 
     train = sub.add_parser("train", help="train a model on a dataset")
     jobs = train.add_subparsers(dest="job", required=True)
-    from pipelines.classification import STRATEGIES, ImagenetRecipe
-    from pipelines.detection import CocoRecipe
-    from pipelines.segmentation import VocRecipe
+    from pipelines.jobs.classification import STRATEGIES, ImagenetRecipe
+    from pipelines.jobs.detection import CocoRecipe
+    from pipelines.jobs.segmentation import VocRecipe
 
     coco = jobs.add_parser("coco", help="SSDLite on COCO (embedded synthetic data by default)")
     coco.add_argument("--coco-dir", default=None,
@@ -192,7 +192,7 @@ def build_parser():
             job.add_argument("--backbone-weights", default=None,
                              help="'imagenet' or a MobileNetV2 weights file")
 
-    from pipelines.deploy import JOBS
+    from pipelines.jobs.deploy import JOBS
 
     qat_cmd = sub.add_parser("qat", help="quantization-aware fine-tuning of a trained run, "
                                          "then its int8 .tflite and the comparison table")

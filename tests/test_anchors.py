@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_mnv2.anchors import (center_to_corners, corners_to_center, num_boxes_per_layer,
+from keras_mnv2.detection.anchors import (center_to_corners, corners_to_center, num_boxes_per_layer,
                                 ssd_anchors)
 
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipelines import augment
+from pipelines.data import augment
 
 H, W = 60, 100
 # pixel rows 15..44, cols 20..59: a white rectangle on black

@@ -134,7 +134,7 @@ def test_latency_rows_on_tiny_models(tiny):
 
 @pytest.mark.slow
 def test_partitions_and_time_budget(tiny):
-    from keras_mnv2 import export, tflite
+    from keras_mnv2.deploy import export, tflite
 
     models, _ = tiny
     content = export.convert(models[lb.OURS], mode="dynamic")

@@ -3,8 +3,8 @@
 import numpy as np
 import tensorflow as tf
 
-from keras_mnv2.anchors import ssd_anchors
-from keras_mnv2.box_coder import decode_boxes, encode_boxes
+from keras_mnv2.detection.anchors import ssd_anchors
+from keras_mnv2.detection.box_coder import decode_boxes, encode_boxes
 
 
 def test_encoding_by_hand():

@@ -17,8 +17,8 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from pipelines import classification as job
-from pipelines import imagenet_data
+from pipelines.jobs import classification as job
+from pipelines.data import imagenet as imagenet_data
 
 
 def write_jpeg(path, colour, size=(40, 32), fmt="JPEG"):
@@ -243,7 +243,7 @@ def test_run_killed_and_restarted_continues(tmp_path):
     script.write_text(textwrap.dedent(f"""
         import dataclasses, sys, time, keras
         sys.path.insert(0, {os.getcwd()!r})
-        from pipelines import classification as job
+        from pipelines.jobs import classification as job
 
         class Slow(keras.callbacks.Callback):
             def on_epoch_end(self, epoch, logs=None):
@@ -266,7 +266,7 @@ def test_run_killed_and_restarted_continues(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert any(re.search(r"skipped \d+ undecodable train images", line) for line in seen), seen
-    from pipelines import driver
+    from pipelines.jobs import driver
 
     assert driver.read_history(str(run_dir))["epoch"] == [0.0, 1.0]
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,

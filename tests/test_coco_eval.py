@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from pycocotools.coco import COCO
 
-from pipelines import coco_eval
+from pipelines.data import coco_eval
 
 # Two 640 x 480 images; small (< 32^2), medium and large boxes; category ids 1, 3, 7 map to
 # contiguous labels 1, 2, 3.
@@ -133,7 +133,8 @@ def test_accepts_a_coco_object_and_checks_inputs(gt_path):
 
 
 def test_synthetic_ground_truth_through_the_pipeline_scores_one(tmp_path):
-    from pipelines import coco, synthetic_coco
+    from pipelines.data import coco
+    from pipelines.synthetic import coco as synthetic_coco
 
     root = synthetic_coco.generate(tmp_path, num_train=1, num_val=6, image_size=96, seed=2)
     index = coco.load_coco(root, "val")

@@ -7,7 +7,8 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from pipelines import coco, synthetic_coco
+from pipelines.data import coco
+from pipelines.synthetic import coco as synthetic_coco
 
 EMPTY_ID, CORRUPT_ID, GRAY_ID, KNOWN_ID = 2, 5, 99, 7
 KNOWN_BBOX = [10.0, 20.0, 30.0, 40.0]  # x, y, w, h in pixels

@@ -3,8 +3,8 @@ import pytest
 
 import keras
 import keras_mnv2
-from keras_mnv2 import tflite
-from keras_mnv2.deeplab import DeepLabV3, backbone_channels, deeplab_atrous_rates, head_layer_names
+from keras_mnv2.deploy import tflite
+from keras_mnv2.segmentation.deeplab import DeepLabV3, backbone_channels, deeplab_atrous_rates, head_layer_names
 
 VOC = dict(num_classes=21, input_shape=(513, 513, 3))
 TINY = dict(num_classes=5, alpha=0.35, dropout_rate=0.0, bn_momentum=0.0)

@@ -8,7 +8,9 @@ import os
 import numpy as np
 import pytest
 
-from pipelines import cli, deploy, detection, segmentation, synthetic_coco, synthetic_voc
+from pipelines import cli
+from pipelines.jobs import deploy, detection, segmentation
+from pipelines.synthetic import coco as synthetic_coco, voc as synthetic_voc
 
 
 def test_recipe_round_trips_through_metrics_json():
@@ -166,7 +168,7 @@ def test_expansion_splits_flag():
 
 @pytest.mark.slow
 def test_voc_split_export_sits_beside_the_unsplit_one(voc_run):
-    from keras_mnv2 import memory
+    from keras_mnv2.deploy import memory
 
     splits = deploy.parse_expansion_splits("3,6,3")
     split_path = deploy.tflite_path("voc", voc_run, "float32", split=True)

@@ -6,7 +6,8 @@ import os
 
 import pytest
 
-from pipelines import detection, synthetic_coco
+from pipelines.jobs import detection
+from pipelines.synthetic import coco as synthetic_coco
 
 
 def test_check_recipe_names_the_field_and_range():

@@ -33,7 +33,7 @@ import numpy as np
 sys.path.insert(0, {REPO!r})
 import keras
 import tensorflow as tf
-from pipelines import classification as job
+from pipelines.jobs import classification as job
 
 RECIPE = dataclasses.replace(job.PAPER, batch_size=8, use_ema=False)
 L = keras.layers

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipelines import driver
+from pipelines.jobs import driver
 
 
 def _data():
@@ -59,7 +59,7 @@ def test_sigkilled_process_resumes(tmp_path):
         import sys, time, keras
         sys.path.insert(0, {os.getcwd()!r})
         from tests.test_driver import _data, _model
-        from pipelines import driver
+        from pipelines.jobs import driver
 
         class Slow(keras.callbacks.Callback):
             def on_epoch_end(self, epoch, logs=None):

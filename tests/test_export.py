@@ -6,9 +6,9 @@ import pytest
 import tensorflow as tf
 
 import keras_mnv2
-from keras_mnv2 import export, tflite
-from keras_mnv2.box_coder import decode_boxes
-from keras_mnv2.postprocess import class_scores, decode_detections
+from keras_mnv2.deploy import export, tflite
+from keras_mnv2.detection.box_coder import decode_boxes
+from keras_mnv2.detection.postprocess import class_scores, decode_detections
 
 
 def pattern_images(per_class=4, classes=4, size=96, seed=0):
@@ -260,7 +260,7 @@ def test_ssdlite_detection_postprocess_matches_keras(tmp_path):
     np.testing.assert_array_equal(got["detection_classes"][:n], exact.nmsed_classes[0, :n])
     np.testing.assert_allclose(got["detection_boxes"][:n], exact.nmsed_boxes[0, :n], atol=1e-4)
 
-    # keras_mnv2.postprocess.decode_detections clips first (IoU of clipped boxes), which can only
+    # keras_mnv2.detection.postprocess.decode_detections clips first (IoU of clipped boxes), which can only
     # suppress more: each of its detections above the op's last score is among the op's.
     keras_side = {k: np.asarray(v)[0] for k, v in decode_detections(
         outputs["boxes"], outputs["classes"], model.anchors, score_threshold=0.3,
@@ -292,7 +292,7 @@ def quadrant_images(count=8, size=64, seed=0):
 def probe_segmenter(images, masks, classes=4, seed=0):
     """DeepLabV3 (alpha 0.35, no ASPP), ``calibrate``d on ``images``, with a ridge-regression
     1x1 logits layer fitted to ``masks`` at the feature resolution."""
-    from keras_mnv2.deeplab import DeepLabV3
+    from keras_mnv2.segmentation.deeplab import DeepLabV3
 
     keras.utils.set_random_seed(seed)
     model = DeepLabV3(num_classes=classes, alpha=0.35, input_shape=images.shape[1:], aspp=False,

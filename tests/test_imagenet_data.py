@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from pipelines import imagenet_data as data
+from pipelines.data import imagenet as data
 
 WNIDS = ("n01440764", "n01443537", "n01484850")
 COLOURS = ((220, 30, 30), (30, 200, 40), (40, 60, 230))

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_mnv2.losses import SSDBoxLoss, SSDClassLoss, ssd_losses
+from keras_mnv2.detection.losses import SSDBoxLoss, SSDClassLoss, ssd_losses
 
 
 def _cross_entropy(logits, label):

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from pipelines import manifest, synthetic_coco, synthetic_imagenet, synthetic_voc
+from pipelines import manifest
+from pipelines.synthetic import coco as synthetic_coco, imagenet as synthetic_imagenet, voc as synthetic_voc
 
 # generator, tiny parameters, other parameters, one required output,
 # (train image glob, train images written with the other parameters)

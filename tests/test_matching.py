@@ -3,7 +3,7 @@
 import numpy as np
 import tensorflow as tf
 
-from keras_mnv2.matching import encode_targets, iou, match_anchors
+from keras_mnv2.detection.matching import encode_targets, iou, match_anchors
 
 # Anchors (cy, cx, h, w): the four image quadrants, then the whole image.
 # In corners: A0 (0, 0, .5, .5), A1 (0, .5, .5, 1), A2 (.5, 0, 1, .5), A3 (.5, .5, 1, 1),

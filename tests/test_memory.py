@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 import keras_mnv2
-from keras_mnv2 import memory, tflite
+from keras_mnv2.deploy import memory, tflite
 from keras_mnv2.blocks import inverted_residual
 from keras_mnv2.profiler import memory_aware_order
 from keras_mnv2.split import split_expansion

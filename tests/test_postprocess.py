@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from keras_mnv2.anchors import corners_to_center
-from keras_mnv2.postprocess import decode_detections
+from keras_mnv2.detection.anchors import corners_to_center
+from keras_mnv2.detection.postprocess import decode_detections
 
 # Anchor corners. A1 and A2 overlap A0 with IoU .152 / .168 = .905 (> .6).
 CORNERS = np.array([[0.1, 0.1, 0.5, 0.5], [0.12, 0.1, 0.52, 0.5], [0.1, 0.12, 0.5, 0.52],

@@ -7,9 +7,9 @@ import tensorflow as tf
 import tf_keras
 
 import keras_mnv2
-from keras_mnv2 import export, qat, tflite
-from keras_mnv2.deeplab import DeepLabV3
-from keras_mnv2.postprocess import decode_detections
+from keras_mnv2.deploy import export, qat, tflite
+from keras_mnv2.segmentation.deeplab import DeepLabV3
+from keras_mnv2.detection.postprocess import decode_detections
 
 # The fixtures shared with the export tests (tests/ is on sys.path under pytest).
 from test_export import box_iou, pattern_images, probe_classifier, spread_ssdlite

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipelines import seg_augment
+from pipelines.data import seg_augment
 
 
 def coordinate_pair(height=48, width=64):

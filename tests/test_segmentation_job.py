@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipelines import segmentation, synthetic_voc, voc
+from pipelines.jobs import segmentation
+from pipelines.synthetic import voc as synthetic_voc
+from pipelines.data import voc
 
 SIZE = 16
 NUM_CLASSES = 3

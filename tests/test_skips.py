@@ -1,6 +1,6 @@
 import threading
 
-from pipelines.skips import SkipLog
+from pipelines.data.skips import SkipLog
 
 
 def test_counts_events_and_distinct_files_with_first_reason():

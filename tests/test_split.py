@@ -174,7 +174,7 @@ def _named_block(splits, name="zz_block", size=32, channels=16):
 
 @pytest.mark.parametrize("mode", ["float32", "int8"])
 def test_export_keeps_the_split_arena(mode, tmp_path, monkeypatch):
-    from keras_mnv2 import export, memory, tflite
+    from keras_mnv2.deploy import export, memory, tflite
 
     rng = np.random.RandomState(1)
     data = rng.uniform(-1, 1, (4, 32, 32, 16)).astype("float32")
@@ -239,7 +239,7 @@ def test_qat_of_a_split_model_agrees_with_the_unsplit_one(tmp_path):
     before the sum)."""
     from test_export import pattern_images, probe_classifier
 
-    from keras_mnv2 import export, memory, qat, tflite
+    from keras_mnv2.deploy import export, memory, qat, tflite
     from keras_mnv2.split import foldable_blocks
 
     images, labels = pattern_images(size=64)

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 import keras_mnv2
-from keras_mnv2.ssdlite import SSDLite, feature_map_sizes, head_layer_names, ssdlite_anchors
+from keras_mnv2.detection.ssdlite import SSDLite, feature_map_sizes, head_layer_names, ssdlite_anchors
 
 
 def _within(value, target, tolerance):

@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 from pycocotools.coco import COCO
 
-from pipelines import synthetic_coco
+from pipelines.synthetic import coco as synthetic_coco
 
 PARAMS = dict(num_train=60, num_val=12, image_size=96, seed=0)
 

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines import imagenet_data, synthetic_imagenet
+from pipelines.data import imagenet as imagenet_data
+from pipelines.synthetic import imagenet as synthetic_imagenet
 
 PARAMS = dict(num_train_per_class=3, num_val_per_class=2, num_classes=10, image_size=64, seed=0)
 

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines import synthetic_voc, voc
+from pipelines.synthetic import voc as synthetic_voc
+from pipelines.data import voc
 
 PARAMS = dict(num_train=16, num_val=6, image_size=64, num_classes=5, seed=0, border=1)
 

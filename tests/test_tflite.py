@@ -1,7 +1,7 @@
 import numpy as np
 
 import keras_mnv2
-from keras_mnv2 import tflite
+from keras_mnv2.deploy import tflite
 
 
 def test_float_tflite_agrees_with_keras(images):
@@ -31,7 +31,7 @@ def test_output_stride_16_backbone_converts(images):
 def test_size_breakdown_counts_weights_and_per_channel_parameters():
     import keras
 
-    from keras_mnv2 import memory
+    from keras_mnv2.deploy import memory
 
     inputs = keras.Input((8, 8, 3))
     x = keras.layers.Conv2D(4, 3, padding="same")(inputs)  # 108 weights + 4 biases

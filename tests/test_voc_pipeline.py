@@ -1,4 +1,4 @@
-"""pipelines.voc on a small VOCdevkit written here (palette PNGs) plus an SBD fixture (.mat files
+"""pipelines.data.voc on a small VOCdevkit written here (palette PNGs) plus an SBD fixture (.mat files
 in the real GTcls struct layout, written with scipy.io.savemat)."""
 
 import numpy as np
@@ -8,7 +8,7 @@ import scipy.sparse
 import tensorflow as tf
 from PIL import Image
 
-from pipelines import voc
+from pipelines.data import voc
 
 VOC_TRAIN = ["2007_000001", "2007_000002", "2007_000003"]
 VOC_VAL = ["2007_000010", "2007_000011"]

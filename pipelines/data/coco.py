@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from pipelines.skips import SkipLog
+from pipelines.data.skips import SkipLog
 
 log = logging.getLogger(__name__)
 

@@ -61,8 +61,8 @@ SYNTHETIC = dict(num_train=2000, num_val=250, image_size=256, num_classes=5, see
 def check_recipe(recipe):
     """Raises ValueError, naming the field and its allowed values, for a recipe that cannot run
     (before any data is read)."""
-    from keras_mnv2.losses import MODES
-    from pipelines.driver import check_fields
+    from keras_mnv2.detection.losses import MODES
+    from pipelines.jobs.driver import check_fields
 
     check_fields(recipe, ranges={
         "alpha": "(0, inf)", "input_size": "[64, inf)", "batch_size": "[1, inf)",
@@ -79,7 +79,7 @@ def check_recipe(recipe):
 
 
 def _encode(anchors):
-    from keras_mnv2.matching import encode_targets
+    from keras_mnv2.detection.matching import encode_targets
 
     anchors = tf.constant(anchors)
 
@@ -96,7 +96,7 @@ def _encode(anchors):
 
 def train_dataset(source, recipe, anchors):
     """Source elements -> augmented, target-encoded, batched (image, targets) pairs."""
-    from pipelines import augment
+    from pipelines.data import augment
 
     ds = source.cache() if recipe.cache else source
     ds = ds.shuffle(1024, seed=recipe.seed, reshuffle_each_iteration=True)
@@ -116,7 +116,7 @@ def train_dataset(source, recipe, anchors):
 
 
 def eval_dataset(source, recipe):
-    from pipelines import augment
+    from pipelines.data import augment
 
     def prepare(element):
         element = augment.eval_preprocess(element, recipe.input_size)
@@ -146,7 +146,7 @@ def make_optimizer(recipe, steps_per_epoch):
 
 def predict_detections(model, dataset, anchors, recipe):
     """Runs the model and decodes with class-wise NMS: a list of per-image detection dicts."""
-    from keras_mnv2.postprocess import decode_detections
+    from keras_mnv2.detection.postprocess import decode_detections
 
     detections = []
     for images, image_ids in dataset:
@@ -241,9 +241,11 @@ def run(coco_dir=None, tfds_data_dir=None, run_dir="runs/coco", recipe=None,
         backbone_weights=None, data_root="data/synthetic_coco", train_split="train",
         val_split="val", verbose="auto"):
     """Trains and evaluates; returns the metrics dict (also written to run_dir/metrics.json)."""
-    from keras_mnv2.losses import ssd_losses
-    from keras_mnv2.ssdlite import SSDLite
-    from pipelines import coco, driver, synthetic_coco
+    from keras_mnv2.detection.losses import ssd_losses
+    from keras_mnv2.detection.ssdlite import SSDLite
+    from pipelines.data import coco
+    from pipelines.jobs import driver
+    from pipelines.synthetic import coco as synthetic_coco
 
     start = time.time()
     embedded = coco_dir is None and tfds_data_dir is None
@@ -283,7 +285,7 @@ def run(coco_dir=None, tfds_data_dir=None, run_dir="runs/coco", recipe=None,
                      verbose=verbose)
     train_seconds = time.time() - start
 
-    from pipelines import coco_eval
+    from pipelines.data import coco_eval
 
     detections = predict_detections(model, eval_dataset(val_source, recipe), anchors, recipe)
     stats = coco_eval.coco_evaluate(

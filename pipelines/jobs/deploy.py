@@ -84,11 +84,11 @@ def load_run(run_dir):
 
 def _module(job):
     if job == "coco":
-        from pipelines import detection as module
+        from pipelines.jobs import detection as module
     elif job == "voc":
-        from pipelines import segmentation as module
+        from pipelines.jobs import segmentation as module
     else:
-        from pipelines import classification as module
+        from pipelines.jobs import classification as module
     return module
 
 
@@ -138,10 +138,11 @@ def _dataset_dir(metrics, job):
 
 
 def _coco_data(run_dir, metrics, recipe):
-    from keras_mnv2.losses import ssd_losses
-    from keras_mnv2.ssdlite import ssdlite_anchors
-    from keras_mnv2 import export, tflite
-    from pipelines import coco, coco_eval, detection
+    from keras_mnv2.detection.losses import ssd_losses
+    from keras_mnv2.detection.ssdlite import ssdlite_anchors
+    from keras_mnv2.deploy import export, tflite
+    from pipelines.data import coco, coco_eval
+    from pipelines.jobs import detection
 
     root = _dataset_dir(metrics, "coco")
     train, val = coco.load_coco(root, "train"), coco.load_coco(root, "val")
@@ -183,9 +184,10 @@ def _coco_data(run_dir, metrics, recipe):
 
 
 def _voc_data(run_dir, metrics, recipe):
-    from keras_mnv2 import tflite
+    from keras_mnv2.deploy import tflite
     from keras_mnv2.segmentation import SegmentationLoss, confusion_matrix, iou_from_confusion
-    from pipelines import segmentation, voc
+    from pipelines.jobs import segmentation
+    from pipelines.data import voc
 
     root = _dataset_dir(metrics, "voc")
     names = metrics.get("class_names")
@@ -227,8 +229,9 @@ def _voc_data(run_dir, metrics, recipe):
 
 
 def _imagenet_data(run_dir, metrics, recipe):
-    from keras_mnv2 import tflite
-    from pipelines import classification, imagenet_data
+    from keras_mnv2.deploy import tflite
+    from pipelines.jobs import classification
+    from pipelines.data import imagenet as imagenet_data
 
     train, val, _ = classification.sources(data_dir=_dataset_dir(metrics, "imagenet"))
 
@@ -276,7 +279,7 @@ def job_data(job, run_dir):
 
 
 def load_model(job, run_dir):
-    from keras_mnv2 import qat
+    from keras_mnv2.deploy import qat
 
     path = model_path(job, run_dir)
     if not os.path.exists(path):
@@ -317,11 +320,11 @@ def run_qat(job, run_dir=None, epochs=2, learning_rate=None, steps_per_epoch=Non
     ``run_dir/tflite/<job>_qat.tflite``. Returns the ``ExportReport``.
 
     With ``expansion_splits`` (an int or 17 per-block counts, see ``parse_expansion_splits``)
-    the float model is split first (``keras_mnv2.qat.quantize`` folds the projection BNs of the
+    the float model is split first (``keras_mnv2.deploy.qat.quantize`` folds the projection BNs of the
     split blocks into the partial projections, so that the QAT model is int8 throughout), and
     the run goes to ``run_dir/qat_split`` and ``<job>_qat_split.tflite``.
     """
-    from keras_mnv2 import export, qat
+    from keras_mnv2.deploy import export, qat
 
     run_dir = run_dir or f"runs/{job}"
     data = job_data(job, run_dir)
@@ -362,7 +365,7 @@ def run_export(job, run_dir=None, modes=DEFAULT_MODES, io_dtype="float32",
     dynamic, int8: post-training quantization calibrated on the training pipeline). Returns
     {mode: ExportReport}. With ``expansion_splits`` the model is split first
     (``parse_expansion_splits``) and the files are ``<job>_<mode>_split.tflite``."""
-    from keras_mnv2 import export
+    from keras_mnv2.deploy import export
 
     run_dir = run_dir or f"runs/{job}"
     for mode in modes:
@@ -400,7 +403,7 @@ def evaluate_tflite(job, tflite_file, run_dir=None, keras_metrics=True):
 
 def evaluate_keras(job, model_file, run_dir=None):
     """The job's evaluation of a .keras model file on the val split of the run in ``run_dir``."""
-    from keras_mnv2 import qat
+    from keras_mnv2.deploy import qat
 
     run_dir = run_dir or f"runs/{job}"
     return job_data(job, run_dir).evaluate_keras(qat.load_keras_model(model_file))
@@ -415,10 +418,10 @@ def compare(job, run_dir=None, modes=None):
     rows = [{"model": "Keras float32", "file": model_file,
              "size_bytes": os.path.getsize(model_file),
              **data.evaluate_keras(load_model(job, run_dir))}]
-    from keras_mnv2 import export
+    from keras_mnv2.deploy import export
 
     for mode in modes or export.MODES:
-        from keras_mnv2.tflite import size_breakdown
+        from keras_mnv2.deploy.tflite import size_breakdown
 
         for split in (False, True):  # the split-expansion file, when there is one, beside
             path = tflite_path(job, run_dir, mode, split)
@@ -436,7 +439,7 @@ def compare(job, run_dir=None, modes=None):
 
 def table_markdown(job, rows):
     """The comparison table; integer files get a line on where their bytes go (see
-    ``keras_mnv2.tflite.size_breakdown``)."""
+    ``keras_mnv2.deploy.tflite.size_breakdown``)."""
     names = METRICS[job]
     reference = next((r for r in rows if r["model"] == "TFLite float32"), None)
     head = ("| model | " + " | ".join(f"{n} x100" for n in names) + " | size (MB) |"

@@ -44,7 +44,7 @@ from typing import Callable, Optional
 import numpy as np
 import tensorflow as tf
 
-from pipelines.skips import SkipLog
+from pipelines.data.skips import SkipLog
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ def _load_gt(coco_gt):
 
     if isinstance(coco_gt, COCO):
         return coco_gt
-    if hasattr(coco_gt, "coco"):  # a pipelines.coco.CocoIndex
+    if hasattr(coco_gt, "coco"):  # a pipelines.data.coco.CocoIndex
         return coco_gt.coco
     path = Path(coco_gt)
     if not path.is_file():

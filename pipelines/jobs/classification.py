@@ -3,10 +3,10 @@ top-5 on the whole validation split. ``keras-mnv2 train imagenet`` / ``keras-mnv
 
 Data: an ImageNet folder layout (``data_dir``), TFDS ``imagenet2012`` (``tfds_data_dir``, and
 ``tfds_manual_dir`` to build it), or TF-slim TFRecord shards (``tfrecord_dir``). With none of them
-it generates the embedded synthetic dataset once (``pipelines.synthetic_imagenet``, ImageNet
+it generates the embedded synthetic dataset once (``pipelines.synthetic.imagenet``, ImageNet
 folder layout) and trains ``EMBEDDED`` on it.
 
-The run directory holds what ``pipelines.driver`` writes (backup/ for resume, last.keras,
+The run directory holds what ``pipelines.jobs.driver`` writes (backup/ for resume, last.keras,
 history.csv, logs/, curves.png) plus model.keras (the final model; the EMA weights when the
 recipe averages them) and metrics.json.
 """
@@ -18,8 +18,8 @@ import time
 import keras
 import tensorflow as tf
 
-from pipelines import imagenet_data
-from pipelines.skips import SkipLog
+from pipelines.data import imagenet as imagenet_data
+from pipelines.data.skips import SkipLog
 
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 
@@ -104,7 +104,7 @@ SYNTHETIC = dict(num_train_per_class=300, num_val_per_class=50, num_classes=10, 
 def check_recipe(recipe):
     """Raises ValueError, naming the field and its allowed values, for a recipe that cannot run
     (before any data is read)."""
-    from pipelines.driver import check_fields
+    from pipelines.jobs.driver import check_fields
 
     check_fields(recipe, ranges={
         "alpha": "(0, inf)", "resolution": "[32, inf)", "batch_size": "[1, inf)",
@@ -420,7 +420,7 @@ def sources(data_dir=None, tfds_data_dir=None, tfds_manual_dir=None, tfrecord_di
             val_labels=None, data_root="data/synthetic_imagenet"):
     """(train Source, val Source, description) for the given data; the embedded synthetic
     dataset (generated in ``data_root`` if not there yet) when none is given."""
-    from pipelines import synthetic_imagenet
+    from pipelines.synthetic import imagenet as synthetic_imagenet
 
     given = [x for x in (data_dir, tfds_data_dir, tfrecord_dir) if x is not None]
     if len(given) > 1:
@@ -454,7 +454,7 @@ def run(data_dir=None, tfds_data_dir=None, tfds_manual_dir=None, tfrecord_dir=No
     the module docstring, or pass ``train_source``/``val_source`` (``imagenet_data.Source``).
     ``strategy`` is a name (``make_strategy``) or a ``tf.distribute.Strategy``.
     """
-    from pipelines import driver
+    from pipelines.jobs import driver
 
     start = time.time()
     given = train_source is not None or val_source is not None
@@ -552,7 +552,7 @@ def run_eval(model="runs/imagenet/model.keras", data_dir=None, tfds_data_dir=Non
     """``keras-mnv2 eval imagenet``: top-1/top-5 of a saved model (or ``model="imagenet"``, the
     official keras.applications weights at ``alpha``/``resolution``) on the whole val split;
     writes metrics.json into ``run_dir`` (default: the model's folder). Returns the metrics."""
-    from pipelines import driver
+    from pipelines.jobs import driver
 
     if model == "imagenet":
         from keras_mnv2 import MobileNetV2

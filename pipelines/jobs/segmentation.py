@@ -112,7 +112,7 @@ def train_dataset(index, recipe):
     float32 [B, crop, crop, 3] in [-1, 1] and int32 [B, crop, crop] with 255 = ignore."""
     import tensorflow as tf
 
-    from pipelines import seg_augment, voc
+    from pipelines.data import seg_augment, voc
 
     if recipe.cache:
         ds = voc.voc_dataset(index).cache()
@@ -135,7 +135,7 @@ def eval_dataset(index, eval_size, batch_size):
     """Full val images padded to eval_size (label 255), batched: (image, label) pairs."""
     import tensorflow as tf
 
-    from pipelines import seg_augment, voc
+    from pipelines.data import seg_augment, voc
 
     def prepare(element):
         return seg_augment.eval_preprocess(element["image"], element["label"], eval_size,
@@ -169,7 +169,7 @@ def make_optimizer(recipe, steps_per_epoch):
 
 
 def build_model(recipe, num_classes, size, backbone_weights=None):
-    from keras_mnv2.deeplab import DeepLabV3
+    from keras_mnv2.segmentation.deeplab import DeepLabV3
 
     return DeepLabV3(num_classes, alpha=recipe.alpha, input_shape=(size, size, 3),
                      output_stride=recipe.output_stride, aspp=recipe.aspp,
@@ -290,7 +290,7 @@ def draw_predictions(model, index, eval_size, path, count=6):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from pipelines import seg_augment, voc
+    from pipelines.data import seg_augment, voc
 
     palette = voc.voc_palette()
     examples = list(voc.voc_dataset(index).take(count))
@@ -329,7 +329,7 @@ def _write_confusion(path, cm, class_names):
 
 def dataset_class_names(voc_dir):
     """Class names from a ``manifest.json`` beside VOC2012 (the synthetic data), else VOC's."""
-    from pipelines import voc
+    from pipelines.data import voc
 
     root = voc.find_voc_root(voc_dir)
     for manifest in (root.parent / "manifest.json", root / "manifest.json"):
@@ -349,7 +349,9 @@ def run(voc_dir=None, sbd_dir=None, run_dir="runs/voc", recipe=None, backbone_we
     ``train_split`` defaults to ``train_aug`` with ``sbd_dir``, else ``train``.
     """
     from keras_mnv2.segmentation import MeanIoU, SegmentationLoss
-    from pipelines import driver, synthetic_voc, voc
+    from pipelines.jobs import driver
+    from pipelines.synthetic import voc as synthetic_voc
+    from pipelines.data import voc
 
     start = time.time()
     embedded = voc_dir is None

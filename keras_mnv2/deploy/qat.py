@@ -10,7 +10,7 @@ weights copied by layer name. Then::
     twin = tf_keras_twin(model)            # or a path to a .keras checkpoint
     qat_model = quantize(twin, calibration_data=images)  # prints the layers left float, if any
     qat_fit(qat_model, train_ds, epochs=2, loss=..., learning_rate=1e-4, run_dir="runs/x/qat")
-    keras_mnv2.export.export_tflite(qat_model, "model_qat.tflite", mode="qat")
+    keras_mnv2.deploy.export.export_tflite(qat_model, "model_qat.tflite", mode="qat")
 
 The twin is rebuilt from a record of the builder's arguments that ``builder_config`` reads off
 the model itself (layer names, widths, strides, dilations, layer configs), so a model reloaded
@@ -190,7 +190,7 @@ def _mobilenet_config(model):
 
 
 def _ssdlite_config(model):
-    from keras_mnv2.ssdlite import ASPECT_RATIOS, EXTRA_DEPTHS, MIN_EXTRA_DEPTH, SSDLite
+    from keras_mnv2.detection.ssdlite import ASPECT_RATIOS, EXTRA_DEPTHS, MIN_EXTRA_DEPTH, SSDLite
 
     num_classes = int(model.get_layer("classes").output.shape[-1]) - 1
     extra = [int(model.get_layer(f"extra_{i}_project").filters)
@@ -224,7 +224,7 @@ def _ssdlite_config(model):
 
 
 def _deeplab_config(model):
-    from keras_mnv2.deeplab import DeepLabV3
+    from keras_mnv2.segmentation.deeplab import DeepLabV3
 
     alpha = _infer_alpha(model)
     if alpha is None:
@@ -254,7 +254,7 @@ def load_keras_model(path):
         raise FileNotFoundError(f"model file not found: {path}")
     if not path.endswith(".keras"):
         raise ValueError(f"expected a .keras model file, got {os.path.basename(path)}")
-    import keras_mnv2.losses  # noqa: F401  (registers the SSD losses a compiled model names)
+    import keras_mnv2.detection.losses  # noqa: F401  (registers the SSD losses a compiled model names)
 
     return keras.saving.load_model(path, compile=False)
 
@@ -411,7 +411,7 @@ def quantize(model, keep_float=(), calibration_data=None, log=print):
         model: a tf_keras twin, or a Keras 3 keras_mnv2 model (its twin is built first).
         keep_float: names of layers to leave in float on purpose.
         calibration_data: images (array, tf.data.Dataset, generator function, as for
-            ``keras_mnv2.export``) to start the quantization ranges from, as post-training
+            ``keras_mnv2.deploy.export``) to start the quantization ranges from, as post-training
             calibration would (``calibrate_ranges``). Without it TFMOT starts every activation
             range at [-6, 6] and the input range empty, and its moving averages (decay 0.999)
             need on the order of a thousand steps to settle: pass it for short fine-tunes.
@@ -506,7 +506,7 @@ def calibrate_ranges(qat_model, float_model, data, limit=100, batch_size=16):
     0) of the matching layer's output in ``float_model`` (the twin or the Keras 3 model) over
     up to ``limit`` images of ``data``. Returns the number of activation ranges set.
     """
-    from keras_mnv2.export import calibration_images
+    from keras_mnv2.deploy.export import calibration_images
 
     images = np.concatenate(calibration_images(data, float_model.input_shape[1:], limit))
     norms = [layer.layer for layer in qat_model.layers
@@ -620,7 +620,7 @@ def qat_fit(qat_model, train_data, epochs, loss=None, learning_rate=1e-4, optimi
             verbose="auto", callbacks=()):
     """Fine-tunes a quantization-aware model (``quantize``) on the training tf.data pipeline.
 
-    Use the same dataset as the float run, with a small learning rate (``pipelines.deploy``
+    Use the same dataset as the float run, with a small learning rate (``pipelines.jobs.deploy``
     uses 1/50 of the float run's peak) and a few epochs: QAT starts from the trained weights and
     only adapts them to the rounding.
 

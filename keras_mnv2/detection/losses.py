@@ -1,6 +1,6 @@
 """SSD losses (SSD paper section 2.2 "Training objective"; focal loss from Lin et al., RetinaNet).
 
-Targets come from ``keras_mnv2.matching.encode_targets``: class targets are 0 for background,
+Targets come from ``keras_mnv2.detection.matching.encode_targets``: class targets are 0 for background,
 1..C for objects and -1 for ignored anchors. Both losses are normalized by the number of positive
 anchors in the whole batch, max(1, P). Keras' default ``"sum_over_batch_size"`` reduction
 averages the per-image values, so each image's value is returned already multiplied by the batch

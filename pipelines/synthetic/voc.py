@@ -8,11 +8,11 @@ Layout (``root`` plays the VOCdevkit folder)::
     root/manifest.json          # the parameters; a matching manifest makes generate() a no-op
 
 Each image is a textured, noisy background with 1-4 flat-coloured shapes of ``num_classes``
-classes (the shapes and colour families of ``pipelines.synthetic_coco``), which may partly occlude
+classes (the shapes and colour families of ``pipelines.synthetic.coco``), which may partly occlude
 each other. The mask holds 0 for background, 1..num_classes for the shapes, and 255 (ignore) on a
 band ``2 * border`` px wide along every boundary between labels, as VOC outlines its objects.
 
-    python -m pipelines.synthetic_voc /tmp/shapes_voc
+    python -m pipelines.synthetic.voc /tmp/shapes_voc
 """
 
 import argparse
@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pipelines import synthetic_coco
+from pipelines.synthetic import coco as synthetic_coco
 from pipelines.manifest import reuse_or_wipe, write_atomic, write_manifest
-from pipelines.voc import IGNORE_LABEL, voc_palette
+from pipelines.data.voc import IGNORE_LABEL, voc_palette
 
 FORMAT_VERSION = 1
 MAX_CLASSES = 5  # circle, square, triangle, cross, ring

@@ -4,7 +4,7 @@
 
 import tensorflow as tf
 
-from keras_mnv2.box_coder import SCALE_FACTORS, decode_boxes
+from keras_mnv2.detection.box_coder import SCALE_FACTORS, decode_boxes
 
 MODES = ("softmax", "focal")
 

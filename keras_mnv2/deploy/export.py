@@ -6,7 +6,7 @@ Modes (``MODES``):
   dynamic   dynamic-range quantization: int8 weights, float activations;
   int8      full-integer post-training quantization, activation ranges calibrated on
             ``representative_data`` (images drawn from the training pipeline);
-  qat       a quantization-aware tf_keras model (``keras_mnv2.qat.quantize`` + ``qat_fit``) to
+  qat       a quantization-aware tf_keras model (``keras_mnv2.deploy.qat.quantize`` + ``qat_fit``) to
             full integer, with the ranges learnt in training.
 ``io_dtype`` "int8" or "uint8" makes the input and the outputs integer in int8/qat mode (except
 the detection outputs, float by the op's definition, and the int32 mask).
@@ -25,11 +25,11 @@ The input is one image, ``image`` [1, H, W, 3], preprocessed as for the Keras mo
 
 A model with split-expansion blocks (``expansion_splits`` / ``keras_mnv2.split.split_expansion``,
 paper section 5.1) is exported with its ops in the memory-aware order of
-``keras_mnv2.memory.reorder_ops`` (one group of a split block at a time), in every mode: the
+``keras_mnv2.deploy.memory.reorder_ops`` (one group of a split block at a time), in every mode: the
 converter orders parallel branches by name, which can run the groups side by side and lose the
 arena saving. In the float modes and int8 its projection BNs are folded into the partial
 projections first (``keras_mnv2.split.fold_projection_bn``; otherwise each stays a MUL and an
-ADD over the block's output); ``keras_mnv2.qat.quantize`` folds them the same way before it
+ADD over the block's output); ``keras_mnv2.deploy.qat.quantize`` folds them the same way before it
 quantizes a split model.
 """
 
@@ -64,7 +64,7 @@ class NMS:
     """Settings of the ``TFLite_Detection_PostProcess`` op.
 
     ``use_regular_nms=True`` (the default here) is class-wise NMS, as
-    ``keras_mnv2.postprocess.decode_detections`` (up to 100 boxes per class: the kernel's fixed
+    ``keras_mnv2.detection.postprocess.decode_detections`` (up to 100 boxes per class: the kernel's fixed
     ``detections_per_class``; the op does not clip boxes to the image before NMS, the Keras side
     does, so it can keep a few more boxes near the border); False is the OD API's default, the
     faster class-agnostic NMS over each anchor's best ``max_classes_per_detection`` classes.
@@ -102,7 +102,7 @@ class ExportReport:
     input: tuple  # (name, shape, dtype)
     outputs: dict  # name -> (shape, dtype)
     ops: dict  # op name -> count
-    float_ops: tuple  # ops computing in float (see keras_mnv2.tflite.float_ops)
+    float_ops: tuple  # ops computing in float (see keras_mnv2.deploy.tflite.float_ops)
 
     def summary(self):
         floats = sorted(set(self.float_ops))
@@ -314,7 +314,7 @@ def _tf_variables(model):
 
 def _check_settings(model, mode, io_dtype, representative_data):
     from keras_mnv2.frameworks import framework_of
-    from keras_mnv2.qat import is_quantized
+    from keras_mnv2.deploy.qat import is_quantized
 
     framework_of(model)  # TypeError for anything but a Keras model
     if mode not in MODES:
@@ -327,12 +327,12 @@ def _check_settings(model, mode, io_dtype, representative_data):
     quantized = is_quantized(model)
     if mode == "qat" and not quantized:
         raise ValueError(
-            f"mode 'qat' needs a quantization-aware tf_keras model (keras_mnv2.qat.quantize, "
+            f"mode 'qat' needs a quantization-aware tf_keras model (keras_mnv2.deploy.qat.quantize, "
             f"then qat_fit); {model.name!r} is a float model: use mode 'int8' for post-training "
             "quantization"
         )
     if mode == "qat":
-        from keras_mnv2.qat import uncalibrated_inputs
+        from keras_mnv2.deploy.qat import uncalibrated_inputs
 
         empty = uncalibrated_inputs(model)
         if empty:
@@ -438,13 +438,13 @@ def _convert(model, mode, representative_data, io_dtype, output, anchors, nms,
                 + f"\nconverter: {lines}"
             ) from err
     if detections:
-        from keras_mnv2.tflite import op_counts
+        from keras_mnv2.deploy.tflite import op_counts
 
         if POSTPROCESS_OP not in op_counts(content):
             raise ExportError(f"{model.name!r} ({setting}): the converter did not fuse the "
                               f"{POSTPROCESS_OP} function into the custom op")
     if has_split_blocks(model):
-        from keras_mnv2.memory import reorder_ops
+        from keras_mnv2.deploy.memory import reorder_ops
 
         content = reorder_ops(content)
     return content, output
@@ -467,7 +467,7 @@ def _sample_image(shape, representative_data, limit=1):
 def check_runs(path, image):
     """Loads a .tflite file with ai_edge_litert, runs it once on ``image`` [1, H, W, C] and
     returns the outputs; raises ExportError naming the failing node and op."""
-    from keras_mnv2.tflite import run_signature
+    from keras_mnv2.deploy.tflite import run_signature
 
     try:
         outputs = run_signature(path, image)
@@ -497,7 +497,7 @@ def export_tflite(model, path, mode="float32", representative_data=None, io_dtyp
 
     Args:
         model: a Keras 3 model (modes float32, float16, dynamic, int8) or a quantization-aware
-            tf_keras model from ``keras_mnv2.qat.quantize`` (mode qat).
+            tf_keras model from ``keras_mnv2.deploy.qat.quantize`` (mode qat).
         path: the .tflite file to write.
         mode: one of ``MODES`` (see the module docstring).
         representative_data: calibration images for mode int8 (array, tf.data.Dataset or
@@ -512,7 +512,7 @@ def export_tflite(model, path, mode="float32", representative_data=None, io_dtyp
     (on the first calibration image, or a random one), and only then moved to ``path``.
     Conversion and run failures raise ``ExportError`` naming the setting and the op at fault.
     """
-    from keras_mnv2 import tflite
+    from keras_mnv2.deploy import tflite
 
     content, output = _convert(model, mode, representative_data, io_dtype, output, anchors, nms,
                                num_calibration_images, input_shape)

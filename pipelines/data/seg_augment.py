@@ -11,7 +11,7 @@ Randomness is stateless: ``seed`` is a shape [2] integer tensor; ``None`` draws 
 
 import tensorflow as tf
 
-from pipelines.augment import _seed, _split  # stateless seeds, as the detection augmentation
+from pipelines.data.augment import _seed, _split  # stateless seeds, as the detection augmentation
 
 IGNORE_LABEL = 255
 

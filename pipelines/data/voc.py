@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.skips import SkipLog
+from pipelines.data.skips import SkipLog
 
 log = logging.getLogger(__name__)
 
@@ -315,7 +315,7 @@ def voc_dataset(source, split=None, *, sbd_dir=None, skip_bad=None, shuffle=Fals
     """
     import tensorflow as tf
 
-    from pipelines.coco import _decode_or_empty
+    from pipelines.data.coco import _decode_or_empty
 
     if isinstance(source, VocIndex):
         index = source

@@ -7,7 +7,7 @@ ty = (cy - cya) / ha * 10, tx = (cx - cxa) / wa * 10, th = log(h / ha) * 5, tw =
 
 import tensorflow as tf
 
-from keras_mnv2.anchors import center_to_corners, corners_to_center
+from keras_mnv2.detection.anchors import center_to_corners, corners_to_center
 
 SCALE_FACTORS = (10.0, 10.0, 5.0, 5.0)
 EPSILON = 1e-8  # added to box and anchor sizes before dividing / taking logs, as the OD API does

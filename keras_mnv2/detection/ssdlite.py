@@ -5,14 +5,14 @@ layers (1x1 conv -> 3x3 depthwise stride 2 -> 1x1 conv) add strides 64 to 512; e
 3x3 depthwise conv + BN + ReLU6 followed by a 1x1 conv ("SSDLite": all regular convolutions of the
 SSD prediction layers replaced by separable ones). The model returns raw outputs for training:
 ``{"boxes": [B, N, 4] box encodings, "classes": [B, N, num_classes + 1] logits}`` (index 0 is
-background); decoding and NMS live in ``keras_mnv2.postprocess``.
+background); decoding and NMS live in ``keras_mnv2.detection.postprocess``.
 """
 
 import math
 
 import numpy as np
 
-from keras_mnv2.anchors import num_boxes_per_layer, ssd_anchors
+from keras_mnv2.detection.anchors import num_boxes_per_layer, ssd_anchors
 from keras_mnv2.blocks import BN_EPSILON, BN_MOMENTUM, make_divisible
 from keras_mnv2.frameworks import get_keras
 from keras_mnv2.mobilenet_v2 import MobileNetV2, splits_per_block

@@ -8,8 +8,8 @@ Corner boxes are (ymin, xmin, ymax, xmax), normalized; anchors are (cy, cx, h, w
 
 import tensorflow as tf
 
-from keras_mnv2.anchors import center_to_corners
-from keras_mnv2.box_coder import SCALE_FACTORS, encode_boxes
+from keras_mnv2.detection.anchors import center_to_corners
+from keras_mnv2.detection.box_coder import SCALE_FACTORS, encode_boxes
 
 BACKGROUND = 0
 IGNORE = -1

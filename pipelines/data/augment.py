@@ -1,6 +1,6 @@
 """SSD data augmentation (Liu et al., ECCV 2016, Sec. 2.2 "Data augmentation"), as tf.data maps.
 
-Every function takes and returns the element of ``pipelines.coco`` (``image`` [H, W, 3] with
+Every function takes and returns the element of ``pipelines.data.coco`` (``image`` [H, W, 3] with
 values in [0, 255], ``boxes`` float32 [M, 4] normalized (ymin, xmin, ymax, xmax), ``labels``,
 ``is_crowd``; other keys pass through). Boxes, labels and crowd flags are always filtered
 together. ``resize`` ends a pipeline: a square float32 image in [-1, 1], as MobileNetV2 expects.
@@ -12,7 +12,7 @@ per element (e.g. zip the data with ``tf.data.Dataset.random(seed).batch(2)``). 
 
 import tensorflow as tf
 
-from keras_mnv2.matching import iou
+from keras_mnv2.detection.matching import iou
 
 # The mean RGB of ImageNet (0-255), what SSD fills the zoomed-out canvas with.
 MEAN_RGB = (123.675, 116.28, 103.53)

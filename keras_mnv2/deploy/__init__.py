@@ -1,0 +1,1 @@
+"""To the device: TFLite conversion and running, quantization-aware training, arena memory."""

@@ -1,0 +1,1 @@
+"""The training, evaluation and deployment jobs and the driver they share."""

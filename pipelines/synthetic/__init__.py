@@ -1,0 +1,1 @@
+"""Synthetic datasets the package writes itself, in the real on-disk formats."""
