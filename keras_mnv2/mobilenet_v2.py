@@ -10,6 +10,7 @@ import re
 
 from keras_mnv2.blocks import conv_bn, conv_bn_layers, inverted_residual, make_divisible
 from keras_mnv2.frameworks import framework_of, get_keras
+from keras_mnv2.record import functional, records_arguments
 
 # Paper Table 2: expansion t, output channels c, repeats n, first stride s.
 BLOCK_SPECS = (
@@ -136,6 +137,7 @@ def _validate(alpha, input_shape, include_top, weights, pooling, classes, output
         raise FileNotFoundError(f"weights file not found: {weights}")
 
 
+@records_arguments
 def MobileNetV2(
     alpha=1.0,
     input_shape=None,
@@ -232,7 +234,7 @@ def MobileNetV2(
     rows = input_shape[0]
     if name is None:
         name = f"mobilenetv2_{alpha:0.2f}_{rows}"
-    model = keras.Model(inputs, x, name=name)
+    model = functional(keras, inputs, x, name=name)
 
     if weights == "imagenet":
         model.load_weights(imagenet_weights_path(alpha, rows, include_top))

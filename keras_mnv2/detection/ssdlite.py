@@ -16,6 +16,7 @@ from keras_mnv2.detection.anchors import num_boxes_per_layer, ssd_anchors
 from keras_mnv2.blocks import BN_EPSILON, BN_MOMENTUM, make_divisible
 from keras_mnv2.frameworks import get_keras
 from keras_mnv2.mobilenet_v2 import MobileNetV2, splits_per_block
+from keras_mnv2.record import functional, records_arguments
 
 FEATURE_TAPS = ("block_13_expand_relu", "out_relu")
 EXTRA_DEPTHS = (512, 256, 256, 128)
@@ -75,6 +76,7 @@ def predictor(keras, x, outputs_per_box, num_boxes, name, bias_initializer="zero
     return layers.Reshape((h * w * num_boxes, outputs_per_box), name=name + "_reshape")(y)
 
 
+@records_arguments
 def SSDLite(
     num_classes,
     alpha=1.0,
@@ -149,8 +151,8 @@ def SSDLite(
         "boxes": layers.Concatenate(axis=1, name="boxes")(box_outputs),
         "classes": layers.Concatenate(axis=1, name="classes")(class_outputs),
     }
-    model = keras.Model(backbone.inputs, outputs,
-                        name=name or f"ssdlite_mobilenetv2_{alpha:0.2f}_{input_size}")
+    model = functional(keras, backbone.inputs, outputs,
+                       name=name or f"ssdlite_mobilenetv2_{alpha:0.2f}_{input_size}")
     sizes = [int(f.shape[1]) for f in features]
     if sizes != feature_map_sizes(input_size):  # guards the anchor layout against drift
         raise AssertionError(f"feature maps {sizes} != {feature_map_sizes(input_size)}")

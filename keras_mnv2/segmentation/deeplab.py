@@ -28,6 +28,7 @@ Keras 3 model and its tf_keras twin, and TFMOT's ``quantize_model`` all see plai
 from keras_mnv2.blocks import BN_EPSILON, BN_MOMENTUM, make_divisible
 from keras_mnv2.frameworks import get_keras
 from keras_mnv2.mobilenet_v2 import MIN_INPUT_SIZE, MobileNetV2
+from keras_mnv2.record import functional, records_arguments
 
 FEATURE_TAP = "block_16_project_BN"
 HEAD_DEPTH = 256
@@ -98,6 +99,7 @@ def _bilinear_upsample(keras, x, size, name, dtype=None):
     return layers.Resizing(height, width, interpolation="bilinear", name=name, dtype=dtype)(x)
 
 
+@records_arguments
 def DeepLabV3(
     num_classes=21,
     alpha=1.0,
@@ -165,7 +167,7 @@ def DeepLabV3(
 
     if name is None:
         name = f"deeplabv3_mobilenetv2_{alpha:0.2f}_{input_shape[0]}_os{output_stride}"
-    return keras.Model(inputs, outputs, name=name)
+    return functional(keras, inputs, outputs, name=name)
 
 
 def head_layer_names(model):
