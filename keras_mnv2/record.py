@@ -173,3 +173,21 @@ class BuiltModel(keras.Model):
         builder = resolve_builder(config["builder"])
         arguments = _plain(config.get("arguments") or {})
         return builder(**arguments)
+
+
+def read_record(path):
+    """``(builder path, arguments)`` recorded in a ``.keras`` file, read from its config without
+    building the model; None when the file holds no record. Raises ValueError naming a file that
+    is not a Keras zip archive."""
+    import json
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            config = json.loads(archive.read("config.json"))
+    except (zipfile.BadZipFile, KeyError, ValueError) as err:
+        raise ValueError(f"{path} is not a .keras model file ({err})") from err
+    inner = config.get("config") or {}
+    if config.get("registered_name") != f"{_PACKAGE}>BuiltModel" or "builder" not in inner:
+        return None
+    return inner["builder"], _plain(inner.get("arguments") or {})

@@ -7,11 +7,13 @@ tensor, so a runtime that computes one group at a time only ever holds one expan
 ``split_expansion(model, k)`` converts an already trained model into it, with its weights sliced
 from the original, so a model trained normally can be exported memory-efficiently.
 
-``split_expansion`` rewrites the model's own graph rather than calling a builder again: it needs
-no record of the build arguments, so it works on any functional model made of these blocks (a
-classifier, SSDLite, DeepLabV3, a model just loaded from a ``.keras`` file), and it emits each
-split block with the builders' own ``keras_mnv2.blocks.split_branch``, so the result has the same
-layers, names and graph as a model built with ``expansion_splits=k``. Blocks whose expanded tensor
+``split_expansion`` rewrites the model's own graph rather than calling a builder again, so it
+works on any functional model made of these blocks (a classifier, SSDLite, DeepLabV3, a model
+just loaded from a ``.keras`` file), and it emits each split block with the builders' own
+``keras_mnv2.blocks.split_branch``, so the result has the same layers, names and graph as a
+model built with ``expansion_splits=k``: when the source carries a builder record
+(``keras_mnv2.record``), the split model's record is the same with ``expansion_splits=k``, so it
+saves, reloads and gets its tf_keras twin like a model built split. Blocks whose expanded tensor
 is used outside the block (the SSDLite tap ``block_13_expand_relu``) stay whole, as in the builder.
 
 The saving needs a runtime that computes one group at a time. It shows under the memory-aware
@@ -38,6 +40,7 @@ import numpy as np
 from keras_mnv2.blocks import clone_layer, split_branch, split_sizes
 from keras_mnv2.frameworks import framework_of, get_keras
 from keras_mnv2.mobilenet_v2 import splits_per_block
+from keras_mnv2.record import functional, with_record
 from keras_mnv2.profiler import (
     _flatten,
     _node_inputs,
@@ -78,7 +81,8 @@ def split_expansion(model, splits, name=None):
     expansion, splits with Conv1 (``Conv1_s{i}``, ``bn_Conv1_s{i}``, ``Conv1_relu_s{i}``,
     ``expanded_conv_depthwise_s{i}``, ...). The weights are sliced from the original; every
     other layer keeps its name and weights. In inference mode the outputs equal the
-    original's up to float rounding.
+    original's up to float rounding. The source's builder record, if any, carries over with
+    ``expansion_splits=splits``.
     """
     framework = framework_of(model)
     counts = splits_per_block(splits, argument="splits")
@@ -127,7 +131,7 @@ def split_expansion(model, splits, name=None):
                 _copy_split_weights(split, branches[layer.name], groups[layer.name])
         elif layer.get_weights():
             split.get_layer(layer.name).set_weights(layer.get_weights())
-    return split
+    return with_record(split, model, expansion_splits=splits)
 
 
 def _replay(model, keras, nodes, rewrite, name=None):
@@ -158,7 +162,7 @@ def _replay(model, keras, nodes, rewrite, name=None):
             new[id(old)] = tensor
     inputs = _replace(_structure(model, "inputs"), new)
     outputs = _replace(_structure(model, "outputs"), new)
-    rebuilt = keras.Model(inputs, outputs, name=name or model.name)
+    rebuilt = functional(keras, inputs, outputs, name=name or model.name)
     if hasattr(model, "anchors"):  # SSDLite's anchor table
         rebuilt.anchors = model.anchors
     return rebuilt

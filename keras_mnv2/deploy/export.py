@@ -206,11 +206,14 @@ def serving_function(model, output="auto", anchors=None, nms=NMS()):
         raise ValueError(f"{model.name!r} ends in a softmax: it has no logits to export (build it "
                          "with classifier_activation=None, or export 'probabilities')")
     if kind == "detector" and output == "detections":
-        anchors = anchors if anchors is not None else getattr(model, "anchors", None)
+        if anchors is None:
+            from keras_mnv2.detection.ssdlite import model_anchors
+
+            anchors = model_anchors(model)
         if anchors is None:
             raise ValueError(
-                f"model {model.name!r} carries no anchors (a model reloaded from a file loses "
-                "them): pass anchors=keras_mnv2.ssdlite_anchors(input_size, ...)"
+                f"model {model.name!r} carries no anchors (no anchors attribute and no SSDLite "
+                "builder record): pass anchors=keras_mnv2.ssdlite_anchors(input_size, ...)"
             )
         anchors = np.asarray(anchors, np.float32)
         _, classes_output = _detector_outputs(
@@ -504,7 +507,8 @@ def export_tflite(model, path, mode="float32", representative_data=None, io_dtyp
             generator function; the first ``num_calibration_images`` are used).
         io_dtype: "float32", or "int8" / "uint8" for integer input and outputs (int8, qat).
         output: "auto" or one of ``OUTPUTS[model_kind(model)]``.
-        anchors: SSDLite anchors [N, 4] (cy, cx, h, w); defaults to ``model.anchors``.
+        anchors: SSDLite anchors [N, 4] (cy, cx, h, w); defaults to the model's own
+            (``model.anchors``, or its SSDLite builder record).
         nms: ``NMS`` settings of the detection post-process op.
         input_shape: (H, W, C) for a model built without a static input size.
 

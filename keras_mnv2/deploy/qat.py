@@ -12,14 +12,13 @@ weights copied by layer name. Then::
     qat_fit(qat_model, train_ds, epochs=2, loss=..., learning_rate=1e-4, run_dir="runs/x/qat")
     keras_mnv2.deploy.export.export_tflite(qat_model, "model_qat.tflite", mode="qat")
 
-The twin is rebuilt from a record of the builder's arguments that ``builder_config`` reads off
-the model itself (layer names, widths, strides, dilations, layer configs), so a model reloaded
-from a ``.keras`` file needs no side file; pass ``builder=`` and its keyword arguments to
-``tf_keras_twin`` to skip the inference.
+The twin is rebuilt from the record of the builder's arguments that every keras_mnv2 model
+carries (``builder_config``; ``keras_mnv2.record``), which a ``.keras`` round trip keeps, so a
+reloaded model needs no side file; pass ``builder=`` and its keyword arguments to
+``tf_keras_twin`` for a model without one.
 """
 
 import os
-import re
 
 import numpy as np
 
@@ -30,8 +29,6 @@ from keras_mnv2.frameworks import framework_of, get_keras
 OUTPUT_QUANTIZED = ("Resizing", "Multiply", "Subtract", "Maximum", "Minimum", "Average",
                     "Rescaling")
 _FOLDING_PRODUCERS = ("Conv2D", "DepthwiseConv2D")  # a BN after these is folded by TFMOT
-_NAME_ALPHA = re.compile(r"_(\d+\.\d+)_\d+")
-_ALPHA_GRID = np.round(np.arange(0.01, 4.0, 0.0005), 4)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -41,25 +38,22 @@ _ALPHA_GRID = np.round(np.arange(0.01, 4.0, 0.0005), 4)
 def builder_config(model):
     """Which keras_mnv2 builder made ``model`` and with which arguments: ``(builder, kwargs)``.
 
-    Read off the model's layers: the SSDLite predictors, the DeepLabV3 ``aspp0`` branch or the
-    MobileNetV2 stem tell the builder; widths (for alpha), depthwise strides and dilations (for
-    output_stride), split layers (for expansion_splits), the top, the dropout rate and the batch
-    norm momentum give the arguments. Arguments that do not change the graph (weights,
-    initializers) are left at their defaults; SSDLite anchor scales are not in the graph either
-    (``tf_keras_twin`` keeps the source model's ``anchors`` when it has them). Raises ValueError
-    when the model is not one of ours or its widths fit no alpha.
+    Read from the record the builder left on the model (``keras_mnv2.record``), which a ``.keras``
+    round trip keeps. Where the weights came from is recorded as None (the twin gets them by
+    copy). Raises ValueError when ``model`` carries no record: not built by ``MobileNetV2``,
+    ``SSDLite`` or ``DeepLabV3``, built on an ``input_tensor``, rewritten after the build
+    (``keras_mnv2.split.fold_projection_bn``), or saved by a keras_mnv2 without records.
     """
-    names = {layer.name for layer in model.layers}
-    if "class_predictor_0" in names:
-        return _ssdlite_config(model)
-    if "aspp0" in names and "logits" in names:
-        return _deeplab_config(model)
-    if "Conv1" in names or "Conv1_s0" in names:
-        return _mobilenet_config(model)
-    raise ValueError(
-        f"cannot tell which keras_mnv2 builder made model {model.name!r} (no Conv1 stem, "
-        "SSDLite predictor or DeepLabV3 head): pass builder= and its keyword arguments"
-    )
+    from keras_mnv2.record import builder_config as recorded
+
+    found = recorded(model)
+    if found is None:
+        raise ValueError(
+            f"cannot tell which keras_mnv2 builder made model {model.name!r}: it carries no "
+            "builder record (built by hand, on an input_tensor, rewritten after the build, or "
+            "saved by an older keras_mnv2); pass builder= and its keyword arguments"
+        )
+    return found
 
 
 def _get(model, name):
@@ -67,178 +61,6 @@ def _get(model, name):
         return model.get_layer(name)
     except ValueError:
         return None
-
-
-def _block_layer(model, block_id, suffix):
-    """A block's layer, or the first group's copy in a split block (``..._s0``)."""
-    prefix = "expanded_conv_" if block_id == 0 else f"block_{block_id}_"
-    return _get(model, prefix + suffix) or _get(model, prefix + suffix + "_s0")
-
-
-def _split_copies(model, name):
-    """The ``<name>_s<j>`` group copies of a split layer (empty when it is whole)."""
-    pattern = re.compile(rf"{re.escape(name)}_s\d+")
-    return [layer for layer in model.layers if pattern.fullmatch(layer.name)]
-
-
-def _expansion_splits(model):
-    """Split counts per block (block 0 splits with Conv1, the others at their expansion)."""
-    from keras_mnv2.mobilenet_v2 import block_plan
-
-    counts = []
-    for block_id in range(len(block_plan())):
-        name = "Conv1" if block_id == 0 else f"block_{block_id}_expand"
-        counts.append(max(1, len(_split_copies(model, name))))
-    return 1 if all(c == 1 for c in counts) else tuple(counts)
-
-
-def _output_stride(model):
-    from keras_mnv2.mobilenet_v2 import OUTPUT_STRIDES, block_plan
-
-    found = []
-    for block_id, *_ in block_plan():
-        layer = _block_layer(model, block_id, "depthwise")
-        if layer is None:
-            raise ValueError(f"model {model.name!r} has no depthwise layer for block {block_id}")
-        found.append((int(layer.strides[0]), int(layer.dilation_rate[0])))
-    for output_stride in OUTPUT_STRIDES[::-1]:  # None first
-        if [(s, d) for _, _, _, s, d in block_plan(output_stride)] == found:
-            return output_stride
-    raise ValueError(f"model {model.name!r}: depthwise strides/dilations {found} fit no "
-                     "output_stride")
-
-
-def _backbone_widths(model):
-    """Conv1, every block's projection and (when present) Conv_1 output channels."""
-    from keras_mnv2.mobilenet_v2 import block_plan
-
-    stem = _get(model, "Conv1")
-    widths = [int(stem.filters) if stem is not None
-              else sum(int(layer.filters) for layer in _split_copies(model, "Conv1"))]
-    for block_id, *_ in block_plan():
-        widths.append(int(_block_layer(model, block_id, "project").filters))
-    conv_1 = _get(model, "Conv_1")
-    return widths, (int(conv_1.filters) if conv_1 is not None else None)
-
-
-def _expected_widths(alpha):
-    from keras_mnv2.blocks import make_divisible
-    from keras_mnv2.mobilenet_v2 import block_plan
-
-    widths = [make_divisible(32 * alpha)]
-    widths += [make_divisible(int(c * alpha)) for _, _, c, _, _ in block_plan()]
-    return widths, (make_divisible(1280 * alpha) if alpha > 1.0 else 1280)
-
-
-def _alpha_candidates(model):
-    found = _NAME_ALPHA.search(model.name)
-    named = [float(found.group(1))] if found else []
-    return named + [0.35, 0.5, 0.75, 1.0, 1.3, 1.4] + list(_ALPHA_GRID)
-
-
-def _infer_alpha(model, accept=lambda alpha: True):
-    """The first candidate alpha reproducing the backbone widths (and passing ``accept``)."""
-    widths, last = _backbone_widths(model)
-    for alpha in _alpha_candidates(model):
-        expected, expected_last = _expected_widths(alpha)
-        if expected == widths and (last is None or last == expected_last) and accept(alpha):
-            return float(alpha)
-    return None
-
-
-def _bn_momentum(model):
-    return float((_get(model, "bn_Conv1") or _get(model, "bn_Conv1_s0")).momentum)
-
-
-def _common(model, kwargs):
-    splits = _expansion_splits(model)
-    if splits != 1:
-        kwargs["expansion_splits"] = splits
-    kwargs["bn_momentum"] = _bn_momentum(model)
-    kwargs["name"] = model.name
-    return kwargs
-
-
-def _no_alpha(model):
-    return ValueError(
-        f"model {model.name!r}: its layer widths fit no width multiplier alpha of the builder; "
-        "pass builder= and its keyword arguments"
-    )
-
-
-def _mobilenet_config(model):
-    from keras_mnv2.mobilenet_v2 import MobileNetV2
-
-    alpha = _infer_alpha(model)
-    if alpha is None:
-        raise _no_alpha(model)
-    kwargs = {"alpha": alpha, "input_shape": tuple(model.input_shape[1:]), "weights": None,
-              "output_stride": _output_stride(model)}
-    top = _get(model, "predictions")
-    kwargs["include_top"] = top is not None
-    if top is not None:
-        kwargs["classes"] = int(top.units)
-        activation = top.get_config()["activation"]
-        kwargs["classifier_activation"] = None if activation == "linear" else activation
-        dropout = _get(model, "dropout")
-        kwargs["dropout_rate"] = float(dropout.rate) if dropout is not None else 0.0
-    elif _get(model, "global_average_pooling2d") is not None:
-        kwargs["pooling"] = "avg"
-    elif _get(model, "global_max_pooling2d") is not None:
-        kwargs["pooling"] = "max"
-    return MobileNetV2, _common(model, kwargs)
-
-
-def _ssdlite_config(model):
-    from keras_mnv2.detection.ssdlite import ASPECT_RATIOS, EXTRA_DEPTHS, MIN_EXTRA_DEPTH, SSDLite
-
-    num_classes = int(model.get_layer("classes").output.shape[-1]) - 1
-    extra = [int(model.get_layer(f"extra_{i}_project").filters)
-             for i in range(1, len(EXTRA_DEPTHS) + 1)]
-
-    def default_extras(alpha):
-        return extra == [max(int(d * alpha), MIN_EXTRA_DEPTH) for d in EXTRA_DEPTHS]
-
-    alpha = _infer_alpha(model, default_extras)
-    kwargs = {}
-    if alpha is None:
-        alpha = _infer_alpha(model)
-        if alpha is None:
-            raise _no_alpha(model)
-        depths = []
-        for width in extra:  # any depth giving the same width builds the same layer
-            depth = next((d for d in range(1, 16384)
-                          if max(int(d * alpha), MIN_EXTRA_DEPTH) == width), None)
-            if depth is None:
-                raise _no_alpha(model)
-            depths.append(depth)
-        kwargs["extra_depths"] = tuple(depths)
-    boxes = int(model.get_layer("class_predictor_1").filters) // (num_classes + 1)
-    if boxes != len(ASPECT_RATIOS) + 1:
-        raise ValueError(
-            f"model {model.name!r} has {boxes} boxes per cell, not the default "
-            f"{len(ASPECT_RATIOS) + 1}: pass builder=SSDLite with its aspect_ratios"
-        )
-    kwargs.update(num_classes=num_classes, alpha=alpha, input_size=int(model.input_shape[1]))
-    return SSDLite, _common(model, kwargs)
-
-
-def _deeplab_config(model):
-    from keras_mnv2.segmentation.deeplab import DeepLabV3
-
-    alpha = _infer_alpha(model)
-    if alpha is None:
-        raise _no_alpha(model)
-    dropout = _get(model, "concat_projection_dropout")
-    kwargs = {
-        "num_classes": int(model.get_layer("logits").filters),
-        "alpha": alpha,
-        "input_shape": tuple(model.input_shape[1:]),
-        "output_stride": _output_stride(model),
-        "aspp": _get(model, "aspp1") is not None,
-        "dropout_rate": float(dropout.rate) if dropout is not None else 0.0,
-    }
-    return DeepLabV3, _common(model, kwargs)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -265,10 +87,11 @@ def tf_keras_twin(model, builder=None, check=True, **kwargs):
     Args:
         model: a Keras 3 model from ``MobileNetV2``, ``SSDLite`` or ``DeepLabV3``, or the path of
             a ``.keras`` file holding one.
-        builder: the builder to call; None infers it and its arguments (``builder_config``).
+        builder: the builder to call; None takes it and its arguments from the model's record
+            (``builder_config``).
         check: run both models on one random image and raise if their outputs differ (atol and
             rtol 1e-4): proof that the rebuild and the weight copy are right.
-        **kwargs: builder arguments; with ``builder=None`` they override the inferred ones.
+        **kwargs: builder arguments; with ``builder=None`` they override the recorded ones.
 
     Every weighted layer must be copied both ways (no layer of either model left out). SSDLite's
     ``anchors`` attribute is carried over when the source has it.
@@ -278,8 +101,8 @@ def tf_keras_twin(model, builder=None, check=True, **kwargs):
     if framework_of(model) != "keras":
         raise TypeError(f"model {model.name!r} is already a tf_keras model")
     if builder is None:
-        builder, inferred = builder_config(model)
-        kwargs = {**inferred, **kwargs}
+        builder, recorded = builder_config(model)
+        kwargs = {**recorded, **kwargs}
     kwargs.pop("framework", None)
     twin = builder(**kwargs, framework="tf_keras")
     from keras_mnv2.weights import copy_weights
@@ -323,7 +146,7 @@ def check_twin(model, twin, atol=1e-4, rtol=1e-4, seed=0):
         if np.any(diff > atol + rtol * np.abs(a)):
             raise ValueError(
                 f"twin of {model.name!r}: output {i} differs by up to {diff.max():.3g}; the "
-                "inferred builder arguments are wrong: pass builder= and its arguments"
+                "builder arguments are wrong: pass builder= and its arguments"
             )
     return worst
 

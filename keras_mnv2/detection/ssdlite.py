@@ -10,13 +10,14 @@ background); decoding and NMS live in ``keras_mnv2.detection.postprocess``.
 
 import math
 
+import keras
 import numpy as np
 
 from keras_mnv2.detection.anchors import num_boxes_per_layer, ssd_anchors
 from keras_mnv2.blocks import BN_EPSILON, BN_MOMENTUM, make_divisible
 from keras_mnv2.frameworks import get_keras
 from keras_mnv2.mobilenet_v2 import MobileNetV2, splits_per_block
-from keras_mnv2.record import functional, records_arguments
+from keras_mnv2.record import builder_config, functional, records_arguments
 
 FEATURE_TAPS = ("block_13_expand_relu", "out_relu")
 EXTRA_DEPTHS = (512, 256, 256, 128)
@@ -42,6 +43,27 @@ def ssdlite_anchors(input_size=320, min_scale=0.2, max_scale=0.95, aspect_ratios
     """The anchors (cy, cx, h, w; normalized) an SSDLite of this input size is built with."""
     return ssd_anchors(feature_map_sizes(input_size), min_scale=min_scale, max_scale=max_scale,
                        aspect_ratios=aspect_ratios)
+
+
+def anchors_from_arguments(arguments):
+    """The anchors of an SSDLite built with ``arguments`` (its record: a dict of ``SSDLite``'s
+    keyword arguments; the anchor settings missing from it take their defaults)."""
+    keys = ("min_scale", "max_scale", "aspect_ratios")
+    return ssdlite_anchors(int(arguments["input_size"]),
+                           **{key: arguments[key] for key in keys if key in arguments})
+
+
+def model_anchors(model):
+    """The anchors (np.float32 [N, 4], cy/cx/h/w) ``model``'s outputs line up with:
+    ``model.anchors`` where it has them (an SSDLite, its tf_keras twin or QAT copy), else the
+    ones its SSDLite builder record gives; None for a model with neither."""
+    anchors = getattr(model, "anchors", None)
+    if anchors is not None:
+        return np.asarray(anchors, np.float32)
+    found = builder_config(model)
+    if found is not None and found[0] is SSDLite:
+        return anchors_from_arguments(found[1])
+    return None
 
 
 def _bn_relu6(keras, x, name, bn_momentum=BN_MOMENTUM):
@@ -109,7 +131,9 @@ def SSDLite(
             5.1); block 13, whose expanded tensor is the stride-16 feature map, stays whole.
 
     The model has ``model.anchors`` (np.float32 [N, 4], cy/cx/h/w normalized), the anchors its
-    outputs line up with; ``ssdlite_anchors(input_size, ...)`` recomputes them.
+    outputs line up with; ``ssdlite_anchors(input_size, ...)`` recomputes them. The model records
+    this call (``keras_mnv2.record``): a ``.keras`` round trip rebuilds it, anchors included.
+    ``detector(model)`` is its inference form (decoding and NMS in the graph).
     """
     if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
         raise ValueError(f"num_classes must be an integer >= 1, got {num_classes!r}")
@@ -175,3 +199,117 @@ def head_layer_names(model):
     return [layer.name for layer in model.layers
             if layer.name.startswith(("extra_", "box_predictor_", "class_predictor_"))
             or layer.name in ("boxes", "classes")]
+
+
+# ----------------------------------------------------------------------------------------------
+# The inference form
+
+
+@keras.saving.register_keras_serializable(package="keras_mnv2")
+class DetectionPostProcess(keras.layers.Layer):
+    """Box decoding, scoring and NMS in the graph (``keras_mnv2.detection.postprocess``).
+
+    Takes the SSDLite outputs ``{"boxes", "classes"}`` and returns ``decode_detections``' dict.
+    The anchors are a non-trainable weight of the layer, so they save and load with the model.
+    """
+
+    def __init__(self, num_anchors, score_threshold=0.01, iou_threshold=0.6, max_detections=100,
+                 max_detections_per_class=100, mode="softmax", anchors=None, **kwargs):
+        super().__init__(**kwargs)
+        from keras_mnv2.detection.postprocess import MODES
+
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        for key, value in (("max_detections", max_detections),
+                           ("max_detections_per_class", max_detections_per_class)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"{key} must be an integer >= 1, got {value!r}")
+        for key, value in (("score_threshold", score_threshold),
+                           ("iou_threshold", iou_threshold)):
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) \
+                    or not 0 <= value <= 1:
+                raise ValueError(f"{key} must be a number in [0, 1], got {value!r}")
+        self.num_anchors = int(num_anchors)
+        self.score_threshold = float(score_threshold)
+        self.iou_threshold = float(iou_threshold)
+        self.max_detections = int(max_detections)
+        self.max_detections_per_class = int(max_detections_per_class)
+        self.mode = mode
+        self.anchors = self.add_weight(shape=(self.num_anchors, 4), initializer="zeros",
+                                       trainable=False, name="anchors", dtype="float32")
+        if anchors is not None:
+            self.anchors.assign(np.asarray(anchors, np.float32))
+
+    def call(self, outputs):
+        from keras_mnv2.detection.postprocess import decode_detections
+
+        return decode_detections(
+            outputs["boxes"], outputs["classes"], self.anchors,
+            score_threshold=self.score_threshold, iou_threshold=self.iou_threshold,
+            max_detections=self.max_detections,
+            max_detections_per_class=self.max_detections_per_class, mode=self.mode)
+
+    def compute_output_spec(self, outputs):
+        batch, k = outputs["boxes"].shape[0], self.max_detections
+        return {
+            "boxes": keras.KerasTensor((batch, k, 4), "float32"),
+            "scores": keras.KerasTensor((batch, k), "float32"),
+            "classes": keras.KerasTensor((batch, k), "int32"),
+            "num_detections": keras.KerasTensor((batch,), "int32"),
+        }
+
+    def get_config(self):
+        return {**super().get_config(), "num_anchors": self.num_anchors,
+                "score_threshold": self.score_threshold, "iou_threshold": self.iou_threshold,
+                "max_detections": self.max_detections,
+                "max_detections_per_class": self.max_detections_per_class, "mode": self.mode}
+
+
+def detector(model, score_threshold=0.01, iou_threshold=0.6, max_detections=100,
+             max_detections_per_class=100, mode="softmax", name=None):
+    """The inference form of an SSDLite: the same layers and weights with decoding and NMS added.
+
+    ``detector(model).predict(images)`` gives detections, and ``detector(model).export(path)``
+    serves them from a SavedModel. The outputs are those of ``TFLite_Detection_PostProcess``
+    (SSDLite's on-device post-process op): ``boxes`` [B, K, 4] (ymin, xmin, ymax, xmax, in [0, 1]
+    of the input), ``classes`` [B, K], ``scores`` [B, K] (descending), ``num_detections`` [B],
+    K = ``max_detections``, rows past ``num_detections`` zero. Two conventions differ from the
+    op's: ``classes`` are int32 labels 1..C as in the training data (the op's are float, 0-based:
+    label - 1), and boxes are clipped to the image. The computation is
+    ``keras_mnv2.detection.postprocess.decode_detections`` (the evaluation's path): box coder
+    (10, 10, 5, 5) against the model's anchors, ``mode`` "softmax" (background column dropped) or
+    "focal" (sigmoid) scores, class-wise NMS at ``iou_threshold`` keeping
+    ``max_detections_per_class`` per class and ``max_detections`` in all.
+
+    Args:
+        model: a Keras 3 SSDLite (built, trained, or reloaded from a ``.keras`` file); its anchors
+            come from the model (``model_anchors``).
+        name: the new model's name (default ``<model name>_detector``).
+
+    The layers are shared with ``model`` (no copy): training ``model`` further changes the
+    detector too. The result saves to ``.keras`` (the anchors are a weight of its
+    ``DetectionPostProcess`` layer). It uses TensorFlow ops: TensorFlow backend only.
+    """
+    from keras_mnv2.frameworks import framework_of
+
+    if framework_of(model) != "keras":
+        raise TypeError(f"model {model.name!r} is a tf_keras model: detector() takes the Keras 3 "
+                        "SSDLite (export a tf_keras/QAT model with keras_mnv2.deploy.export)")
+    try:
+        raw = {key: model.get_layer(key).output for key in ("boxes", "classes")}
+    except ValueError as err:
+        raise ValueError(f"model {model.name!r} is not an SSDLite (no 'boxes' and 'classes' "
+                         "output layers)") from err
+    anchors = model_anchors(model)
+    if anchors is None:
+        raise ValueError(f"model {model.name!r} carries no anchors (no anchors attribute and no "
+                         "SSDLite builder record)")
+    if anchors.shape != (int(raw["boxes"].shape[1]), 4):
+        raise ValueError(f"anchors have shape {anchors.shape}, the model predicts for "
+                         f"{raw['boxes'].shape[1]} anchors")
+    post = DetectionPostProcess(len(anchors), score_threshold=score_threshold,
+                                iou_threshold=iou_threshold, max_detections=max_detections,
+                                max_detections_per_class=max_detections_per_class, mode=mode,
+                                anchors=anchors, name="detections")
+    outputs = post(raw)
+    return keras.Model(model.inputs[0], outputs, name=name or f"{model.name}_detector")

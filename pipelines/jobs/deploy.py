@@ -122,7 +122,7 @@ class JobData:
     steps_per_epoch: int
     loss: object
     learning_rate: float  # the recipe's (peak) learning rate
-    export_kwargs: dict  # anchors/nms for the detector
+    export_kwargs: dict  # nms for the detector (anchors: the model's own)
     evaluate_keras: object  # model -> metrics dict
     evaluate_tflite: object  # path -> metrics dict
 
@@ -137,16 +137,29 @@ def _dataset_dir(metrics, job):
     return dataset
 
 
+def run_anchors(run_dir, recipe):
+    """The anchors of the run's SSDLite, from the builder record in its model file (read without
+    building the model); the recipe's input size with the default anchor settings for a file
+    saved without a record."""
+    from keras_mnv2.detection.ssdlite import anchors_from_arguments, ssdlite_anchors
+    from keras_mnv2.record import read_record
+
+    path = model_path("coco", run_dir)
+    record = read_record(path) if os.path.exists(path) else None
+    if record is not None and record[0].endswith(".SSDLite"):
+        return anchors_from_arguments(record[1])
+    return ssdlite_anchors(recipe.input_size)
+
+
 def _coco_data(run_dir, metrics, recipe):
     from keras_mnv2.detection.losses import ssd_losses
-    from keras_mnv2.detection.ssdlite import ssdlite_anchors
     from keras_mnv2.deploy import export, tflite
     from pipelines.data import coco, coco_eval
     from pipelines.jobs import detection
 
     root = _dataset_dir(metrics, "coco")
     train, val = coco.load_coco(root, "train"), coco.load_coco(root, "val")
-    anchors = ssdlite_anchors(recipe.input_size)
+    anchors = run_anchors(run_dir, recipe)
     train_ds = detection.train_dataset(coco.coco_dataset(train), recipe, anchors)
     val_source = coco.coco_dataset(val)
 
@@ -180,7 +193,7 @@ def _coco_data(run_dir, metrics, recipe):
                      score_threshold=recipe.score_threshold, iou_threshold=recipe.nms_iou)
     return JobData("coco", recipe, train_ds, max(1, train.num_images // recipe.batch_size),
                    ssd_losses(mode=recipe.class_loss), recipe.learning_rate,
-                   dict(anchors=anchors, nms=nms), evaluate_keras, evaluate_tflite)
+                   dict(nms=nms), evaluate_keras, evaluate_tflite)  # export: the model's anchors
 
 
 def _voc_data(run_dir, metrics, recipe):
