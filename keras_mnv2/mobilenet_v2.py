@@ -8,7 +8,10 @@ ImageNet weight files load unchanged.
 import os
 import re
 
+import numpy as np
+
 from keras_mnv2.blocks import conv_bn, conv_bn_layers, inverted_residual, make_divisible
+from keras_mnv2.checks import channels_last, image_shape, integer, real
 from keras_mnv2.frameworks import framework_of, get_keras
 from keras_mnv2.record import functional, records_arguments
 
@@ -29,6 +32,9 @@ IMAGENET_SIZES = (96, 128, 160, 192, 224)
 OUTPUT_STRIDES = (8, 16, 32, None)
 POOLINGS = (None, "avg", "max")
 MIN_INPUT_SIZE = 32
+# More groups than this only add layers (the saving of section 5.1 is already near its limit at
+# a few groups); 1000 would build for minutes with 21,265 layers.
+MAX_EXPANSION_SPLITS = 64
 
 
 def block_plan(output_stride=None):
@@ -64,17 +70,19 @@ def splits_per_block(expansion_splits=1, whole=(), argument="expansion_splits"):
     ``block_13_expand_relu``): their blocks keep a count of 1.
     """
     num_blocks = len(block_plan())
-    if isinstance(expansion_splits, int) and not isinstance(expansion_splits, bool):
+    if isinstance(expansion_splits, (int, np.integer)) and not isinstance(expansion_splits, bool):
         counts = [expansion_splits] * num_blocks
     elif isinstance(expansion_splits, (list, tuple)) and len(expansion_splits) == num_blocks:
         counts = list(expansion_splits)
     else:
         counts = [0]
-    if any(not isinstance(c, int) or isinstance(c, bool) or c < 1 for c in counts):
+    if any(not isinstance(c, (int, np.integer)) or isinstance(c, bool) or not
+           1 <= c <= MAX_EXPANSION_SPLITS for c in counts):
         raise ValueError(
-            f"{argument} must be an integer >= 1 or a sequence of {num_blocks} of them "
-            f"(one per block), got {expansion_splits!r}"
+            f"{argument} must be an integer >= 1 or a sequence of {num_blocks} of them (one per "
+            f"block), each at most {MAX_EXPANSION_SPLITS}, got {expansion_splits!r}"
         )
+    counts = [int(c) for c in counts]
     for name in whole:
         match = re.fullmatch(r"block_(\d+)_(expand|expand_BN|expand_relu|pad|depthwise|"
                              r"depthwise_BN|depthwise_relu|project)", name)
@@ -87,34 +95,38 @@ def splits_per_block(expansion_splits=1, whole=(), argument="expansion_splits"):
 
 
 def _validate(alpha, input_shape, include_top, weights, pooling, classes, output_stride,
-              dropout_rate):
-    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or alpha <= 0:
-        raise ValueError(f"alpha must be a number > 0, got {alpha!r}")
+              dropout_rate, classifier_activation=None, bn_momentum=0.999, shape_given=True):
+    """Checks the arguments; returns (alpha, input_shape, classes, dropout_rate, bn_momentum) as
+    Python numbers (numpy scalars accepted). One ValueError naming the argument on a problem."""
+    alpha = real(alpha, "alpha", minimum=0, low_open=True)
     if pooling not in POOLINGS:
         raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
-    if not isinstance(classes, int) or isinstance(classes, bool) or classes < 1:
-        raise ValueError(f"classes must be an integer >= 1, got {classes!r}")
+    classes = integer(classes, "classes", minimum=1)
     if output_stride not in OUTPUT_STRIDES:
         raise ValueError(f"output_stride must be one of {OUTPUT_STRIDES}, got {output_stride!r}")
-    if not 0 <= dropout_rate < 1:
-        raise ValueError(f"dropout_rate must be in [0, 1), got {dropout_rate!r}")
+    dropout_rate = real(dropout_rate, "dropout_rate", 0, 1, high_open=True)
+    bn_momentum = real(bn_momentum, "bn_momentum", 0, 1)
+    if not isinstance(include_top, (bool, np.bool_)):
+        raise ValueError(f"include_top must be True or False, got {include_top!r}")
     if input_shape is not None:
-        if len(input_shape) != 3:
+        input_shape = image_shape(input_shape, MIN_INPUT_SIZE)
+        if include_top and shape_given and None in input_shape[:2]:
+            # as keras.applications: the top is built for one static size
             raise ValueError(
-                f"input_shape must be (height, width, channels) (channels-last), got {input_shape!r}"
+                "include_top=True needs a static input_shape (height and width given), got "
+                f"{input_shape!r}; use include_top=False for any input size"
             )
-        for side in input_shape[:2]:
-            if side is not None and side < MIN_INPUT_SIZE:
-                raise ValueError(
-                    f"input_shape height and width must be at least {MIN_INPUT_SIZE} px, "
-                    f"got {input_shape!r}"
-                )
+    if weights is not None and include_top and classifier_activation not in ("softmax", None):
+        raise ValueError(
+            "with pretrained weights and include_top=True, classifier_activation must be "
+            f"'softmax' or None (as keras.applications), got {classifier_activation!r}"
+        )
     if weights == "imagenet":
         if input_shape is not None and input_shape[-1] != 3:
             raise ValueError(
                 f"weights='imagenet' needs 3-channel input, got input_shape={input_shape!r}"
             )
-        if float(alpha) not in IMAGENET_ALPHAS:
+        if alpha not in IMAGENET_ALPHAS:
             raise ValueError(
                 f"weights='imagenet' exists only for alpha in {IMAGENET_ALPHAS}, got {alpha!r}"
             )
@@ -135,6 +147,7 @@ def _validate(alpha, input_shape, include_top, weights, pooling, classes, output
         )
     elif weights is not None and not os.path.exists(weights):
         raise FileNotFoundError(f"weights file not found: {weights}")
+    return alpha, input_shape, classes, dropout_rate, bn_momentum
 
 
 @records_arguments
@@ -147,7 +160,7 @@ def MobileNetV2(
     pooling=None,
     classes=1000,
     classifier_activation="softmax",
-    dropout_rate=0.2,
+    dropout_rate=0.0,
     output_stride=None,
     name=None,
     framework="keras",
@@ -156,19 +169,30 @@ def MobileNetV2(
 ):
     """Builds MobileNetV2 and returns a functional ``keras.Model``.
 
+    The model records this call (``keras_mnv2.record``): ``model.save("x.keras")`` and
+    ``keras.saving.load_model`` rebuild it, and the QAT twin, export and split read it. Numpy
+    scalars are accepted for every number; a bad argument raises one ValueError naming it.
+
     Args:
         alpha: width multiplier (> 0). Channel counts are ``make_divisible(c * alpha, 8)``; the
             last 1x1 conv stays 1280 wide for alpha <= 1 (paper section 6.1).
         input_shape: (height, width, 3), channels-last; sides of at least 32 px or None. Defaults
             to (224, 224, 3) with the top (or with ImageNet weights), else (None, None, 3).
-        include_top: whether to end with global pooling, dropout and the classifier.
+        include_top: whether to end with global pooling and the classifier (the layer list of
+            keras.applications.MobileNetV2); needs a static input_shape.
         weights: None (random), "imagenet" (the official keras.applications file for this alpha
-            and resolution, from the Keras cache) or the path of a .weights.h5 / .h5 / .keras file.
-        input_tensor: optional Keras tensor to build on instead of a new Input.
+            and resolution, from the Keras cache) or the path of a .weights.h5 / .h5 / .keras file
+            (see ``load_weights_file``; with ``expansion_splits`` the whole-block weights are
+            sliced into the groups).
+        input_tensor: optional Keras tensor to build on instead of a new Input (its shape must
+            agree with ``input_shape`` when both are given). The model then has no builder record
+            (see ``keras_mnv2.record``).
         pooling: without the top, None (4-D feature map), "avg" or "max".
         classes: number of classes of the top.
-        classifier_activation: activation of the top ("softmax", None for logits, ...).
-        dropout_rate: dropout before the logits (training only; TF-slim uses 0.2).
+        classifier_activation: activation of the top ("softmax", None for logits, ...); with
+            pretrained weights only "softmax" or None, as keras.applications.
+        dropout_rate: > 0 adds a ``Dropout`` before the classifier (training only; TF-slim trains
+            with 0.2, as ``pipelines.jobs.classification`` does). The default 0 leaves it out.
         output_stride: None or 32 (classification), 16 or 8 (atrous convolution, for
             segmentation).
         name: model name; defaults to ``mobilenetv2_{alpha:.2f}_{rows}`` as keras.applications.
@@ -180,23 +204,36 @@ def MobileNetV2(
             group at a time (paper section 5.1, memory-efficient inference; layers
             ``block_{i}_expand_s{j}`` ... ``block_{i}_project_s{j}``, see
             ``keras_mnv2.blocks.split_branch``), or one count per block of ``block_plan()``
-            (see ``splits_per_block``). k is capped at each block's expanded width. Block 0 has
+            (see ``splits_per_block``; at most ``MAX_EXPANSION_SPLITS``). k is capped at each
+            block's expanded width. Block 0 has
             no expansion: it splits together with Conv1 (``Conv1_s{j}``, ...), whose output
             channels are its groups.
             ``keras_mnv2.split.split_expansion`` converts a trained model.
     """
     keras = get_keras(framework)
     layers = keras.layers
-    if input_shape is not None:
-        input_shape = tuple(input_shape)
-    _validate(alpha, input_shape, include_top, weights, pooling, classes, output_stride,
-              dropout_rate)
+    channels_last(keras)
+    alpha, input_shape, classes, dropout_rate, bn_momentum = _validate(
+        alpha, input_shape, include_top, weights, pooling, classes, output_stride, dropout_rate,
+        classifier_activation, bn_momentum)
     splits = splits_per_block(expansion_splits)
 
     if input_tensor is not None:
+        if not hasattr(input_tensor, "shape") or len(input_tensor.shape) != 4:
+            raise ValueError(
+                f"input_tensor must be a 4-D Keras tensor (batch, height, width, channels), got "
+                f"{input_tensor!r}"
+            )
         tensor_shape = tuple(input_tensor.shape[1:])
+        if input_shape is not None and any(
+                a is not None and b is not None and a != b
+                for a, b in zip(input_shape, tensor_shape)):
+            raise ValueError(
+                f"input_tensor has shape {tensor_shape}, which conflicts with input_shape="
+                f"{input_shape}; pass one of them, or the same shape"
+            )
         _validate(alpha, tensor_shape, include_top, weights, pooling, classes, output_stride,
-                  dropout_rate)
+                  dropout_rate, classifier_activation, bn_momentum, shape_given=False)
         input_shape = tensor_shape
     elif input_shape is None:
         input_shape = (224, 224, 3) if include_top or weights == "imagenet" else (None, None, 3)
@@ -236,10 +273,18 @@ def MobileNetV2(
         name = f"mobilenetv2_{alpha:0.2f}_{rows}"
     model = functional(keras, inputs, x, name=name)
 
-    if weights == "imagenet":
-        model.load_weights(imagenet_weights_path(alpha, rows, include_top))
-    elif weights is not None:
-        load_weights_file(model, weights)
+    if weights is not None:
+        path = imagenet_weights_path(alpha, rows, include_top) if weights == "imagenet" \
+            else weights
+
+        def unsplit():  # the same model with whole blocks, for files that hold that form
+            return MobileNetV2.__wrapped__(
+                alpha=alpha, input_shape=input_shape, include_top=include_top, weights=None,
+                pooling=pooling, classes=classes, classifier_activation=classifier_activation,
+                dropout_rate=dropout_rate, output_stride=output_stride, framework=framework,
+                bn_momentum=bn_momentum)
+
+        load_weights_file(model, path, unsplit=unsplit if max(splits) > 1 else None)
     return model
 
 
@@ -279,23 +324,75 @@ def imagenet_weights_path(alpha, rows, include_top=True):
         ) from err
 
 
-def load_weights_file(model, path):
-    """Loads a .weights.h5, legacy .h5 or .keras file into ``model`` (matched by layer name for .h5
-    files written by keras.applications or tf_keras; by structure for Keras 3 files)."""
+def load_weights_file(model, path, unsplit=None):
+    """Loads a .weights.h5, legacy .h5 or .keras file into ``model``.
+
+    Legacy .h5 files (keras.applications, tf_keras) load by layer order, as keras.applications
+    loads them; .weights.h5 files by layer name; .keras files by layer name through
+    ``copy_weights``. A model with split-expansion blocks (paper section 5.1) cannot take a file
+    of the whole-block form directly: ``unsplit()`` then builds the whole-block model, the file
+    loads into it, and ``keras_mnv2.split.split_expansion`` slices its weights into ``model``.
+    Raises FileNotFoundError or ValueError naming the file (missing, wrong extension, not an
+    HDF5 / Keras zip file).
+    """
+    import zipfile
+
+    import h5py
+
+    from keras_mnv2.weights import copy_weights
+
     path = os.fspath(path)
+    name = os.path.basename(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"weights file not found: {path}")
     if path.endswith(".keras"):
-        from keras_mnv2.weights import copy_weights
         import keras
 
-        copy_weights(keras.saving.load_model(path, compile=False), model)
-    elif path.endswith(".weights.h5") or path.endswith(".h5"):
-        model.load_weights(path)
-    else:
-        raise ValueError(
-            f"weights file must end in .weights.h5, .h5 or .keras, got {os.path.basename(path)}"
-        )
+        if not zipfile.is_zipfile(path):
+            raise ValueError(f"weights file {path} is not a .keras model file (not a zip "
+                             "archive: corrupt, truncated or another format)")
+        try:
+            source = keras.saving.load_model(path, compile=False)
+        except Exception as err:  # keras says little more than "File not found" here
+            raise ValueError(f"weights file {path} could not be loaded as a Keras model: "
+                             f"{type(err).__name__}: {err}") from err
+        if unsplit is not None and not _has_split_layers(layer.name for layer in source.layers):
+            from keras_mnv2.split import split_expansion
+
+            source = split_expansion(source, _split_counts(model))
+        copy_weights(source, model)
+        return
+    if not (path.endswith(".weights.h5") or path.endswith(".h5")):
+        raise ValueError(f"weights file must end in .weights.h5, .h5 or .keras, got {name}")
+    if not h5py.is_hdf5(path):
+        raise ValueError(f"weights file {path} is not an HDF5 file (corrupt, truncated or "
+                         "another format)")
+    if unsplit is not None:
+        with h5py.File(path, "r") as f:
+            keys = []
+            f.visit(keys.append)
+        if not _has_split_layers(key.split("/")[-1] for key in keys) and not _has_split_layers(
+                part for key in keys for part in key.split("/")):
+            from keras_mnv2.split import split_expansion
+
+            whole = unsplit()
+            whole.load_weights(path)
+            copy_weights(split_expansion(whole, _split_counts(model)), model)
+            return
+    model.load_weights(path)
+
+
+def _has_split_layers(names):
+    return any(re.fullmatch(r"(Conv1|block_\d+_expand)_s\d+", name) for name in names)
+
+
+def _split_counts(model):
+    """Split counts per block of a model in split form (1 for whole blocks)."""
+    from keras_mnv2.split import split_blocks
+
+    found = split_blocks(model)
+    return tuple(found.get("expanded_conv_" if block_id == 0 else f"block_{block_id}_", 1)
+                 for block_id, *_ in block_plan())
 
 
 def feature_extractor(model, layer_names=("block_13_expand_relu", "out_relu"), name=None):

@@ -114,7 +114,10 @@ def test_pooling_and_top_shapes():
     top = keras_mnv2.MobileNetV2(alpha=0.35, input_shape=(96, 96, 3), classes=5,
                                  classifier_activation=None)
     assert top.output_shape == (None, 5)
-    assert top.get_layer("dropout").rate == 0.2
+    assert "dropout" not in [layer.name for layer in top.layers]  # as keras.applications
+    with_dropout = keras_mnv2.MobileNetV2(alpha=0.35, input_shape=(96, 96, 3), classes=5,
+                                          dropout_rate=0.2)
+    assert with_dropout.get_layer("dropout").rate == 0.2
     assert top.name == "mobilenetv2_0.35_96"
 
 

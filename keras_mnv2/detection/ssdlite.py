@@ -15,6 +15,7 @@ import numpy as np
 
 from keras_mnv2.detection.anchors import num_boxes_per_layer, ssd_anchors
 from keras_mnv2.blocks import BN_EPSILON, BN_MOMENTUM, make_divisible
+from keras_mnv2.checks import integer, real
 from keras_mnv2.frameworks import get_keras
 from keras_mnv2.mobilenet_v2 import MobileNetV2, splits_per_block
 from keras_mnv2.record import builder_config, functional, records_arguments
@@ -135,17 +136,27 @@ def SSDLite(
     this call (``keras_mnv2.record``): a ``.keras`` round trip rebuilds it, anchors included.
     ``detector(model)`` is its inference form (decoding and NMS in the graph).
     """
-    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
-        raise ValueError(f"num_classes must be an integer >= 1, got {num_classes!r}")
-    if not isinstance(input_size, int) or input_size < 64:
-        raise ValueError(f"input_size must be an integer >= 64 (px), got {input_size!r}")
-    if len(extra_depths) != len(EXTRA_DEPTHS):
+    num_classes = integer(num_classes, "num_classes", minimum=1)
+    try:
+        input_size = integer(input_size, "input_size", minimum=64)
+    except ValueError:
+        raise ValueError(f"input_size must be an integer >= 64 (px), got {input_size!r}") from None
+    alpha = real(alpha, "alpha", minimum=0, low_open=True)
+    min_scale = real(min_scale, "min_scale", 0, 1, low_open=True)
+    max_scale = real(max_scale, "max_scale", min_scale, 1)
+    if isinstance(extra_depths, (str, bytes)) or not hasattr(extra_depths, "__len__") \
+            or len(extra_depths) != len(EXTRA_DEPTHS):
         raise ValueError(
             f"extra_depths must have {len(EXTRA_DEPTHS)} entries (six feature maps in all), "
             f"got {extra_depths!r}"
         )
-    if background_prior is not None and not 0 < background_prior < 1:
-        raise ValueError(f"background_prior must be in (0, 1) or None, got {background_prior!r}")
+    extra_depths = tuple(integer(d, "extra_depths entries", minimum=1) for d in extra_depths)
+    if background_prior is not None:
+        try:
+            background_prior = real(background_prior, "background_prior", 0, 1, True, True)
+        except ValueError:
+            raise ValueError(f"background_prior must be in (0, 1) or None, got "
+                             f"{background_prior!r}") from None
     keras = get_keras(framework)
     layers = keras.layers
 

@@ -26,6 +26,7 @@ Keras 3 model and its tf_keras twin, and TFMOT's ``quantize_model`` all see plai
 """
 
 from keras_mnv2.blocks import BN_EPSILON, BN_MOMENTUM, make_divisible
+from keras_mnv2.checks import image_shape, integer, real
 from keras_mnv2.frameworks import get_keras
 from keras_mnv2.mobilenet_v2 import MIN_INPUT_SIZE, MobileNetV2
 from keras_mnv2.record import functional, records_arguments
@@ -46,37 +47,27 @@ def deeplab_atrous_rates(output_stride):
     return tuple(rate * 16 // output_stride for rate in _BASE_RATES)
 
 
-def _validate(num_classes, alpha, input_shape, output_stride, aspp, dropout_rate):
-    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
-        raise ValueError(f"num_classes must be an integer >= 1, got {num_classes!r}")
-    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or alpha <= 0:
-        raise ValueError(f"alpha must be a number > 0, got {alpha!r}")
+def _validate(num_classes, alpha, input_shape, output_stride, aspp, dropout_rate, bn_momentum):
+    """Checks the arguments; returns (num_classes, alpha, input_shape, dropout_rate,
+    bn_momentum) as Python numbers (numpy scalars accepted)."""
+    num_classes = integer(num_classes, "num_classes", minimum=1)
+    alpha = real(alpha, "alpha", minimum=0, low_open=True)
     if output_stride not in DEEPLAB_OUTPUT_STRIDES:
         raise ValueError(
             f"output_stride must be one of {DEEPLAB_OUTPUT_STRIDES}, got {output_stride!r}"
         )
     if not isinstance(aspp, bool):
         raise ValueError(f"aspp must be True or False, got {aspp!r}")
-    if isinstance(dropout_rate, bool) or not isinstance(dropout_rate, (int, float)) \
-            or not 0 <= dropout_rate < 1:
-        raise ValueError(f"dropout_rate must be a number in [0, 1), got {dropout_rate!r}")
-    if input_shape is None or len(input_shape) != 3:
+    dropout_rate = real(dropout_rate, "dropout_rate", 0, 1, high_open=True)
+    bn_momentum = real(bn_momentum, "bn_momentum", 0, 1)
+    if input_shape is not None and not isinstance(input_shape, (str, bytes)) and hasattr(
+            input_shape, "__len__") and len(input_shape) == 3 and None in tuple(input_shape):
         raise ValueError(
-            f"input_shape must be (height, width, channels) (channels-last), got {input_shape!r}"
+            "DeepLabV3 needs a static input size (the image pooling and the final "
+            f"upsampling are built for it); input_shape has a None side: {input_shape!r}"
         )
-    for side in input_shape:
-        if side is None:
-            raise ValueError(
-                "DeepLabV3 needs a static input size (the image pooling and the final "
-                f"upsampling are built for it); input_shape has a None side: {input_shape!r}"
-            )
-        if not isinstance(side, int) or isinstance(side, bool) or side < 1:
-            raise ValueError(f"input_shape must hold positive integers, got {input_shape!r}")
-    if min(input_shape[:2]) < MIN_INPUT_SIZE:
-        raise ValueError(
-            f"input_shape height and width must be at least {MIN_INPUT_SIZE} px, "
-            f"got {input_shape!r}"
-        )
+    input_shape = image_shape(input_shape, MIN_INPUT_SIZE, static=True)
+    return num_classes, alpha, input_shape, dropout_rate, bn_momentum
 
 
 def _conv_bn_relu(keras, x, kernel_size, name, dilation=1, bn_momentum=BN_MOMENTUM):
@@ -135,9 +126,8 @@ def DeepLabV3(
     Returns a model from images [B, H, W, C] to float32 per-pixel logits
     [B, H, W, num_classes] (no softmax).
     """
-    if input_shape is not None:
-        input_shape = tuple(input_shape)
-    _validate(num_classes, alpha, input_shape, output_stride, aspp, dropout_rate)
+    num_classes, alpha, input_shape, dropout_rate, bn_momentum = _validate(
+        num_classes, alpha, input_shape, output_stride, aspp, dropout_rate, bn_momentum)
     keras = get_keras(framework)
     layers = keras.layers
 
