@@ -72,6 +72,12 @@ def test_official_imagenet_file_loads_from_keras_cache(offline_keras_home, image
     model = keras_mnv2.MobileNetV2(alpha=0.35, input_shape=(96, 96, 3), weights="imagenet")
     x = images()
     np.testing.assert_allclose(model.predict(x, verbose=0), legacy.predict(x, verbose=0), atol=1e-5)
+    # split-expansion form: the file loads into the whole-block model, then is sliced by name
+    split = keras_mnv2.MobileNetV2(alpha=0.35, input_shape=(96, 96, 3), weights="imagenet",
+                                   expansion_splits=3)
+    assert "block_1_expand_s2" in [layer.name for layer in split.layers]
+    np.testing.assert_allclose(split.predict(x, verbose=0), legacy.predict(x, verbose=0),
+                               atol=1e-5)
 
 
 def test_imagenet_weights_offline_error_says_which_file_where(offline_keras_home, monkeypatch):
@@ -211,3 +217,61 @@ def test_wrong_weights_extension(tmp_path):
     path.write_bytes(b"0")
     with pytest.raises(ValueError, match=r"\.weights\.h5, \.h5 or \.keras"):
         keras_mnv2.MobileNetV2(weights=str(path))
+
+
+def test_split_model_from_a_whole_block_keras_file(tmp_path, images):
+    model = keras_mnv2.MobileNetV2(alpha=0.35, input_shape=(64, 64, 3), classes=4,
+                                   bn_momentum=0.0)
+    x = images(4, size=64)
+    model(x, training=True)  # batch-norm statistics of real activations
+    path = str(tmp_path / "whole.keras")
+    model.save(path)
+    split = keras_mnv2.MobileNetV2(alpha=0.35, input_shape=(64, 64, 3), classes=4,
+                                   bn_momentum=0.0, weights=path, expansion_splits=(2,) * 17)
+    assert "block_5_project_s1" in [layer.name for layer in split.layers]
+    np.testing.assert_allclose(split(x, training=False), model(x, training=False), atol=1e-5)
+
+
+@pytest.mark.parametrize("suffix", [".h5", ".weights.h5", ".keras"])
+def test_garbage_weights_file_is_named(tmp_path, suffix):
+    path = tmp_path / f"garbage{suffix}"
+    path.write_bytes(b"this is not a weights file" * 10)
+    with pytest.raises(ValueError, match=f"weights file .*garbage{suffix} is not an? "):
+        keras_mnv2.MobileNetV2(alpha=0.35, input_shape=(64, 64, 3), weights=str(path),
+                               classes=3)
+
+
+@pytest.mark.parametrize(
+    "kwargs,pattern",
+    [
+        (dict(alpha=float("nan")), r"alpha must be a number > 0 \(and finite\), got nan"),
+        (dict(alpha=float("inf")), r"alpha must be a number > 0 \(and finite\), got inf"),
+        (dict(input_shape=(96, 96, 0)), "channels must be positive integers"),
+        (dict(input_shape=("96", 96, 3)), "height and width must be positive integers"),
+        (dict(input_shape=(96.0, 96, 3)), "height and width must be positive integers"),
+        (dict(input_shape=(3, 224, 224)), r"looks channels-first.*\(224, 224, 3\)"),
+        (dict(input_shape=(3, None, None), include_top=False), "looks channels-first"),
+        (dict(dropout_rate=None), r"dropout_rate must be a number in \[0, 1\), got None"),
+        (dict(bn_momentum=5), r"bn_momentum must be a number in \[0, 1\], got 5"),
+        (dict(expansion_splits=1000), "each at most 64, got 1000"),
+        (dict(include_top="yes"), "include_top must be True or False"),
+    ],
+)
+def test_bad_builder_arguments_get_one_clear_error(kwargs, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        keras_mnv2.MobileNetV2(**{"alpha": 0.35, **kwargs})
+
+
+def test_numpy_scalars_are_accepted(images):
+    model = keras_mnv2.MobileNetV2(alpha=np.float32(0.35), input_shape=(np.int64(64), 64, 3),
+                                   classes=np.int64(3), dropout_rate=np.float64(0.1),
+                                   bn_momentum=np.float32(0.9), expansion_splits=np.int64(2))
+    assert model.name == "mobilenetv2_0.35_64" and model.output_shape == (None, 3)
+    detector = keras_mnv2.SSDLite(np.int64(3), alpha=np.float32(0.35), input_size=np.int64(96))
+    assert detector.anchors.shape[0] == detector.output["boxes"].shape[1]
+
+
+def test_channels_first_setting_is_refused(monkeypatch):
+    monkeypatch.setattr(keras.backend, "image_data_format", lambda: "channels_first")
+    with pytest.raises(ValueError, match="builds channels-last models.*'channels_first'"):
+        keras_mnv2.MobileNetV2(alpha=0.35, input_shape=(64, 64, 3))

@@ -290,3 +290,24 @@ def test_qat_of_a_split_model_agrees_with_the_unsplit_one(tmp_path):
     assert error["split"].mean() < 2.0 * error["whole"].mean()
     assert diff.mean() < 2.0 * error["whole"].mean()
     assert error["split"].max() < 3.0 * error["whole"].max()
+
+
+def test_split_model_records_its_expansion_splits(tmp_path, images):
+    from keras_mnv2.record import builder_config
+
+    model = _trained_like(keras_mnv2.MobileNetV2(alpha=0.35, input_shape=(SIZE, SIZE, 3),
+                                                 classes=3, bn_momentum=0.0))
+    split = split_expansion(model, 3)
+    builder, arguments = builder_config(split)
+    assert builder is keras_mnv2.MobileNetV2 and arguments["expansion_splits"] == 3
+    rebuilt = builder(**arguments)  # the record builds the split graph itself
+
+    def layers(m):
+        return [(type(layer).__name__, layer.name) for layer in m.layers[1:]]
+
+    assert layers(rebuilt) == layers(split)
+    path = str(tmp_path / "split.keras")
+    split.save(path)
+    reloaded = keras.saving.load_model(path)
+    x = images(n=2, size=SIZE)
+    np.testing.assert_allclose(reloaded(x), model(x), atol=1e-5)

@@ -85,3 +85,56 @@ def test_bn_momentum_reaches_backbone_and_head():
     assert model.get_layer("block_5_project_BN").momentum == 0.9
     assert model.get_layer("class_predictor_2_depthwise_BN").momentum == 0.9
     assert keras_mnv2.MobileNetV2(alpha=0.35).get_layer("bn_Conv1").momentum == 0.999
+
+
+def test_detector_gives_the_evaluation_path_detections(tmp_path):
+    """The inference form (decoding and NMS in the graph) against decode_detections on the raw
+    outputs, directly and after a .keras round trip of the detector."""
+    import keras
+
+    from keras_mnv2.detection import detector
+    from keras_mnv2.detection.postprocess import decode_detections
+    from test_export import pattern_images, spread_ssdlite
+
+    model = spread_ssdlite()
+    inference = detector(model, score_threshold=0.3, max_detections=20)
+    x, _ = pattern_images(per_class=1)
+    got = inference.predict(x, verbose=0)
+    raw = model.predict(x, verbose=0)
+    expected = decode_detections(raw["boxes"], raw["classes"], model.anchors,
+                                 score_threshold=0.3, max_detections=20)
+    assert set(got) == {"boxes", "classes", "scores", "num_detections"}
+    assert got["boxes"].shape == (4, 20, 4) and got["classes"].dtype == np.int32
+    print("detections per image", got["num_detections"])
+    assert got["num_detections"].min() > 0 and got["scores"][:, 0].min() > 0.3
+    for key in expected:
+        np.testing.assert_allclose(got[key], np.asarray(expected[key]), atol=1e-5, err_msg=key)
+
+    path = str(tmp_path / "detector.keras")
+    inference.save(path)
+    reloaded = keras.saving.load_model(path)
+    np.testing.assert_array_equal(reloaded.get_layer("detections").anchors.numpy(), model.anchors)
+    again = reloaded.predict(x, verbose=0)
+    for key in expected:
+        np.testing.assert_allclose(again[key], got[key], atol=1e-6, err_msg=key)
+
+    with pytest.raises(ValueError, match="not an SSDLite"):
+        detector(keras_mnv2.MobileNetV2(alpha=0.35, input_shape=(64, 64, 3), classes=3))
+    with pytest.raises(ValueError, match="iou_threshold must be a number in"):
+        detector(model, iou_threshold=2)
+
+
+@pytest.mark.slow
+def test_detector_export_serves_detections(tmp_path):
+    import tensorflow as tf
+
+    from keras_mnv2.detection import detector
+    from test_export import pattern_images, spread_ssdlite
+
+    inference = detector(spread_ssdlite(), score_threshold=0.3, max_detections=10)
+    x, _ = pattern_images(per_class=1)
+    expected = inference.predict(x, verbose=0)
+    inference.export(str(tmp_path / "served"), verbose=False)
+    served = tf.saved_model.load(str(tmp_path / "served")).serve(tf.constant(x))
+    for key, value in expected.items():
+        np.testing.assert_allclose(np.asarray(served[key]), value, atol=1e-5, err_msg=key)
