@@ -135,6 +135,7 @@ def test_detector_export_serves_detections(tmp_path):
     x, _ = pattern_images(per_class=1)
     expected = inference.predict(x, verbose=0)
     inference.export(str(tmp_path / "served"), verbose=False)
-    served = tf.saved_model.load(str(tmp_path / "served")).serve(tf.constant(x))
+    archive = tf.saved_model.load(str(tmp_path / "served"))  # kept: it owns the variables
+    served = archive.serve(tf.constant(x))
     for key, value in expected.items():
         np.testing.assert_allclose(np.asarray(served[key]), value, atol=1e-5, err_msg=key)
