@@ -38,7 +38,7 @@ def _perturbed(model, seed=3):
 def test_keras_round_trip_keeps_what_export_and_qat_need(kind, tmp_path):
     builder, kwargs = CASES[kind]
     model = _perturbed(builder(**kwargs))
-    path = str(tmp_path / f"{kind}.keras")
+    path = str(tmp_path / "last.keras")  # the file name a detection run writes
     model.save(path)
     reloaded = keras.saving.load_model(path)  # no custom_objects
     assert isinstance(reloaded, BuiltModel) and reloaded.name == model.name
@@ -65,6 +65,9 @@ def test_keras_round_trip_keeps_what_export_and_qat_need(kind, tmp_path):
         np.testing.assert_array_equal(twin.anchors, expected)
         del reloaded.anchors  # the record alone still gives them
         np.testing.assert_array_equal(model_anchors(reloaded), expected)
+        from pipelines.jobs.deploy import run_anchors  # the deploy commands: read off the file
+
+        np.testing.assert_array_equal(run_anchors(str(tmp_path), recipe=None), expected)
 
 
 def test_record_holds_every_builder_argument():
