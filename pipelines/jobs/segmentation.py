@@ -376,6 +376,10 @@ def run(voc_dir=None, sbd_dir=None, run_dir="runs/voc", recipe=None, backbone_we
                          skip_bad=recipe.skip_bad)
     val = voc.load_voc(voc_dir, val_split, class_names=class_names, skip_bad=recipe.skip_bad)
     voc.check_disjoint(train, val)
+    # before any model is built: every val mask in full (a bad one would otherwise stop the run
+    # after training, without metrics), the train masks' kind and size from their headers
+    voc.check_examples(val, labels=True)
+    voc.check_examples(train, labels=False)
     print(train.report())
     print(val.report())
     num_classes = len(class_names)
