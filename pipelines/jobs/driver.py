@@ -23,6 +23,7 @@ import math
 import numbers
 import os
 import re
+import signal
 import sys
 
 import keras
@@ -38,6 +39,31 @@ class NoTrainingError(ValueError):
     """An epoch that trained zero steps (no usable training images)."""
 
 
+# For the kill tests (tests/test_faults.py): "<point>@<epoch>" makes the process SIGKILL itself at
+# that point of that epoch (0-based): "batch" (after the epoch's 2nd step), or with the new
+# content written under the temporary name and not yet renamed: "history", "checkpoint",
+# "state-weights"; or "state" (the weights file renamed, its metadata not yet written).
+KILL_AT_ENV = "KERAS_MNV2_KILL_AT"
+
+
+def _kill_point(point, epoch):
+    if os.environ.get(KILL_AT_ENV) == f"{point}@{epoch}":
+        print(f"\n{KILL_AT_ENV}: killing the process at {point}, epoch {epoch + 1}", flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _write_text(path, text, before_rename=None):
+    """``write_atomic`` with a hook between the write and the rename (the kill tests)."""
+    tmp = _temporary(path)
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    if before_rename is not None:
+        before_rename()
+    os.replace(tmp, path)
+
+
 def _temporary(path):
     """The temporary name ``path`` is written under before the rename (same folder, same suffix,
     so that Keras accepts it: ``last.keras`` -> ``.last.tmp.keras``)."""
@@ -46,10 +72,12 @@ def _temporary(path):
     return os.path.join(folder, f".{stem}.tmp{dot}{suffix}")
 
 
-def save_model(model, path):
+def save_model(model, path, before_rename=None):
     """``model.save(path)`` through a temporary file and a rename: never half a model."""
     tmp = _temporary(path)
     model.save(tmp)
+    if before_rename is not None:
+        before_rename()
     os.replace(tmp, path)
     return path
 
@@ -148,7 +176,7 @@ class HistoryLog(keras.callbacks.Callback):
         for key, value in logs.items():
             row[key] = _format_value(value)
         rows.append(row)
-        _write_rows(self.path, header, rows)
+        _write_rows(self.path, header, rows, lambda: _kill_point("history", epoch))
 
 
 def _format_value(value):
@@ -172,13 +200,13 @@ def _read_rows(path):
     return header, rows
 
 
-def _write_rows(path, header, rows):
+def _write_rows(path, header, rows, before_rename=None):
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=header, restval="NA", extrasaction="ignore",
                             lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    write_atomic(path, out.getvalue())
+    _write_text(path, out.getvalue(), before_rename)
 
 
 def cut_history(run_dir, epochs_done):
@@ -210,7 +238,7 @@ class AtomicCheckpoint(keras.callbacks.Callback):
         self.path = path
 
     def on_epoch_end(self, epoch, logs=None):
-        save_model(self.model, self.path)
+        save_model(self.model, self.path, lambda: _kill_point("checkpoint", epoch))
 
 
 class ResumeState(keras.callbacks.Callback):
@@ -276,9 +304,11 @@ class ResumeState(keras.callbacks.Callback):
         path = os.path.join(self.backup_dir, name)
         tmp = _temporary(path)
         self.model.save_weights(tmp, overwrite=True)
+        _kill_point("state-weights", epoch)
         os.replace(tmp, path)
-        write_atomic(self.metadata_path, json.dumps({"epoch": epoch + 1, "batch": 0,
-                                                     "weights": name}))
+        _kill_point("state", epoch)
+        _write_text(self.metadata_path, json.dumps({"epoch": epoch + 1, "batch": 0,
+                                                    "weights": name}))
         for entry in os.listdir(self.backup_dir):  # older states, and temporary leftovers
             if entry != name and entry.endswith(".weights.h5"):
                 os.remove(os.path.join(self.backup_dir, entry))
@@ -292,13 +322,17 @@ class StepCounter(keras.callbacks.Callback):
         super().__init__()
         self.steps = 0
         self.total = 0
+        self.epoch = 0
 
     def on_epoch_begin(self, epoch, logs=None):
         self.steps = 0
+        self.epoch = epoch
 
     def on_train_batch_end(self, batch, logs=None):
         self.steps += 1
         self.total += 1
+        if self.steps == 2:
+            _kill_point("batch", self.epoch)
 
     def on_epoch_end(self, epoch, logs=None):
         if self.steps == 0:
