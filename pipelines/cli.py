@@ -158,10 +158,23 @@ def _eval(args):
                                 run_dir=args.run_dir)
         return 0
     else:
+        _check_model_file(args.model)
         run_dir = args.run_dir or os.path.dirname(os.path.abspath(args.model))
         result = deploy.evaluate_keras(args.job, args.model, run_dir)
     print(json.dumps(result, indent=2))
     return 0
+
+
+def _check_model_file(path):
+    """Raises naming ``path`` when it is missing or not a .keras archive (a zip)."""
+    import os
+    import zipfile
+
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"model file not found: {path}")
+    if path.endswith(".keras") and not zipfile.is_zipfile(path):
+        raise ValueError(f"{path} is not a .keras model file (not a zip archive: cut short, or "
+                         "another kind of file)")
 
 
 def _imagenet_data_flags(parser):
