@@ -340,3 +340,26 @@ def test_disk_full_is_one_line_saying_what_to_do():
     line = cli.error_line(err)
     assert "disk is full while writing runs/coco/.last.tmp.keras" in line
     assert "run the same command again" in line
+
+
+def test_tflite_checked_against_the_run_before_evaluating(tmp_path):
+    import keras
+
+    from keras_mnv2.deploy import tflite
+    from pipelines.jobs import deploy
+
+    model = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.GlobalAveragePooling2D(),
+                              keras.layers.Dense(3)])
+    path = tmp_path / "model.tflite"
+    path.write_bytes(tflite.convert_float(model))
+    images = np.zeros((2, 32, 32, 3), np.float32)
+    deploy.check_tflite(str(path), images, 3, "*")  # fits
+    with pytest.raises(ValueError) as info:
+        deploy.check_tflite(str(path), np.zeros((2, 48, 48, 3), np.float32), 5, "*")
+    message = str(info.value)
+    assert "its input is 32x32x3 but the run's images are 48x48x3" in message
+    assert "has 3 classes but the run has 5" in message and "keras-mnv2 export" in message
+    garbage = tmp_path / "garbage.tflite"
+    garbage.write_bytes(b"\0" * 64)
+    with pytest.raises(ValueError, match="garbage.tflite cannot be read as a TFLite model"):
+        deploy.check_tflite(str(garbage), images)
