@@ -125,8 +125,10 @@ def prepare_run_dir(run_dir, recipe=None):
         except (OSError, ValueError) as err:
             raise RunDirError(f"{path} cannot be read ({err}): remove it if the run's recipe is "
                               "the one given, or give another --run-dir") from None
-        differ = [f"{name}: {saved.get(name, '(absent)')!r} in the run, {wanted.get(name, '(absent)')!r} now"
-                  for name in sorted(set(saved) | set(wanted)) if saved.get(name) != wanted.get(name)]
+        differ = [f"{name}: {saved.get(name, '(absent)')!r} in the run, "
+                  f"{wanted.get(name, '(absent)')!r} now"
+                  for name in sorted(set(saved) | set(wanted))
+                  if saved.get(name) != wanted.get(name)]
         if differ:
             raise RunDirError(f"run dir {run_dir} holds a run of another recipe ("
                               + "; ".join(differ) + "): give a new --run-dir to train this one, "
