@@ -371,9 +371,9 @@ def coco_dataset(
     An image whose decoded height and width differ from its record in the JSON (whose boxes
     would be normalized by the wrong size) is skipped and counted the same way, or, with
     ``size_mismatch="stop"``, stops the pipeline with a ``CocoFormatError`` naming it (wrapped
-    in TensorFlow's ``InvalidArgumentError``). ``shuffle`` shuffles the image order (all images, with
-    ``seed``, reshuffled each iteration); ``deterministic=False`` lets the parallel decode return
-    images out of order for speed.
+    in TensorFlow's ``InvalidArgumentError``). ``shuffle`` shuffles the image order (all images,
+    with ``seed``, reshuffled each iteration); ``deterministic=False`` lets the parallel decode
+    return images out of order for speed.
     """
     if size_mismatch not in SIZE_MISMATCH:
         raise ValueError(f"size_mismatch must be 'skip' or 'stop', got {size_mismatch!r}")

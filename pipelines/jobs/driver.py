@@ -32,7 +32,8 @@ from pipelines.manifest import write_atomic
 
 
 class RunDirError(ValueError):
-    """A run directory that cannot be used (not writable, a file, another recipe's, broken state)."""
+    """A run directory that cannot be used: not writable, a file, another recipe's, or a broken
+    resume state."""
 
 
 class NoTrainingError(ValueError):
