@@ -1,8 +1,54 @@
 """The ``keras-mnv2`` command line."""
 
 import argparse
+import errno
+import re
 import sys
 
+
+def parse_bool(text):
+    """A strict boolean flag value: 1/true/yes/on or 0/false/no/off (any case); else an error."""
+    value = str(text).strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false (1/0, yes/no), got {text!r}")
+
+
+# The ones our readers raise inside tf.data (py_function), found again in TensorFlow's message.
+_WRAPPED = re.compile(r"\b((?:Voc|Coco)FormatError|FileNotFoundError|ValueError): (.+)")
+
+
+def error_line(err):
+    """One line for an expected failure: the message naming the file or argument, without
+    TensorFlow's wrapping (an error raised inside the input pipeline)."""
+    import tensorflow as tf
+
+    if isinstance(err, tf.errors.OpError):
+        found = _WRAPPED.search(err.message or "")
+        if found:
+            return found.group(2).strip().rstrip(".")
+        if isinstance(err, tf.errors.NotFoundError):
+            return err.message.splitlines()[0].split(" [Op:")[0]
+        return f"{type(err).__name__}: {(err.message or '').splitlines()[0]}"
+    if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+        where = f" while writing {err.filename}" if err.filename else ""
+        return (f"the disk is full{where}: free some space and run the same command again (a "
+                "training run resumes from its last finished epoch; no file is left half "
+                "written)")
+    if isinstance(err, OSError) and not isinstance(err, FileNotFoundError) and err.filename:
+        return f"{err.filename}: {err.strerror or err}"
+    text = str(err).strip()
+    if isinstance(err, KeyError):
+        text = f"missing key {text}"
+    return text.splitlines()[0] if len(text.splitlines()) > 3 else text
+
+
+def _expected_errors():
+    import tensorflow as tf
+
+    return (ValueError, OSError, KeyError, tf.errors.OpError)
 
 
 def _profile(args):
@@ -112,10 +158,23 @@ def _eval(args):
                                 run_dir=args.run_dir)
         return 0
     else:
+        _check_model_file(args.model)
         run_dir = args.run_dir or os.path.dirname(os.path.abspath(args.model))
         result = deploy.evaluate_keras(args.job, args.model, run_dir)
     print(json.dumps(result, indent=2))
     return 0
+
+
+def _check_model_file(path):
+    """Raises naming ``path`` when it is missing or not a .keras archive (a zip)."""
+    import os
+    import zipfile
+
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"model file not found: {path}")
+    if path.endswith(".keras") and not zipfile.is_zipfile(path):
+        raise ValueError(f"{path} is not a .keras model file (not a zip archive: cut short, or "
+                         "another kind of file)")
 
 
 def _imagenet_data_flags(parser):
@@ -138,14 +197,16 @@ def _add_recipe_flags(parser, recipe_class):
         kind = type(field.default)
         flag = "--" + field.name.replace("_", "-")
         if kind is bool:
-            parser.add_argument(flag, type=lambda v: v.lower() in ("1", "true", "yes"),
-                                default=None, metavar="BOOL")
+            parser.add_argument(flag, type=parse_bool, default=None, metavar="BOOL")
         else:
             parser.add_argument(flag, type=kind, default=None)
 
 
 def build_parser():
     parser = argparse.ArgumentParser(prog="keras-mnv2", description=__doc__)
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback of an error (also accepted after the "
+                             "subcommand)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     prof = sub.add_parser("profile", help="parameters, MAdds and peak memory of MobileNetV2")
@@ -238,14 +299,32 @@ def build_parser():
 
 
 def main(argv=None):
+    """Runs a command. An expected failure (bad data, a bad file or argument, a full disk) is one
+    line on stderr naming the file or argument, exit status 2; anything else is one line too,
+    exit status 1. ``--debug`` (anywhere) shows the traceback instead."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
     args = build_parser().parse_args(argv)
     if getattr(args, "run_dir", "") is None and args.command != "eval":
         args.run_dir = f"runs/{args.job}"
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"keras-mnv2: error: {err}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print("keras-mnv2: interrupted (a training run resumes from its last finished epoch "
+              "when the same command is run again)", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001 - every failure becomes one readable line
+        if debug:
+            raise
+        if isinstance(err, _expected_errors()):
+            print(f"keras-mnv2: error: {error_line(err)}", file=sys.stderr)
+            return 2
+        print(f"keras-mnv2: internal error: {type(err).__name__}: {error_line(err)} (run again "
+              "with --debug for the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

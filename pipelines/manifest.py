@@ -46,6 +46,9 @@ def write_manifest(root, params):
 def write_atomic(path, text):
     """Writes ``text`` to ``path`` through a temporary file and a rename: never half a file."""
     path = Path(path)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(text)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)

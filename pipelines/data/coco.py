@@ -109,7 +109,7 @@ class CocoIndex:
         return (
             f"{self.annotation_file}: {self.num_images} images, {len(self.labels)} boxes, "
             f"{self.num_classes} classes; skipped {self.skipped_boxes} degenerate boxes and "
-            f"{self.skipped_images.skipped} undecodable images"
+            f"{self.skipped_images.skipped} undecodable images or images not of the listed size"
         )
 
 
@@ -186,7 +186,20 @@ def load_coco(root_or_json, split=None, image_dir=None):
             dataset = json.load(f)
     except json.JSONDecodeError as e:
         raise CocoFormatError(f"{annotation_file}: not valid JSON ({e})") from None
-    return _build_index(dataset, annotation_file, image_dir)
+    index = _build_index(dataset, annotation_file, image_dir)
+    check_files(index)
+    return index
+
+
+def check_files(index):
+    """Raises ``CocoFormatError`` naming the images ``index`` lists that are not in its image
+    folder (found while indexing, before any model is built)."""
+    missing = [name for name in index.file_names if not (index.image_dir / name).is_file()]
+    if missing:
+        shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
+        raise CocoFormatError(
+            f"{index.annotation_file}: {len(missing)} of {index.num_images} listed images are "
+            f"not in {index.image_dir} ({shown})")
 
 
 def _build_index(dataset, annotation_file, image_dir):
@@ -259,6 +272,10 @@ def _build_index(dataset, annotation_file, image_dir):
     boxes = np.array([b[0] for b in flat], dtype=np.float32).reshape(-1, 4)
     if skipped:
         log.warning("%s: skipped %d boxes with zero or negative size", annotation_file, skipped)
+    if image_ids and not flat:
+        log.warning("%s: no usable annotations (%d listed): every one of the %d images is "
+                    "background only, so a model trained on it learns to detect nothing",
+                    annotation_file, len(dataset["annotations"]), len(image_ids))
     return CocoIndex(
         annotation_file=Path(annotation_file),
         image_dir=Path(image_dir),
@@ -315,6 +332,25 @@ def _skip_recorder(counter):
     return record
 
 
+SIZE_MISMATCH = ("skip", "stop")
+
+
+def _size_mismatch_recorder(counter, annotation_file, on_mismatch):
+    """A py_function body run only for images whose decoded size differs from their record:
+    counted as skipped, or (``on_mismatch="stop"``) a ``CocoFormatError``."""
+
+    def record(path, height, width, shape):
+        name = path.numpy().decode()
+        reason = (f"size {int(shape[1])}x{int(shape[0])} on disk but {int(width)}x{int(height)} "
+                  f"in {annotation_file} (width x height; its boxes would be scaled wrongly)")
+        if on_mismatch == "stop":
+            raise CocoFormatError(f"{name}: {reason}")
+        counter.add(name, reason)
+        return False
+
+    return record
+
+
 def coco_dataset(
     source,
     split=None,
@@ -324,16 +360,23 @@ def coco_dataset(
     seed=None,
     deterministic=True,
     num_parallel_calls=AUTOTUNE,
+    size_mismatch="skip",
 ):
     """A ``tf.data.Dataset`` of COCO elements (see the module docstring) of one split.
 
     ``source`` is a ``CocoIndex`` or what ``load_coco`` takes. Undecodable images are skipped,
     logged and counted in ``index.skipped_images`` (``.skipped``, ``.files``); the index is also
     reachable as ``dataset.coco_index``. A missing image file is an error (TensorFlow's
-    ``NotFoundError``, naming the file), not a skip. ``shuffle`` shuffles the image order (all images, with
-    ``seed``, reshuffled each iteration); ``deterministic=False`` lets the parallel decode return
-    images out of order for speed.
+    ``NotFoundError``, naming the file), not a skip; ``load_coco`` finds missing files first.
+    An image whose decoded height and width differ from its record in the JSON (whose boxes
+    would be normalized by the wrong size) is skipped and counted the same way, or, with
+    ``size_mismatch="stop"``, stops the pipeline with a ``CocoFormatError`` naming it (wrapped
+    in TensorFlow's ``InvalidArgumentError``). ``shuffle`` shuffles the image order (all images,
+    with ``seed``, reshuffled each iteration); ``deterministic=False`` lets the parallel decode
+    return images out of order for speed.
     """
+    if size_mismatch not in SIZE_MISMATCH:
+        raise ValueError(f"size_mismatch must be 'skip' or 'stop', got {size_mismatch!r}")
     index = source if isinstance(source, CocoIndex) else load_coco(source, split, image_dir)
     n = index.num_images
     image_dir = str(index.image_dir)
@@ -342,6 +385,8 @@ def coco_dataset(
     ds = tf.data.Dataset.from_tensor_slices({
         "path": tf.constant(paths, tf.string) if n else tf.zeros([0], tf.string),
         "image_id": tf.constant(index.image_ids, tf.int64),
+        "height": tf.constant(index.heights, tf.int64),
+        "width": tf.constant(index.widths, tf.int64),
         "boxes": ragged(tf.constant(index.boxes, tf.float32)),
         "labels": ragged(tf.constant(index.labels, tf.int32)),
         "is_crowd": ragged(tf.constant(index.is_crowd, tf.bool)),
@@ -349,6 +394,8 @@ def coco_dataset(
     if shuffle:
         ds = ds.shuffle(max(n, 1), seed=seed, reshuffle_each_iteration=True)
     record_skip = _skip_recorder(index.skipped_images)
+    record_mismatch = _size_mismatch_recorder(index.skipped_images, index.annotation_file.name,
+                                              size_mismatch)
 
     def load(record):
         contents = tf.io.read_file(record["path"])
@@ -360,6 +407,15 @@ def coco_dataset(
             lambda: tf.ensure_shape(
                 tf.py_function(record_skip, [record["path"], contents], tf.bool), []
             ),
+        )
+        shape = tf.cast(tf.shape(image)[:2], tf.int64)
+        same_size = tf.reduce_all(tf.equal(shape, tf.stack([record["height"], record["width"]])))
+        ok = tf.cond(
+            tf.logical_or(tf.logical_not(ok), same_size),
+            lambda: ok,
+            lambda: tf.ensure_shape(tf.py_function(
+                record_mismatch, [record["path"], record["height"], record["width"], shape],
+                tf.bool), []),
         )
         return {
             "image": image,

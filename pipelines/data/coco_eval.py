@@ -78,8 +78,9 @@ def coco_evaluate(coco_gt, detections, label_to_category, results_path=None, ver
     results = to_coco_results(coco_gt, detections, label_to_category)
     if results_path is not None:
         Path(results_path).parent.mkdir(parents=True, exist_ok=True)
-        with open(results_path, "w") as f:
-            json.dump(results, f)
+        from pipelines.manifest import write_atomic
+
+        write_atomic(results_path, json.dumps(results))
     if not results:
         return {name: 0.0 for name in METRICS}
 

@@ -77,6 +77,8 @@ class Source:
     class_names: tuple
     num_examples: Optional[int]
     make: Callable = dataclasses.field(repr=False, compare=False)
+    # classes with no image in this split (folder layout), warned about when read
+    empty_classes: tuple = dataclasses.field(default=(), compare=False)
 
     @property
     def num_classes(self):
@@ -108,6 +110,7 @@ def folder_source(root, split="train", labels_file=None, class_names=None):
     class_names = tuple(class_names) if class_names is not None else _class_names(root, subdirs)
     index = {name: i for i, name in enumerate(class_names)}
     paths, labels = [], []
+    empty = ()
     if subdirs:
         for sub in subdirs:
             if sub not in index:
@@ -116,6 +119,14 @@ def folder_source(root, split="train", labels_file=None, class_names=None):
             files = _images_in(folder / sub)
             paths += files
             labels += [index[sub]] * len(files)
+        # a class without images can never be learned (train) or scored (val): say which
+        used = {class_names[i] for i in set(labels)}
+        empty = tuple(name for name in class_names if name not in used)
+        if empty and paths:
+            shown = ", ".join(empty[:10]) + (" ..." if len(empty) > 10 else "")
+            log.warning("%s: %d of %d classes have no images (%s): %s", folder, len(empty),
+                        len(class_names), "never learned" if split == "train" else "not scored",
+                        shown)
     else:
         files = _images_in(folder)
         path = _find_labels_file(root, split, labels_file)
@@ -148,7 +159,7 @@ def folder_source(root, split="train", labels_file=None, class_names=None):
             ds = ds.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
         return ds.map(_read_file, num_parallel_calls=AUTOTUNE)
 
-    return Source(f"folder:{folder}", class_names, len(paths), make)
+    return Source(f"folder:{folder}", class_names, len(paths), make, empty_classes=empty)
 
 
 def _read_file(path, label):

@@ -217,6 +217,61 @@ def load_voc(voc_dir, split="train", sbd_dir=None, class_names=VOC_CLASSES, skip
     return index
 
 
+def check_examples(index, labels=True):
+    """Checks every mask of ``index`` against its image before any training: the mask's kind
+    (palette or grayscale), its size against the image's (read from the headers), and with
+    ``labels`` its class values (the whole mask is read). A problem raises ``VocFormatError``
+    naming the file, or, with the index's ``skip_bad``, drops the example from the index and
+    counts it in ``index.skipped``. Returns the number of examples dropped."""
+    from PIL import Image
+
+    keep, dropped = [], 0
+    for i, (image_path, mask_path) in enumerate(zip(index.image_paths, index.mask_paths)):
+        problem = None
+        try:
+            with Image.open(image_path) as im:
+                width, height = im.size
+        except Exception as err:  # noqa: BLE001 - PIL raises many kinds
+            problem = (image_path, f"cannot read image ({err})")
+        if problem is None:
+            try:
+                if labels:
+                    mask = read_mask(mask_path)
+                    reason = mask_problem(mask, (height, width), index.num_classes)
+                elif mask_path.endswith(".mat"):
+                    reason = None  # no header to read cheaply: checked as the pipeline reads it
+                else:
+                    with Image.open(mask_path) as im:
+                        if im.mode not in ("P", "L"):
+                            raise VocFormatError(
+                                f"{mask_path}: mask is a mode {im.mode!r} image; VOC masks are "
+                                "palette (mode 'P') or grayscale PNGs whose pixel values are the "
+                                "class indices")
+                        mask_width, mask_height = im.size
+                    reason = None if (mask_height, mask_width) == (height, width) else (
+                        f"mask is {mask_height}x{mask_width} but its image is {height}x{width}")
+                problem = None if reason is None else (mask_path, reason)
+            except VocFormatError as err:
+                problem = (mask_path, str(err).removeprefix(f"{mask_path}: "))
+            except Exception as err:  # noqa: BLE001
+                problem = (mask_path, f"cannot read mask ({err})")
+        if problem is None:
+            keep.append(i)
+            continue
+        if not index.skip_bad:
+            raise VocFormatError(f"{problem[0]}: {problem[1]} (split {index.split!r}; "
+                                 "--skip-bad true skips and counts such examples)")
+        index.skipped.add(*problem)
+        dropped += 1
+    if dropped:
+        for name in ("ids", "image_paths", "mask_paths"):
+            values = getattr(index, name)
+            values[:] = [values[i] for i in keep]
+        if not index.ids:
+            raise VocFormatError(f"{index.root} {index.split}: no usable examples")
+    return dropped
+
+
 def check_disjoint(train, val):
     """Raises if two indexes share an image id (train on val would inflate every metric)."""
     shared = sorted(set(train.ids) & set(val.ids))

@@ -477,6 +477,7 @@ def run(data_dir=None, tfds_data_dir=None, tfds_manual_dir=None, tfrecord_dir=No
     chief = is_chief(strategy)
     if not chief:  # non-chief workers of a multi-worker run keep their files apart
         run_dir = os.path.join(run_dir, f"worker_{strategy.cluster_resolver.task_id}")
+    driver.prepare_run_dir(run_dir, recipe)
     num_classes = train.num_classes
     steps = recipe.steps_per_epoch or max(1, train.num_examples // recipe.batch_size)
     print(f"ImageNet job: {train.num_examples} train / {val.num_examples} val images, "
@@ -513,7 +514,8 @@ def run(data_dir=None, tfds_data_dir=None, tfds_manual_dir=None, tfrecord_dir=No
                      verbose=verbose, extra_callbacks=[SkipReport(train_log), *callbacks])
     train_seconds = time.time() - start
     if chief:
-        model.save(os.path.join(run_dir, "model.keras"))  # EMA weights, if the recipe has them
+        # EMA weights, if the recipe has them; through a temporary file and a rename
+        driver.save_model(model, os.path.join(run_dir, "model.keras"))
 
     results = {"top1": None, "top5": None, "images": 0, "skipped": 0}
     if nan is None:
@@ -532,7 +534,10 @@ def run(data_dir=None, tfds_data_dir=None, tfds_manual_dir=None, tfrecord_dir=No
         "recipe": dataclasses.asdict(recipe),
         "dataset": origin,
         "num_classes": num_classes,
-        "train_images": train.num_examples,
+        # images actually used: those listed, less those skipped
+        "train_images": (train.num_examples - train_log.skipped
+                         if train.num_examples is not None else None),
+        "train_images_listed": train.num_examples,
         "strategy": type(strategy).__name__,
         "replicas": strategy.num_replicas_in_sync,
         "data_service": data_service,

@@ -151,6 +151,44 @@ def run_anchors(run_dir, recipe):
     return ssdlite_anchors(recipe.input_size)
 
 
+def check_tflite(path, images, num_classes=None, class_outputs=()):
+    """Raises ValueError saying what differs when the .tflite file at ``path`` does not fit the
+    run: its input shape against the run's eval ``images`` (a batch), its input dtype (float32,
+    int8 or uint8), and the last dimension of each output in ``class_outputs`` (``"*"``: every
+    output) against ``num_classes``. Checked before evaluating, so that nothing is resized
+    silently."""
+    from keras_mnv2.deploy import tflite
+
+    try:
+        runner = tflite.interpreter(path).get_signature_runner()
+        inputs = runner.get_input_details()
+    except (ValueError, RuntimeError) as err:
+        raise ValueError(f"{path} cannot be read as a TFLite model with a signature "
+                         f"({str(err).splitlines()[0]})") from None
+    if len(inputs) != 1:
+        raise ValueError(f"{path} has {len(inputs)} inputs ({', '.join(inputs)}): expected one "
+                         "image input")
+    (detail,) = inputs.values()
+    problems = []
+    got = tuple(int(d) for d in detail.get("shape_signature", detail["shape"])[1:])
+    want = tuple(int(d) for d in images.shape[1:])
+    if len(got) != len(want) or any(g not in (-1, w) for g, w in zip(got, want)):
+        problems.append(f"its input is {'x'.join(map(str, got))} but the run's images are "
+                        f"{'x'.join(map(str, want))}")
+    if np.dtype(detail["dtype"]) not in (np.float32, np.int8, np.uint8):
+        problems.append(f"its input type is {np.dtype(detail['dtype']).name} (expected float32, "
+                        "int8 or uint8)")
+    if num_classes is not None:
+        for name, out in runner.get_output_details().items():
+            if (class_outputs == "*" or name in class_outputs) and len(out["shape"]) \
+                    and int(out["shape"][-1]) != num_classes:
+                problems.append(f"its output {name!r} has {int(out['shape'][-1])} classes but the "
+                                f"run has {num_classes}")
+    if problems:
+        raise ValueError(f"{path} does not fit this run: " + "; ".join(problems)
+                         + " (export it from this run: keras-mnv2 export, or give its --run-dir)")
+
+
 def _coco_data(run_dir, metrics, recipe):
     from keras_mnv2.detection.losses import ssd_losses
     from keras_mnv2.deploy import export, tflite
@@ -174,6 +212,8 @@ def _coco_data(run_dir, metrics, recipe):
 
     def evaluate_tflite(path):
         detections = []
+        for images, _ in detection.eval_dataset(val_source, recipe).take(1):
+            check_tflite(path, images, train.num_classes + 1, ("classes",))
         for images, image_ids in detection.eval_dataset(val_source, recipe):
             out = tflite.run_signature(path, images.numpy())
             if "detection_boxes" not in out:
@@ -221,6 +261,8 @@ def _voc_data(run_dir, metrics, recipe):
     def evaluate_tflite(path):
         cm = np.zeros((num_classes, num_classes), np.int64)
         images_seen = 0
+        for images, _ in eval_ds().take(1):
+            check_tflite(path, images, num_classes, ("logits",))
         for images, labels in eval_ds():
             out = tflite.run_signature(path, images.numpy())
             if "mask" in out:
@@ -258,6 +300,8 @@ def _imagenet_data(run_dir, metrics, recipe):
 
     def evaluate_tflite(path):
         correct1 = correct_k = images = 0
+        for batch in eval_ds().take(1):
+            check_tflite(path, batch[0], val.num_classes, "*")
         for batch in eval_ds():
             x, labels, weights = batch if len(batch) == 3 else (*batch, None)
             (scores,) = tflite.run_signature(path, x.numpy()).values()
@@ -493,10 +537,10 @@ def write_table(job, rows, run_dir):
 
     text = table_markdown(job, rows)
     print(text, flush=True)
-    with open(os.path.join(run_dir, "deploy.md"), "w") as f:
-        f.write(text)
-    with open(os.path.join(run_dir, "deploy.json"), "w") as f:
-        json.dump(rows, f, indent=2)
+    from pipelines.manifest import write_atomic
+
+    write_atomic(os.path.join(run_dir, "deploy.md"), text)
+    write_atomic(os.path.join(run_dir, "deploy.json"), json.dumps(rows, indent=2))
     name = METRICS[job][0]
     labels = [r["model"] for r in rows]
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
@@ -508,5 +552,7 @@ def write_table(job, rows, run_dir):
         ax.tick_params(axis="x", rotation=30, labelsize=7)
     fig.suptitle(f"{job}: float Keras vs TFLite")
     fig.tight_layout()
-    fig.savefig(os.path.join(run_dir, "deploy.png"), dpi=80)
+    from pipelines.jobs.driver import _save_figure
+
+    _save_figure(fig, os.path.join(run_dir, "deploy.png"), dpi=80)
     plt.close(fig)

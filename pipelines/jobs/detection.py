@@ -38,6 +38,8 @@ class CocoRecipe:
     nms_iou: float = 0.6
     max_detections: int = 100
     seed: int = 0
+    # an image whose decoded size differs from its JSON record: "skip" (and count) or "stop"
+    size_mismatch: str = "skip"
 
 
 PAPER = CocoRecipe()
@@ -71,7 +73,7 @@ def check_recipe(recipe):
         "score_threshold": "[0, 1]", "nms_iou": "(0, 1]", "max_detections": "[1, inf)",
     }, choices={
         "optimizer": ("rmsprop", "adam", "sgd"), "class_loss": MODES,
-        "augment": ("ssd", "flip"),
+        "augment": ("ssd", "flip"), "size_mismatch": ("skip", "stop"),
     })
     if recipe.warmup_epochs >= recipe.epochs:
         raise ValueError(f"CocoRecipe.warmup_epochs must be in [0, epochs={recipe.epochs}), "
@@ -201,7 +203,9 @@ def draw_detections(dataset_source, detections, path, label_names, count=8, min_
         ax.axis("off")
     fig.suptitle("val: predicted (green) vs true (red)")
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
+    from pipelines.jobs.driver import _save_figure
+
+    _save_figure(fig, path, dpi=80)
     plt.close(fig)
     return path
 
@@ -251,6 +255,7 @@ def run(coco_dir=None, tfds_data_dir=None, run_dir="runs/coco", recipe=None,
     embedded = coco_dir is None and tfds_data_dir is None
     recipe = recipe or (EMBEDDED if embedded else PAPER)
     check_recipe(recipe)
+    driver.prepare_run_dir(run_dir, recipe)
     if embedded:
         print(f"No COCO given: using the embedded synthetic COCO-format dataset in {data_root}")
         synthetic_coco.generate(data_root, **SYNTHETIC)
@@ -267,9 +272,13 @@ def run(coco_dir=None, tfds_data_dir=None, run_dir="runs/coco", recipe=None,
         train = coco.load_coco(coco_dir, train_split)
         val = coco.load_coco(coco_dir, val_split)
         print(train.report())
+        print(val.report())
+        for index in (train, val):
+            if index.num_images == 0:
+                raise coco.CocoFormatError(f"{index.annotation_file}: lists no images")
         num_classes, num_train = train.num_classes, train.num_images
-        train_source = coco.coco_dataset(train)
-        val_source = coco.coco_dataset(val)
+        train_source = coco.coco_dataset(train, size_mismatch=recipe.size_mismatch)
+        val_source = coco.coco_dataset(val, size_mismatch=recipe.size_mismatch)
         skipped = (train.skipped_images, val.skipped_images)
 
     model = SSDLite(num_classes, alpha=recipe.alpha, input_size=recipe.input_size,
@@ -299,7 +308,9 @@ def run(coco_dir=None, tfds_data_dir=None, run_dir="runs/coco", recipe=None,
     metrics.update({
         "recipe": dataclasses.asdict(recipe),
         "dataset": os.path.abspath(coco_dir) if coco_dir else f"tfds:{tfds_data_dir}",
-        "train_images": num_train,
+        # images actually used: those listed, less those skipped (undecodable, size mismatch)
+        "train_images": num_train - (skipped[0].skipped if skipped else 0),
+        "train_images_listed": num_train,
         "val_images": len(detections),
         "skipped_images": {"train": skipped[0].skipped, "val": skipped[1].skipped}
         if skipped else None,

@@ -1,22 +1,142 @@
 """The training driver shared by the jobs: callbacks, resume after a kill, curves and metrics.
 
 A run directory holds everything a job writes:
-    backup/        BackupAndRestore state (a killed run restarted with the same command resumes)
+    recipe.json    the recipe the run was started with (a rerun with another recipe is refused)
+    backup/        the resume state (a killed run restarted with the same command resumes)
     last.keras     the model after the latest epoch
-    history.csv    one row per epoch (appended across restarts)
+    history.csv    one row per epoch
     logs/          TensorBoard
     curves.png     training curves, drawn from history.csv
     metrics.json   the evaluation figures
+
+Nothing is lost to a kill: every file is written under a temporary name and renamed into place,
+so each holds either its old or its new content. At the end of an epoch the history row is written
+first, then last.keras, then the resume state (the weights file of that epoch, then
+``training_metadata.json`` naming it). A kill anywhere in between resumes from the last state
+written; history.csv is cut back to the epochs that state holds, so no epoch is lost or repeated.
 """
 
 import csv
+import io
 import json
 import math
 import numbers
 import os
 import re
+import signal
+import sys
 
 import keras
+
+from pipelines.manifest import write_atomic
+
+
+class RunDirError(ValueError):
+    """A run directory that cannot be used: not writable, a file, another recipe's, or a broken
+    resume state."""
+
+
+class NoTrainingError(ValueError):
+    """An epoch that trained zero steps (no usable training images)."""
+
+
+# For the kill tests (tests/test_faults.py): "<point>@<epoch>" makes the process SIGKILL itself at
+# that point of that epoch (0-based): "batch" (after the epoch's 2nd step), or with the new
+# content written under the temporary name and not yet renamed: "history", "checkpoint",
+# "state-weights"; or "state" (the weights file renamed, its metadata not yet written).
+KILL_AT_ENV = "KERAS_MNV2_KILL_AT"
+
+
+def _kill_point(point, epoch):
+    if os.environ.get(KILL_AT_ENV) == f"{point}@{epoch}":
+        print(f"\n{KILL_AT_ENV}: killing the process at {point}, epoch {epoch + 1}", flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _write_text(path, text, before_rename=None):
+    """``write_atomic`` with a hook between the write and the rename (the kill tests)."""
+    tmp = _temporary(path)
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    if before_rename is not None:
+        before_rename()
+    os.replace(tmp, path)
+
+
+def _temporary(path):
+    """The temporary name ``path`` is written under before the rename (same folder, same suffix,
+    so that Keras accepts it: ``last.keras`` -> ``.last.tmp.keras``)."""
+    folder, name = os.path.split(path)
+    stem, dot, suffix = name.partition(".")
+    return os.path.join(folder, f".{stem}.tmp{dot}{suffix}")
+
+
+def save_model(model, path, before_rename=None):
+    """``model.save(path)`` through a temporary file and a rename: never half a model."""
+    tmp = _temporary(path)
+    model.save(tmp)
+    if before_rename is not None:
+        before_rename()
+    os.replace(tmp, path)
+    return path
+
+
+def _save_figure(fig, path, **kwargs):
+    tmp = _temporary(path)
+    fig.savefig(tmp, **kwargs)
+    os.replace(tmp, path)
+    return path
+
+
+def _rerun_hint(run_dir):
+    command = " ".join(["keras-mnv2", *sys.argv[1:]]) if sys.argv[1:] else "the same command"
+    return command
+
+
+def prepare_run_dir(run_dir, recipe=None):
+    """Checks ``run_dir`` before anything is built: a writable folder (made if missing) whose
+    ``recipe.json``, if any, holds ``recipe``. Writes recipe.json on the first run.
+
+    Raises ``RunDirError`` naming the problem: a file in the way, a folder that cannot be written,
+    or a run of another recipe (the fields that differ, and to use a new --run-dir).
+    """
+    import dataclasses
+
+    if os.path.exists(run_dir) and not os.path.isdir(run_dir):
+        raise RunDirError(f"run dir {run_dir} is a file, not a folder: give another --run-dir")
+    try:
+        os.makedirs(run_dir, exist_ok=True)
+        probe = os.path.join(run_dir, ".write-test")
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as err:
+        raise RunDirError(f"run dir {run_dir} cannot be written ({err.strerror or err}): "
+                          "give another --run-dir") from None
+    if recipe is None:
+        return run_dir
+    wanted = json.loads(json.dumps(dataclasses.asdict(recipe)))
+    path = os.path.join(run_dir, "recipe.json")
+    if os.path.exists(path):
+        try:
+            with open(path) as f:
+                saved = json.load(f)
+        except (OSError, ValueError) as err:
+            raise RunDirError(f"{path} cannot be read ({err}): remove it if the run's recipe is "
+                              "the one given, or give another --run-dir") from None
+        differ = [f"{name}: {saved.get(name, '(absent)')!r} in the run, "
+                  f"{wanted.get(name, '(absent)')!r} now"
+                  for name in sorted(set(saved) | set(wanted))
+                  if saved.get(name) != wanted.get(name)]
+        if differ:
+            raise RunDirError(f"run dir {run_dir} holds a run of another recipe ("
+                              + "; ".join(differ) + "): give a new --run-dir to train this one, "
+                              "or the run's own settings to resume it")
+    else:
+        write_atomic(path, json.dumps(wanted, indent=1, sort_keys=True))
+    return run_dir
 
 
 class StopOnNaN(keras.callbacks.Callback):
@@ -41,18 +161,206 @@ class StopOnNaN(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
+class HistoryLog(keras.callbacks.Callback):
+    """history.csv, one row per epoch (``epoch`` then the logged quantities, sorted), rewritten
+    whole through a temporary file at each epoch end: a kill leaves the old or the new file."""
+
+    def __init__(self, path):
+        super().__init__()
+        self.path = path
+
+    def on_epoch_end(self, epoch, logs=None):
+        header, rows = _read_rows(self.path)
+        logs = dict(logs or {})
+        for key in sorted(logs):
+            if key not in header:
+                header.append(key)
+        row = {"epoch": str(epoch)}
+        for key, value in logs.items():
+            row[key] = _format_value(value)
+        rows.append(row)
+        _write_rows(self.path, header, rows, lambda: _kill_point("history", epoch))
+
+
+def _format_value(value):
+    try:
+        return repr(float(value))
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def _read_rows(path):
+    """(header, rows) of a history.csv; (["epoch"], []) for none. Keeps only whole rows."""
+    if not os.path.exists(path):
+        return ["epoch"], []
+    with open(path, newline="") as f:
+        text = f.read()
+    if not text.endswith("\n"):  # a line cut by a kill (an older run's CSVLogger): drop it
+        text = text[:text.rfind("\n") + 1]
+    reader = csv.DictReader(io.StringIO(text))
+    header = list(reader.fieldnames or ["epoch"])
+    rows = [row for row in reader if row.get("epoch") not in (None, "", "epoch")]
+    return header, rows
+
+
+def _write_rows(path, header, rows, before_rename=None):
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=header, restval="NA", extrasaction="ignore",
+                            lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    _write_text(path, out.getvalue(), before_rename)
+
+
+def cut_history(run_dir, epochs_done):
+    """Keeps in history.csv the rows of epochs ``0 .. epochs_done - 1`` only (the last row of
+    each): the rows a resume state holds. Returns the number of rows dropped."""
+    path = os.path.join(run_dir, "history.csv")
+    if not os.path.exists(path):
+        return 0
+    header, rows = _read_rows(path)
+    kept = {}
+    for row in rows:
+        try:
+            epoch = int(float(row["epoch"]))
+        except ValueError:
+            continue
+        if epoch < epochs_done:
+            kept[epoch] = row
+    ordered = [kept[e] for e in sorted(kept)]
+    if len(ordered) != len(rows):
+        _write_rows(path, header, ordered)
+    return len(rows) - len(ordered)
+
+
+class AtomicCheckpoint(keras.callbacks.Callback):
+    """``last.keras`` after every epoch, saved through a temporary file and a rename."""
+
+    def __init__(self, path):
+        super().__init__()
+        self.path = path
+
+    def on_epoch_end(self, epoch, logs=None):
+        save_model(self.model, self.path, lambda: _kill_point("checkpoint", epoch))
+
+
+class ResumeState(keras.callbacks.Callback):
+    """What a killed run resumes from, in ``backup_dir``: ``epoch-<n>.weights.h5`` (the weights
+    and optimizer state after n epochs) and ``training_metadata.json`` (``{"epoch": n, "weights":
+    file}``), each written under a temporary name and renamed; the metadata, renamed last, is the
+    commit point. Older weights files are removed after it. Reads the state Keras's
+    BackupAndRestore leaves (``latest.weights.h5``) too. A state that cannot be read raises
+    ``RunDirError`` saying how to resume from the last good model or to start over.
+    """
+
+    def __init__(self, backup_dir, run_dir=None):
+        super().__init__()
+        self.backup_dir = backup_dir
+        self.run_dir = run_dir or os.path.dirname(os.path.abspath(backup_dir))
+        self.metadata_path = os.path.join(backup_dir, "training_metadata.json")
+
+    def epochs_done(self):
+        """Epochs the saved state holds (0 with none); raises RunDirError for an unreadable one."""
+        return self._read()[0]
+
+    def _read(self):
+        if not os.path.exists(self.metadata_path):
+            return 0, None
+        try:
+            with open(self.metadata_path) as f:
+                metadata = json.load(f)
+            epoch = int(metadata["epoch"])
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise self._broken(self.metadata_path, err) from None
+        weights = os.path.join(self.backup_dir, metadata.get("weights", "latest.weights.h5"))
+        return epoch, weights
+
+    def _broken(self, path, err):
+        last = os.path.join(self.run_dir, "last.keras")
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        return RunDirError(
+            f"the resume state {path} cannot be read ({reason}). To start over: "
+            f"rm -r {self.backup_dir} {os.path.join(self.run_dir, 'history.csv')} and run "
+            f"{_rerun_hint(self.run_dir)} again; the last model saved is {last}"
+            + ("" if os.path.exists(last) else " (absent)")
+            + "; or train into a new --run-dir")
+
+    def on_train_begin(self, logs=None):
+        epoch, weights = self._read()
+        if weights is None:
+            return
+        if not os.path.exists(weights):
+            raise self._broken(weights, FileNotFoundError("file missing"))
+        model = self.model
+        if model.optimizer is not None and not model.optimizer.built:
+            model.optimizer.build(model.trainable_variables)
+        try:
+            model.load_weights(weights)
+        except Exception as err:  # noqa: BLE001 - h5py/zip/shape errors all mean "unreadable"
+            raise self._broken(weights, err) from None
+        model._initial_epoch = epoch
+        cut_history(self.run_dir, epoch)
+
+    def on_epoch_end(self, epoch, logs=None):
+        os.makedirs(self.backup_dir, exist_ok=True)
+        name = f"epoch-{epoch + 1}.weights.h5"
+        path = os.path.join(self.backup_dir, name)
+        tmp = _temporary(path)
+        self.model.save_weights(tmp, overwrite=True)
+        _kill_point("state-weights", epoch)
+        os.replace(tmp, path)
+        _kill_point("state", epoch)
+        _write_text(self.metadata_path, json.dumps({"epoch": epoch + 1, "batch": 0,
+                                                    "weights": name}))
+        for entry in os.listdir(self.backup_dir):  # older states, and temporary leftovers
+            if entry != name and entry.endswith(".weights.h5"):
+                os.remove(os.path.join(self.backup_dir, entry))
+
+
+class StepCounter(keras.callbacks.Callback):
+    """Counts the training steps of each epoch; an epoch of zero steps raises NoTrainingError
+    before anything records it as done (it runs before the history and state callbacks)."""
+
+    def __init__(self):
+        super().__init__()
+        self.steps = 0
+        self.total = 0
+        self.epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.steps = 0
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.steps += 1
+        self.total += 1
+        if self.steps == 2:
+            _kill_point("batch", self.epoch)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.steps == 0:
+            raise NoTrainingError(
+                f"epoch {epoch + 1} trained zero steps: the training data yielded no batch "
+                "(every image skipped or none listed; see the skip counts above). Nothing was "
+                "recorded as done; fix the data and run the same command again")
+
+
 def callbacks(run_dir, save_model=True):
-    """Progress-independent callbacks every job uses; see the module docstring for the files."""
+    """Progress-independent callbacks every job uses; see the module docstring for the files.
+
+    Order matters at each epoch end: the zero-step check, then history.csv, last.keras and last
+    the resume state."""
     os.makedirs(run_dir, exist_ok=True)
     result = [
-        keras.callbacks.BackupAndRestore(os.path.join(run_dir, "backup"), delete_checkpoint=False),
-        keras.callbacks.CSVLogger(os.path.join(run_dir, "history.csv"), append=True),
+        StepCounter(),
+        HistoryLog(os.path.join(run_dir, "history.csv")),
         keras.callbacks.TensorBoard(os.path.join(run_dir, "logs"), write_graph=False,
                                     profile_batch=0),
         StopOnNaN(),
     ]
     if save_model:
-        result.append(keras.callbacks.ModelCheckpoint(os.path.join(run_dir, "last.keras")))
+        result.append(AtomicCheckpoint(os.path.join(run_dir, "last.keras")))
+    result.append(ResumeState(os.path.join(run_dir, "backup"), run_dir))
     return result
 
 
@@ -63,7 +371,8 @@ def fit(model, train_data, epochs, run_dir, validation_data=None, steps_per_epoc
     The compiled optimizer is built first, eagerly, under ``model.distribute_strategy``.
 
     Restarting the same command after a kill continues from the last finished epoch (the
-    BackupAndRestore state in ``run_dir/backup``); a finished run is not trained again.
+    resume state in ``run_dir/backup``); a finished run is not trained again. An epoch that
+    trains zero steps raises ``NoTrainingError`` and is not recorded.
     """
     if model.optimizer is not None and not model.optimizer.built:
         # Slot variables made now, eagerly: made inside the first traced train step they cost
@@ -150,15 +459,14 @@ def plot_curves(run_dir, path=None):
         ax.legend()
     fig.tight_layout()
     path = path or os.path.join(run_dir, "curves.png")
-    fig.savefig(path, dpi=80)
+    _save_figure(fig, path, dpi=80)
     plt.close(fig)
     return path
 
 
 def write_metrics(run_dir, metrics):
-    """Writes metrics.json and prints it."""
+    """Writes metrics.json (through a temporary file and a rename) and prints it."""
     path = os.path.join(run_dir, "metrics.json")
-    with open(path, "w") as f:
-        json.dump(metrics, f, indent=2, sort_keys=True)
+    write_atomic(path, json.dumps(metrics, indent=2, sort_keys=True))
     print(json.dumps(metrics, indent=2, sort_keys=True))
     return path

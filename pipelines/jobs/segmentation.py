@@ -311,7 +311,9 @@ def draw_predictions(model, index, eval_size, path, count=6):
             ax.set_title(title, fontsize=8)
             ax.axis("off")
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
+    from pipelines.jobs.driver import _save_figure
+
+    _save_figure(fig, path, dpi=80)
     plt.close(fig)
     return path
 
@@ -319,12 +321,16 @@ def draw_predictions(model, index, eval_size, path, count=6):
 def _write_confusion(path, cm, class_names):
     """The confusion matrix as CSV: one row per true class, one column per predicted class."""
     import csv
+    import io
 
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["true \\ predicted"] + list(class_names))
-        for name, row in zip(class_names, cm):
-            writer.writerow([name] + list(row))
+    from pipelines.manifest import write_atomic
+
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["true \\ predicted"] + list(class_names))
+    for name, row in zip(class_names, cm):
+        writer.writerow([name] + list(row))
+    write_atomic(path, out.getvalue())
 
 
 def dataset_class_names(voc_dir):
@@ -359,6 +365,7 @@ def run(voc_dir=None, sbd_dir=None, run_dir="runs/voc", recipe=None, backbone_we
         raise ValueError("sbd_dir needs voc_dir (SBD only adds masks to a VOCdevkit)")
     recipe = recipe or (EMBEDDED if embedded else PAPER)
     check_recipe(recipe)
+    driver.prepare_run_dir(run_dir, recipe)
     if embedded:
         print(f"No VOC given: using the embedded synthetic VOC-format dataset in {data_root}")
         synthetic_voc.generate(data_root, **SYNTHETIC)
@@ -369,6 +376,10 @@ def run(voc_dir=None, sbd_dir=None, run_dir="runs/voc", recipe=None, backbone_we
                          skip_bad=recipe.skip_bad)
     val = voc.load_voc(voc_dir, val_split, class_names=class_names, skip_bad=recipe.skip_bad)
     voc.check_disjoint(train, val)
+    # before any model is built: every val mask in full (a bad one would otherwise stop the run
+    # after training, without metrics), the train masks' kind and size from their headers
+    voc.check_examples(val, labels=True)
+    voc.check_examples(train, labels=False)
     print(train.report())
     print(val.report())
     num_classes = len(class_names)
@@ -406,7 +417,8 @@ def run(voc_dir=None, sbd_dir=None, run_dir="runs/voc", recipe=None, backbone_we
         "class_names": list(class_names),
         "num_classes": num_classes,
         "params": int(model.count_params()),
-        "train_images": train.num_images,
+        "train_images": train.num_images - train.skipped.skipped,  # actually used
+        "train_images_listed": train.num_images,
         "val_images": results["num_images"],
         "skipped": {"train": train.skipped.skipped, "val": val.skipped.skipped,
                     "files": {**train.skipped.reasons, **val.skipped.reasons}},

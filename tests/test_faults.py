@@ -1,0 +1,366 @@
+"""Nothing lost, nothing silent (issue 14): kills, bad data, bad files and bad arguments each end
+in a resumed run, a skip that is counted, or one clear line naming the problem."""
+
+import csv
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from pipelines import cli
+from pipelines.jobs import driver
+from tests.test_classification import make_tiny_imagenet
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _cli(*args, env=None, timeout=600):
+    """The real ``keras-mnv2`` command in a fresh process; (return code, stdout, stderr)."""
+    full_env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", **(env or {}))
+    done = subprocess.run([sys.executable, "-m", "pipelines.cli", *map(str, args)], cwd=REPO,
+                          capture_output=True, text=True, timeout=timeout, env=full_env)
+    return done.returncode, done.stdout, done.stderr
+
+
+def _history_epochs(run_dir):
+    """The epoch column of history.csv as written (no de-duplication)."""
+    with open(os.path.join(run_dir, "history.csv"), newline="") as f:
+        return [int(row["epoch"]) for row in csv.DictReader(f)]
+
+
+def _tiny_imagenet_args(data_dir, run_dir, epochs):
+    return ["train", "imagenet", "--data-dir", data_dir, "--run-dir", run_dir, "--alpha", "0.35",
+            "--resolution", "32", "--batch-size", "4", "--epochs", epochs,
+            "--steps-per-epoch", "3", "--shuffle-buffer", "16", "--weight-decay", "0",
+            "--use-ema", "false"]
+
+
+# ----------------------------------------------------------------------------- kills
+
+
+def _state(run_dir):
+    return driver.ResumeState(os.path.join(run_dir, "backup"), run_dir).epochs_done()
+
+
+@pytest.mark.slow
+def test_sigkill_job_during_checkpoint_and_state_writes_then_rerun_resumes(tmp_path):
+    """A real training job (the CLI, tiny ImageNet folder) SIGKILLed while last.keras is being
+    written and while the resume state is being written, then the same command rerun: no epoch
+    lost or repeated in history.csv, and the final models load."""
+    import keras
+
+    data_dir = make_tiny_imagenet(tmp_path / "data")
+    run_dir = str(tmp_path / "run")
+    args = _tiny_imagenet_args(data_dir, run_dir, 3)
+    code, _, err = _cli(*args, env={driver.KILL_AT_ENV: "checkpoint@1"})
+    assert code == -9, err[-2000:]
+    # epoch 2's row is in history.csv, its last.keras under the temporary name only
+    assert _state(run_dir) == 1 and _history_epochs(run_dir) == [0, 1]
+    assert ".last.tmp.keras" in os.listdir(run_dir)
+    keras.saving.load_model(os.path.join(run_dir, "last.keras"), compile=False)  # epoch 1's
+    code, _, err = _cli(*args, env={driver.KILL_AT_ENV: "state@1"})
+    assert code == -9, err[-2000:]
+    assert _state(run_dir) == 1  # epoch 2's weights renamed in, its metadata not written
+    code, out, err = _cli(*args)
+    assert code == 0, err[-3000:]
+    assert _history_epochs(run_dir) == [0, 1, 2]  # each epoch once, in order
+    for name in ("last.keras", "model.keras"):
+        model = keras.saving.load_model(os.path.join(run_dir, name), compile=False)
+        assert model.output_shape == (None, 3)
+    metrics = json.loads(open(os.path.join(run_dir, "metrics.json")).read())
+    # 16 listed, 1 corrupt: the images actually used
+    assert metrics["train_images"] == 15 and metrics["train_images_listed"] == 16
+    assert sorted(os.listdir(os.path.join(run_dir, "backup"))) == [
+        "epoch-3.weights.h5", "training_metadata.json"]
+
+
+@pytest.mark.slow
+def test_sigkill_driver_at_every_other_moment(tmp_path):
+    """The shared driver in a real process (a one-layer model, for speed) SIGKILLed mid-epoch,
+    during the history write and during the weights write, rerun after each."""
+    run_dir = str(tmp_path / "run")
+    script = tmp_path / "train.py"
+    script.write_text(
+        f"import sys\nsys.path.insert(0, {REPO!r})\n"
+        "from tests.test_driver import _data, _model\nfrom pipelines.jobs import driver\n"
+        f"driver.fit(_model(), _data(), 4, {run_dir!r}, verbose=0)\nprint('finished')\n")
+    for point, done in (("batch@1", 1), ("history@1", 1), ("state-weights@2", 2)):
+        proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                              timeout=300, env={**os.environ, driver.KILL_AT_ENV: point})
+        assert proc.returncode == -9, (point, proc.stderr[-2000:])
+        assert _state(run_dir) == done, point
+        assert _history_epochs(run_dir)[:done] == list(range(done)), point
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=300)
+    assert "finished" in proc.stdout, proc.stderr[-2000:]
+    assert _history_epochs(run_dir) == [0, 1, 2, 3]
+
+
+def test_unreadable_resume_state_says_how_to_resume_or_start_over(tmp_path):
+    from tests.test_driver import _data, _model
+
+    run_dir = str(tmp_path / "run")
+    driver.fit(_model(), _data(), 1, run_dir, verbose=0)
+    weights = os.path.join(run_dir, "backup", "epoch-1.weights.h5")
+    with open(weights, "r+b") as f:  # an HDF5 file cut short (a disk that lost its tail)
+        f.truncate(os.path.getsize(weights) // 3)
+    with pytest.raises(driver.RunDirError) as info:
+        driver.fit(_model(), _data(), 2, run_dir, verbose=0)
+    message = str(info.value)
+    assert "epoch-1.weights.h5 cannot be read" in message
+    assert f"rm -r {os.path.join(run_dir, 'backup')}" in message and "last.keras" in message
+    assert "new --run-dir" in message
+    # Keras's own BackupAndRestore state (a run of an older version) still resumes
+    (tmp_path / "old" / "backup").mkdir(parents=True)
+    model = _model()
+    model.save_weights(str(tmp_path / "old" / "backup" / "latest.weights.h5"))
+    (tmp_path / "old" / "backup" / "training_metadata.json").write_text('{"epoch": 1}')
+    driver.fit(model, _data(), 2, str(tmp_path / "old"), verbose=0)
+    assert _history_epochs(str(tmp_path / "old")) == [1]
+
+
+def test_history_is_cut_back_to_the_resume_state(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "history.csv").write_text("epoch,loss\n0,1.0\n1,0.5\n2,0.4\n2,0.3\n3,0.2")
+    # epoch 2 twice dropped; the last line, cut by a kill (no newline), is never read as a row
+    assert driver.cut_history(str(run_dir), 2) == 2
+    assert _history_epochs(str(run_dir)) == [0, 1]
+
+
+def test_zero_trained_steps_stop_and_record_nothing(tmp_path):
+    import tensorflow as tf
+
+    from tests.test_driver import _model
+
+    empty = tf.data.Dataset.from_tensor_slices(
+        (np.zeros((0, 4), "float32"), np.zeros((0, 1), "float32"))).batch(4).repeat()
+    run_dir = str(tmp_path / "run")
+    with pytest.raises(driver.NoTrainingError, match="epoch 1 trained zero steps"):
+        driver.fit(_model(), empty, 2, run_dir, steps_per_epoch=3, verbose=0)
+    assert not os.path.exists(os.path.join(run_dir, "backup"))  # nothing recorded as done
+    assert not os.path.exists(os.path.join(run_dir, "history.csv"))
+    assert not os.path.exists(os.path.join(run_dir, "last.keras"))
+
+
+# ----------------------------------------------------------------------------- COCO data
+
+
+@pytest.fixture
+def tiny_coco(tmp_path):
+    from pipelines.synthetic import coco as synthetic_coco
+
+    return synthetic_coco.generate(tmp_path / "coco", num_train=6, num_val=2, image_size=64,
+                                   num_classes=2)
+
+
+def _edit_json(path, change):
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+
+
+def test_coco_size_mismatch_is_skipped_and_counted_or_stops(tiny_coco):
+    import tensorflow as tf
+
+    from pipelines.data import coco
+
+    annotations = tiny_coco / "annotations" / "instances_train.json"
+
+    def tenfold(data):  # 960x870 listed, 96x87 on disk: boxes 10x too small
+        data["images"][0]["height"] *= 10
+        data["images"][0]["width"] *= 10
+
+    _edit_json(annotations, tenfold)
+    index = coco.load_coco(tiny_coco, "train")
+    ids = [int(e["image_id"]) for e in coco.coco_dataset(index).as_numpy_iterator()]
+    first = index.file_names[0]
+    assert len(ids) == 5 and int(index.image_ids[0]) not in ids
+    assert index.skipped_images.skipped == 1 and index.skipped_images.files[0].endswith(first)
+    reason = index.skipped_images.reasons[index.skipped_images.files[0]]
+    assert "on disk but" in reason and "in instances_train.json" in reason
+    with pytest.raises(tf.errors.OpError) as info:
+        list(coco.coco_dataset(coco.load_coco(tiny_coco, "train"), size_mismatch="stop"))
+    line = cli.error_line(info.value)
+    assert first in line and "on disk but" in line and "\n" not in line
+
+
+def test_coco_missing_file_found_while_indexing(tiny_coco):
+    from pipelines.data import coco
+
+    index = coco.load_coco(tiny_coco, "train")
+    (index.image_dir / index.file_names[1]).unlink()
+    with pytest.raises(coco.CocoFormatError, match=rf"1 of 6 listed images are not in .*"
+                                                    rf"{index.file_names[1]}"):
+        coco.load_coco(tiny_coco, "train")
+
+
+def test_coco_empty_annotations_warn(tiny_coco, caplog):
+    from pipelines.data import coco
+
+    _edit_json(tiny_coco / "annotations" / "instances_train.json",
+               lambda d: d.update(annotations=[]))
+    with caplog.at_level("WARNING"):
+        coco.load_coco(tiny_coco, "train")
+    assert "instances_train.json: no usable annotations (0 listed)" in caplog.text
+    assert "detect nothing" in caplog.text
+
+
+def test_coco_no_images_stops_before_the_model(tiny_coco, tmp_path):
+    from pipelines.data import coco
+    from pipelines.jobs import detection
+
+    _edit_json(tiny_coco / "annotations" / "instances_train.json",
+               lambda d: d.update(images=[], annotations=[]))
+    recipe = dataclasses.replace(detection.EMBEDDED, input_size=96, epochs=1)
+    with pytest.raises(coco.CocoFormatError, match="instances_train.json: lists no images"):
+        detection.run(coco_dir=str(tiny_coco), run_dir=str(tmp_path / "run"), recipe=recipe)
+    assert not os.path.exists(tmp_path / "run" / "metrics.json")
+
+
+# ----------------------------------------------------------------------------- ImageNet, VOC
+
+
+def test_imagenet_empty_class_folder_warns_naming_it(tmp_path, caplog):
+    from pipelines.data import imagenet
+
+    root = make_tiny_imagenet(tmp_path / "data")
+    empty = root / "train" / "n09999999"
+    empty.mkdir()
+    with caplog.at_level("WARNING"):
+        source = imagenet.folder_source(root, "train")
+    assert source.empty_classes == ("n09999999",) and source.num_classes == 4
+    assert "1 of 4 classes have no images (never learned): n09999999" in caplog.text
+
+
+def test_voc_mask_problems_are_one_clear_error_before_training(tmp_path):
+    from PIL import Image
+
+    from pipelines.data import voc
+    from tests.test_voc_pipeline import make_mask, save_palette_png, write_voc
+
+    root = write_voc(tmp_path, train=["2007_000001"], val=["2007_000010", "2007_000011"])
+    masks = root / "VOC2012" / "SegmentationClass"
+    good = voc.load_voc(root, "val")
+    assert voc.check_examples(good) == 0
+    wrong = make_mask("2007_000011")
+    wrong[0, 0] = 30
+    for writes, message in (
+            (lambda p: save_palette_png(p, make_mask("2007_000011", 40, 50)),
+             "mask is 40x50 but its image is 40x52"),
+            (lambda p: save_palette_png(p, wrong), "labels [30] outside the class range 0..20"),
+            (lambda p: Image.fromarray(np.zeros((40, 52, 3), np.uint8)).save(p), "mode 'RGB'"),
+            (lambda p: p.write_bytes(b"\x89PNG not really"), "cannot read mask")):
+        writes(masks / "2007_000011.png")
+        index = voc.load_voc(root, "val")
+        with pytest.raises(voc.VocFormatError) as info:
+            voc.check_examples(index)
+        assert "2007_000011.png" in str(info.value) and message in str(info.value)
+        assert "--skip-bad" in str(info.value)
+        skipping = voc.load_voc(root, "val", skip_bad=True)
+        assert voc.check_examples(skipping) == 1 and skipping.ids == ["2007_000010"]
+        assert skipping.skipped.files[0].endswith("2007_000011.png")
+    # read inside tf.data (a train mask), the CLI shows the VocFormatError's own line
+    import tensorflow as tf
+
+    with pytest.raises(tf.errors.OpError) as info:
+        list(voc.voc_dataset(voc.load_voc(root, "val")))
+    line = cli.error_line(info.value)
+    assert line.startswith(str(masks / "2007_000011.png")) and "\n" not in line
+
+
+# ----------------------------------------------------------------------------- run dir, CLI
+
+
+def test_run_dir_checked_first(tmp_path):
+    from pipelines.jobs import detection
+
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    with pytest.raises(driver.RunDirError, match="is a file, not a folder"):
+        driver.prepare_run_dir(str(a_file), detection.EMBEDDED)
+    if os.geteuid() != 0:  # root writes anywhere
+        locked = tmp_path / "locked"
+        locked.mkdir()
+        locked.chmod(0o500)
+        with pytest.raises(driver.RunDirError, match="cannot be written"):
+            driver.prepare_run_dir(str(locked), detection.EMBEDDED)
+    run_dir = str(tmp_path / "run")
+    driver.prepare_run_dir(run_dir, detection.EMBEDDED)
+    driver.prepare_run_dir(run_dir, detection.EMBEDDED)  # the same recipe: resumes
+    other = dataclasses.replace(detection.EMBEDDED, alpha=0.5, epochs=3)
+    with pytest.raises(driver.RunDirError) as info:
+        driver.prepare_run_dir(run_dir, other)
+    message = str(info.value)
+    assert "alpha: 0.35 in the run, 0.5 now" in message
+    assert "epochs: 12 in the run, 3 now" in message
+    assert "new --run-dir" in message and len(message) < 400
+
+
+def test_cli_expected_failures_are_one_line_exit_2(tmp_path, capsys):
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    # a run dir that is a file: found before any data is generated or model built
+    assert cli.main(["train", "coco", "--run-dir", str(a_file)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is a file, not a folder" in err and "Traceback" not in err
+    assert cli.main(["train", "coco", "--coco-dir", str(tmp_path / "nope"),
+                     "--run-dir", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "nope" in err
+    with pytest.raises(FileNotFoundError):  # --debug: the traceback
+        cli.main(["train", "coco", "--coco-dir", str(tmp_path / "nope"),
+                  "--run-dir", str(tmp_path / "r"), "--debug"])
+    # a model file that is not one
+    garbage = tmp_path / "model.keras"
+    garbage.write_bytes(b"\0" * 1000)
+    assert cli.main(["eval", "coco", "--model", str(garbage)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not a .keras model file" in err
+
+
+def test_cli_booleans_are_strict(capsys):
+    parser = cli.build_parser()
+    for text, value in (("true", True), ("False", False), ("1", True), ("no", False)):
+        assert parser.parse_args(["train", "coco", "--cache", text]).cache is value
+    with pytest.raises(SystemExit) as info:
+        parser.parse_args(["train", "coco", "--cache", "abc"])
+    assert info.value.code == 2
+    assert "argument --cache: expected true or false (1/0, yes/no), got 'abc'" in \
+        capsys.readouterr().err
+
+
+def test_disk_full_is_one_line_saying_what_to_do():
+    import errno
+
+    err = OSError(errno.ENOSPC, "No space left on device", "runs/coco/.last.tmp.keras")
+    line = cli.error_line(err)
+    assert "disk is full while writing runs/coco/.last.tmp.keras" in line
+    assert "run the same command again" in line
+
+
+def test_tflite_checked_against_the_run_before_evaluating(tmp_path):
+    import keras
+
+    from keras_mnv2.deploy import tflite
+    from pipelines.jobs import deploy
+
+    model = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.GlobalAveragePooling2D(),
+                              keras.layers.Dense(3)])
+    path = tmp_path / "model.tflite"
+    path.write_bytes(tflite.convert_float(model))
+    images = np.zeros((2, 32, 32, 3), np.float32)
+    deploy.check_tflite(str(path), images, 3, "*")  # fits
+    with pytest.raises(ValueError) as info:
+        deploy.check_tflite(str(path), np.zeros((2, 48, 48, 3), np.float32), 5, "*")
+    message = str(info.value)
+    assert "its input is 32x32x3 but the run's images are 48x48x3" in message
+    assert "has 3 classes but the run has 5" in message and "keras-mnv2 export" in message
+    garbage = tmp_path / "garbage.tflite"
+    garbage.write_bytes(b"\0" * 64)
+    with pytest.raises(ValueError, match="garbage.tflite cannot be read as a TFLite model"):
+        deploy.check_tflite(str(garbage), images)
