@@ -116,7 +116,7 @@ def train(folder):
     inputs = keras.Input((32, 32, 3))
     hidden = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(inputs)
     seg_model = keras.Model(inputs, keras.layers.Conv2D(3, 1)(hidden))
-    seg_model.compile(optimizer=keras.optimizers.Adam(1e-2), loss=SegmentationLoss(),
+    seg_model.compile(optimizer=keras.optimizers.Adam(5e-2), loss=SegmentationLoss(),
                       metrics=[MeanIoU(3)])
     seg = seg_model.fit(_segmentation_data().repeat(), epochs=4, steps_per_epoch=2,
                         verbose=0).history
