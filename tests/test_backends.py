@@ -154,13 +154,13 @@ def test_keras_ops_nms_suppresses_overlaps_per_class():
 
 
 def test_cli_backend_flag_is_set_before_keras_and_export_stays_on_tensorflow(monkeypatch):
-    from pipelines import cli
-
-    monkeypatch.delenv("KERAS_BACKEND", raising=False)
-    # Keras is already imported here (on its backend): asking for another must fail clearly.
     import keras
 
+    from pipelines import cli
+
+    # Keras is already imported here (on its backend): asking for another must fail clearly.
     current = keras.backend.backend()
+    monkeypatch.setenv("KERAS_BACKEND", current)  # restored afterwards, whatever select_backend sets
     other = "jax" if current != "jax" else "torch"
     with pytest.raises(ValueError, match=f"already imported with the {current} backend"):
         cli.select_backend(["train", "coco", "--backend", other])
