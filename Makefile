@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: venv test test-fast bench train-coco train-imagenet eval-imagenet train-voc qat tflite clean
+.PHONY: venv test test-fast test-torch bench train-coco train-imagenet eval-imagenet train-voc qat tflite clean
 
 venv: $(STAMP)
 
@@ -21,6 +21,12 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -ra -m "not slow" $(PYTEST_ARGS)
+
+# The three-backend checks with torch too (tests/test_backends.py skips torch where it is not
+# installed): the torch extra is ~5.6 GB installed (CUDA libraries from PyPI's default wheel).
+test-torch: $(STAMP)
+	$(PY) -m pip install -e ".[test,torch]"
+	$(PY) -m pytest -ra tests/test_backends.py $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.run

@@ -4,6 +4,8 @@ Section 1: MobileNetV2 1.0/224, keras_mnv2 vs keras.applications: parameters, MA
 throughput and TFLite float latency (median of repeated invocations, XNNPACK, 1 and 2 threads).
 Section "latency" (benchmarks/latency_bench.py): TFLite latency of every model in every export
 mode, keras.applications alongside, MAdds and achieved MAdds/s, and the issue's targets.
+Section "backends" (benchmarks/backends_bench.py): training and inference img/s of MobileNetV2 and
+SSDLite on the TensorFlow, JAX and torch Keras backends.
 """
 
 import argparse
@@ -67,9 +69,9 @@ def main(argv=None):
     parser.add_argument("--alpha", type=float, default=1.0)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--repeats", type=int, default=100)
-    parser.add_argument("--sections", default="classifier,memory,latency,imagenet",
+    parser.add_argument("--sections", default="classifier,memory,latency,imagenet,backends",
                         help="comma-separated: classifier, memory (issue 7), latency (issue 6), "
-                             "imagenet (issue 3)")
+                             "imagenet (issue 3), backends (issue 17)")
     parser.add_argument("--latency-groups", default=",".join(latency_bench.GROUPS),
                         help="latency section models: mobilenet (1.0/224), small (0.35/96), "
                              "ssdlite, deeplab")
@@ -96,6 +98,10 @@ def main(argv=None):
 
         imagenet_bench.input_pipeline_bench()
         imagenet_bench.training_bench()
+    if "backends" in sections:
+        from benchmarks import backends_bench
+
+        backends_bench.backends_bench()
 
 
 if __name__ == "__main__":

@@ -2,8 +2,34 @@
 
 import argparse
 import errno
+import os
 import re
 import sys
+
+BACKENDS = ("tensorflow", "jax", "torch")
+TENSORFLOW_ONLY = ("export", "qat")  # TFLite conversion and TFMOT need the TF backend
+
+
+def select_backend(argv):
+    """Sets KERAS_BACKEND before anything imports Keras: ``--backend`` for training and
+    evaluation (default: KERAS_BACKEND, else tensorflow); always tensorflow for export and qat,
+    which reload the run's ``.keras`` there, whichever backend trained it."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("command", nargs="?")
+    pre.add_argument("--backend", choices=BACKENDS, default=None)
+    known, _ = pre.parse_known_args(argv)
+    backend = known.backend
+    if known.command in TENSORFLOW_ONLY:
+        backend = "tensorflow"
+    if backend is None:
+        return os.environ.get("KERAS_BACKEND", "tensorflow")
+    if "keras" in sys.modules:
+        current = sys.modules["keras"].backend.backend()
+        if current != backend:
+            raise ValueError(f"Keras was already imported with the {current} backend; "
+                             f"{backend} must be chosen before (KERAS_BACKEND={backend})")
+    os.environ["KERAS_BACKEND"] = backend
+    return backend
 
 
 def parse_bool(text):
@@ -249,6 +275,9 @@ def build_parser():
 
     for job in (coco, voc, imagenet):
         job.add_argument("--run-dir", default=None, help="where checkpoints and figures go")
+        job.add_argument("--backend", default=None, choices=BACKENDS,
+                         help="Keras backend to train on (default: KERAS_BACKEND, else "
+                              "tensorflow); the .keras checkpoints load on any backend")
         if job is not imagenet:
             job.add_argument("--backbone-weights", default=None,
                              help="'imagenet' or a MobileNetV2 weights file")
@@ -305,6 +334,11 @@ def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
+    try:
+        select_backend(argv)
+    except ValueError as err:
+        print(f"keras-mnv2: error: {err}", file=sys.stderr)
+        return 2
     args = build_parser().parse_args(argv)
     if getattr(args, "run_dir", "") is None and args.command != "eval":
         args.run_dir = f"runs/{args.job}"

@@ -27,9 +27,9 @@ def test_box_loss_exact_value_and_perfect_prediction():
     preds[1, 2] += 3.0                 # background
     loss = SSDBoxLoss()
     np.testing.assert_allclose(loss(targets, preds), (1.625 + 0.5 + 0.1) / 3, rtol=1e-6)
-    # Per image, values carry the batch size: B * numerator / P.
+    # Per image, its positives' smooth L1 over the batch's P = 3 (no batch-size factor).
     per_image = SSDBoxLoss(reduction="none")(targets, preds)
-    np.testing.assert_allclose(per_image, [2 * 1.625 / 3, 2 * 0.6 / 3], rtol=1e-6)
+    np.testing.assert_allclose(per_image, [1.625 / 3, 0.6 / 3], rtol=1e-6)
     assert float(loss(targets, targets[..., :4])) == 0.0
     targets[..., 4] = 0  # no positives: 0, not NaN
     assert float(loss(targets, preds)) == 0.0
@@ -94,6 +94,23 @@ def test_focal_by_hand():
     labels = np.array([[1, 0, -1]], "int32")
     logits = np.array([[[9.0, 0.0, 0.0], [-9.0, 0.0, np.log(3.0)], [0.0, 50.0, -50.0]]], "float32")
     np.testing.assert_allclose(SSDClassLoss(mode="focal")(labels, logits), 0.8880948, rtol=1e-5)
+
+
+def test_reductions_and_sample_weight_act_as_on_any_keras_loss():
+    labels, logits = _mining_batch()
+    per_image = np.asarray(SSDClassLoss(reduction="none")(labels, logits))
+    assert per_image.shape == (3,) and np.all(per_image > 0)
+    total = float(SSDClassLoss()(labels, logits))
+    np.testing.assert_allclose(per_image.sum(), total, rtol=1e-6)
+    np.testing.assert_allclose(
+        SSDClassLoss(reduction="sum_over_batch_size")(labels, logits), total / 3, rtol=1e-6)
+    # A per-image weight scales that image's share; the normalizer stays the batch's P.
+    weighted = SSDClassLoss()(labels, logits, sample_weight=np.array([1.0, 0.0, 2.0], "float32"))
+    np.testing.assert_allclose(weighted, per_image[0] + 2 * per_image[2], rtol=1e-6)
+    # An explicit normalizer replaces max(1, P) = 3.
+    np.testing.assert_allclose(SSDClassLoss(normalizer=6.0)(labels, logits), total / 2, rtol=1e-6)
+    with pytest.raises(ValueError, match="normalizer must be"):
+        SSDBoxLoss(normalizer=0)
 
 
 def test_serialization_and_bad_mode():

@@ -55,12 +55,26 @@ def test_loss_ignores_255_pixels():
 def test_loss_all_ignored_is_zero_and_out_of_range_raises():
     logits = np.zeros((1, 2, 2, 3), "float32")
     assert _loss(np.full((1, 2, 2), 255), logits) == 0.0
-    with pytest.raises(tf.errors.InvalidArgumentError, match="< num_classes"):
+    with pytest.raises(ValueError, match="< num_classes"):
         _loss(np.array([[[0, 3], [1, 2]]]), logits)
     with pytest.raises(ValueError, match="labels are .* pixels but logits are"):
         _loss(np.zeros((1, 3, 3)), logits)
     with pytest.raises(ValueError, match="ignore_label must be an integer"):
         SegmentationLoss(ignore_label="void")
+
+
+def test_loss_reductions_and_sample_weight():
+    rng = np.random.RandomState(3)
+    logits = rng.normal(size=(2, 3, 3, 4)).astype("float32")
+    labels = rng.randint(0, 4, (2, 3, 3))
+    labels[0, 0] = 255
+    per_pixel = np.asarray(SegmentationLoss(reduction="none")(labels, logits))
+    assert per_pixel.shape == (2, 3, 3) and np.all(per_pixel[0, 0] == 0)
+    np.testing.assert_allclose(per_pixel.sum(), _loss(labels, logits), rtol=1e-6)
+    # Per-pixel weights [B, H, W] (e.g. class weights), or per image as [B, 1, 1].
+    weighted = SegmentationLoss()(labels, logits,
+                                  sample_weight=np.array([0.0, 1.0], "float32")[:, None, None])
+    np.testing.assert_allclose(weighted, per_pixel[1].sum(), rtol=1e-6)
 
 
 def test_loss_serializes():

@@ -10,7 +10,8 @@ import math
 import numbers
 
 import numpy as np
-import tensorflow as tf
+
+from keras_mnv2.tensors import ops_for
 
 DEFAULT_ASPECT_RATIOS = (1.0, 2.0, 0.5, 3.0, 1.0 / 3.0)
 LOWEST_LAYER_SMALL_SCALE = 0.1  # the extra small square box of the reduced lowest layer
@@ -117,14 +118,15 @@ def ssd_anchors(feature_map_sizes, min_scale=0.2, max_scale=0.95,
 
 
 def center_to_corners(boxes):
-    """(cy, cx, h, w) -> (ymin, xmin, ymax, xmax), over any leading dimensions (TF ops)."""
-    boxes = tf.convert_to_tensor(boxes)
-    cy, cx, h, w = tf.unstack(boxes, num=4, axis=-1)
-    return tf.stack([cy - 0.5 * h, cx - 0.5 * w, cy + 0.5 * h, cx + 0.5 * w], axis=-1)
+    """(cy, cx, h, w) -> (ymin, xmin, ymax, xmax), over any leading dimensions (``keras.ops``, or
+    TF ops on TF tensors: see ``keras_mnv2.tensors``)."""
+    ops = ops_for(boxes)
+    cy, cx, h, w = ops.unstack(ops.convert_to_tensor(boxes), num=4, axis=-1)
+    return ops.stack([cy - 0.5 * h, cx - 0.5 * w, cy + 0.5 * h, cx + 0.5 * w], axis=-1)
 
 
 def corners_to_center(boxes):
-    """(ymin, xmin, ymax, xmax) -> (cy, cx, h, w), over any leading dimensions (TF ops)."""
-    boxes = tf.convert_to_tensor(boxes)
-    ymin, xmin, ymax, xmax = tf.unstack(boxes, num=4, axis=-1)
-    return tf.stack([0.5 * (ymin + ymax), 0.5 * (xmin + xmax), ymax - ymin, xmax - xmin], axis=-1)
+    """(ymin, xmin, ymax, xmax) -> (cy, cx, h, w), over any leading dimensions (as above)."""
+    ops = ops_for(boxes)
+    ymin, xmin, ymax, xmax = ops.unstack(ops.convert_to_tensor(boxes), num=4, axis=-1)
+    return ops.stack([0.5 * (ymin + ymax), 0.5 * (xmin + xmax), ymax - ymin, xmax - xmin], axis=-1)

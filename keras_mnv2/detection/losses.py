@@ -2,31 +2,45 @@
 
 Targets come from ``keras_mnv2.detection.matching.encode_targets``: class targets are 0 for background,
 1..C for objects and -1 for ignored anchors. Both losses are normalized by the number of positive
-anchors in the whole batch, max(1, P). Keras' default ``"sum_over_batch_size"`` reduction
-averages the per-image values, so each image's value is returned already multiplied by the batch
-size B: the loss is then exactly ``sum over the batch / max(1, P)`` (and under ``tf.distribute``
-Keras' per-replica scaling averages the replicas' values as it should).
+anchors in the whole batch, max(1, P), as the SSD paper and keras-hub's RetinaNet do.
+
+They are ordinary Keras losses written in ``keras.ops`` (TensorFlow, JAX and torch backends):
+``call`` returns one value per image (its sum over anchors), already divided by the batch's
+normalizer, and the default reduction is ``"sum"``, so the loss is ``sum over the batch /
+max(1, P)``. Any other ``reduction`` and a per-image ``sample_weight`` [B] then act as they do on
+any Keras loss;
+``normalizer=`` overrides max(1, P) (e.g. with a count taken over all replicas). Under
+``tf.distribute`` Keras divides each replica's loss by the number of replicas, so the gradient is
+the replicas' mean of their normalized losses, as before.
 """
 
 import keras
-import tensorflow as tf
+from keras import ops
 
 MODES = ("softmax", "focal")
 
 
-def _positives(class_targets):
-    return tf.cast(class_targets > 0, tf.float32)
-
-
-def _batch_normalized(per_image, positive):
-    """per_image * B / max(1, positives in the batch): see the module docstring."""
-    batch_size = tf.cast(tf.shape(per_image)[0], per_image.dtype)
-    return per_image * batch_size / tf.maximum(tf.reduce_sum(positive), 1.0)
-
-
 def _class_ids(y_true):
     # Keras converts y_true to the loss dtype (float) before ``call``.
-    return tf.cast(tf.round(tf.cast(y_true, tf.float32)), tf.int32)
+    return ops.cast(ops.round(ops.cast(y_true, "float32")), "int32")
+
+
+def _positives(class_ids):
+    return ops.cast(class_ids > 0, "float32")
+
+
+def _divide(per_anchor, positive, normalizer):
+    """Per image: the sum of per_anchor / max(1, positives in the batch), or / the normalizer."""
+    if normalizer is None:
+        normalizer = ops.maximum(ops.sum(positive), 1.0)
+    return ops.sum(per_anchor, axis=-1) / ops.cast(normalizer, per_anchor.dtype)
+
+
+def _check_normalizer(normalizer):
+    if normalizer is not None and not (isinstance(normalizer, (int, float))
+                                       and not isinstance(normalizer, bool) and normalizer > 0):
+        raise ValueError(f"normalizer must be a number > 0 or None, got {normalizer!r}")
+    return normalizer
 
 
 @keras.saving.register_keras_serializable(package="keras_mnv2")
@@ -35,20 +49,26 @@ class SSDBoxLoss(keras.losses.Loss):
 
     y_true: [B, N, 5], the 4 encoded box targets and the class target (as a float) last.
     y_pred: [B, N, 4] box encodings.
-    Value: sum over positive anchors and the 4 coordinates of the batch, / max(1, P).
+    Per image: the smooth L1 summed over its positive anchors and the 4 coordinates, / max(1, P).
+    With the default ``"sum"`` reduction: the sum over the batch / max(1, P).
     """
 
-    def __init__(self, name="ssd_box_loss", reduction="sum_over_batch_size", dtype=None):
+    def __init__(self, normalizer=None, name="ssd_box_loss", reduction="sum", dtype=None):
         super().__init__(name=name, reduction=reduction, dtype=dtype)
+        self.normalizer = _check_normalizer(normalizer)
 
     def call(self, y_true, y_pred):
-        y_true = tf.cast(y_true, tf.float32)
-        y_pred = tf.cast(y_pred, tf.float32)
+        y_true = ops.cast(y_true, "float32")
+        y_pred = ops.cast(y_pred, "float32")
         positive = _positives(_class_ids(y_true[..., 4]))
-        error = tf.abs(y_true[..., :4] - y_pred)
-        smooth_l1 = tf.where(error < 1.0, 0.5 * tf.square(error), error - 0.5)
-        per_image = tf.reduce_sum(tf.reduce_sum(smooth_l1, axis=-1) * positive, axis=-1)
-        return _batch_normalized(per_image, positive)
+        error = ops.abs(y_true[..., :4] - y_pred)
+        smooth_l1 = ops.where(error < 1.0, 0.5 * ops.square(error), error - 0.5)
+        return _divide(ops.sum(smooth_l1, axis=-1) * positive, positive, self.normalizer)
+
+    def get_config(self):
+        config = super().get_config()
+        config["normalizer"] = self.normalizer
+        return config
 
 
 @keras.saving.register_keras_serializable(package="keras_mnv2")
@@ -65,11 +85,12 @@ class SSDClassLoss(keras.losses.Loss):
       keeps images without objects teaching the background class.
     mode="focal": sigmoid focal loss (alpha, gamma) over the C foreground logits (column 0 is not
       used) on every non-ignored anchor; background anchors have all-zero targets. No mining.
-    Ignored anchors never count. Value: sum over the batch / max(1, P), P = positives in the batch.
+    Ignored anchors never count. Per image: its counted loss / max(1, P); with the default
+    ``"sum"`` reduction, the sum over the batch / max(1, P), P = positives in the batch.
     """
 
     def __init__(self, mode="softmax", negatives_per_positive=3, min_negatives=3, alpha=0.25,
-                 gamma=2.0, name="ssd_class_loss", reduction="sum_over_batch_size", dtype=None):
+                 gamma=2.0, normalizer=None, name="ssd_class_loss", reduction="sum", dtype=None):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if negatives_per_positive < 0 or min_negatives < 0:
@@ -81,48 +102,54 @@ class SSDClassLoss(keras.losses.Loss):
         self.min_negatives = min_negatives
         self.alpha = alpha
         self.gamma = gamma
+        self.normalizer = _check_normalizer(normalizer)
 
     def call(self, y_true, y_pred):
         labels = _class_ids(y_true)
-        logits = tf.cast(y_pred, tf.float32)
+        logits = ops.cast(y_pred, "float32")
         positive = _positives(labels)
         if self.mode == "softmax":
-            per_image = self._softmax_with_mining(labels, logits, positive)
+            per_anchor = self._softmax_with_mining(labels, logits, positive)
         else:
-            per_image = self._focal(labels, logits)
-        return _batch_normalized(per_image, positive)
+            per_anchor = self._focal(labels, logits)
+        return _divide(per_anchor, positive, self.normalizer)
 
     def _softmax_with_mining(self, labels, logits, positive):
-        cross_entropy = tf.nn.sparse_softmax_cross_entropy_with_logits(
-            labels=tf.maximum(labels, 0), logits=logits)  # [B, N], >= 0
-        negative = tf.equal(labels, 0)
-        num_negative = tf.reduce_sum(tf.cast(negative, tf.float32), axis=-1)
-        k = tf.maximum(self.negatives_per_positive * tf.reduce_sum(positive, axis=-1),
-                       float(self.min_negatives))
-        k = tf.minimum(k, num_negative)  # [B]
-        # Non-negatives sort last (-1 < any CE), and k never reaches them.
-        ranked = tf.sort(tf.where(negative, cross_entropy, -1.0), axis=-1, direction="DESCENDING")
-        rank = tf.cast(tf.range(tf.shape(ranked)[-1]), tf.float32)
-        hard = tf.cast(rank[None, :] < k[:, None], tf.float32)
-        return (tf.reduce_sum(cross_entropy * positive, axis=-1)
-                + tf.reduce_sum(ranked * hard, axis=-1))
+        cross_entropy = ops.sparse_categorical_crossentropy(
+            ops.maximum(labels, 0), logits, from_logits=True)  # [B, N], >= 0
+        negative = ops.cast(ops.equal(labels, 0), "float32")
+        num_negative = ops.sum(negative, axis=-1)
+        k = ops.maximum(self.negatives_per_positive * ops.sum(positive, axis=-1),
+                        float(self.min_negatives))
+        k = ops.minimum(k, num_negative)  # [B]
+        # Each negative's rank among its image's negatives by descending loss (non-negatives
+        # score -1 < any CE, so they rank last and k never reaches them). Tied losses are equal,
+        # so which of them a sort puts first does not change the sum.
+        mining_score = ops.where(negative > 0, cross_entropy, -1.0)
+        order = ops.argsort(-mining_score, axis=-1)
+        rank = ops.argsort(order, axis=-1)
+        hard = ops.cast(ops.cast(rank, "float32") < k[:, None], "float32") * negative
+        return cross_entropy * (positive + hard)
 
     def _focal(self, labels, logits):
         foreground = logits[..., 1:]
-        num_classes = tf.shape(foreground)[-1]
-        targets = tf.one_hot(tf.maximum(labels, 0) - 1, num_classes)  # background -> all zeros
-        cross_entropy = tf.nn.sigmoid_cross_entropy_with_logits(labels=targets, logits=foreground)
-        probs = tf.sigmoid(foreground)
+        num_classes = ops.shape(foreground)[-1]
+        targets = ops.one_hot(ops.maximum(labels, 0) - 1, num_classes)  # background -> zeros
+        # sigmoid cross-entropy, stable: max(x, 0) - x * z + log(1 + exp(-|x|))
+        cross_entropy = (ops.relu(foreground) - foreground * targets
+                         + ops.log1p(ops.exp(-ops.abs(foreground))))
+        probs = ops.sigmoid(foreground)
         p_t = targets * probs + (1.0 - targets) * (1.0 - probs)
         alpha_t = targets * self.alpha + (1.0 - targets) * (1.0 - self.alpha)
-        focal = alpha_t * tf.pow(1.0 - p_t, self.gamma) * cross_entropy
-        counted = tf.cast(labels >= 0, tf.float32)
-        return tf.reduce_sum(tf.reduce_sum(focal, axis=-1) * counted, axis=-1)
+        focal = alpha_t * ops.power(1.0 - p_t, self.gamma) * cross_entropy
+        counted = ops.cast(labels >= 0, "float32")
+        return ops.sum(focal, axis=-1) * counted
 
     def get_config(self):
         config = super().get_config()
         config.update(mode=self.mode, negatives_per_positive=self.negatives_per_positive,
-                      min_negatives=self.min_negatives, alpha=self.alpha, gamma=self.gamma)
+                      min_negatives=self.min_negatives, alpha=self.alpha, gamma=self.gamma,
+                      normalizer=self.normalizer)
         return config
 
 

@@ -10,8 +10,11 @@ import numpy as np
 
 from keras_mnv2.segmentation.loss import IGNORE_LABEL
 
+
 def _as_numpy(value, what):
-    if hasattr(value, "numpy"):
+    if hasattr(value, "detach"):  # a torch tensor
+        value = value.detach().cpu()
+    if hasattr(value, "numpy"):  # TF and torch tensors; jax arrays convert through np.asarray
         value = value.numpy()
     value = np.asarray(value)
     if value.dtype.kind not in "iufb":

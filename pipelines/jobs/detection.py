@@ -148,23 +148,26 @@ def make_optimizer(recipe, steps_per_epoch):
 
 def predict_detections(model, dataset, anchors, recipe):
     """Runs the model and decodes with class-wise NMS: a list of per-image detection dicts."""
+    import keras
+
     from keras_mnv2.detection.postprocess import decode_detections
 
     detections = []
     for images, image_ids in dataset:
-        outputs = model(images, training=False)
+        outputs = model(images.numpy(), training=False)  # numpy: any Keras backend
         decoded = decode_detections(
             outputs["boxes"], outputs["classes"], anchors,
             score_threshold=recipe.score_threshold, iou_threshold=recipe.nms_iou,
             max_detections=recipe.max_detections, mode=recipe.class_loss,
         )
+        decoded = {k: keras.ops.convert_to_numpy(v) for k, v in decoded.items()}
         for i, image_id in enumerate(image_ids.numpy()):
             n = int(decoded["num_detections"][i])
             detections.append({
                 "image_id": int(image_id),
-                "boxes": decoded["boxes"][i, :n].numpy(),
-                "scores": decoded["scores"][i, :n].numpy(),
-                "classes": decoded["classes"][i, :n].numpy(),
+                "boxes": decoded["boxes"][i, :n],
+                "scores": decoded["scores"][i, :n],
+                "classes": decoded["classes"][i, :n],
             })
     return detections
 

@@ -16,6 +16,7 @@ first, then last.keras, then the resume state (the weights file of that epoch, t
 written; history.csv is cut back to the epochs that state holds, so no epoch is lost or repeated.
 """
 
+import contextlib
 import csv
 import io
 import json
@@ -378,7 +379,9 @@ def fit(model, train_data, epochs, run_dir, validation_data=None, steps_per_epoc
         # Slot variables made now, eagerly: made inside the first traced train step they cost
         # ~20x more each, and the step is traced twice (about a minute on 2 cores). Under the
         # model's strategy, so that they are distributed like the weights.
-        with model.distribute_strategy.scope():
+        # (JAX and torch models have no distribute_strategy.)
+        strategy = getattr(model, "distribute_strategy", None)
+        with strategy.scope() if strategy is not None else contextlib.nullcontext():
             model.optimizer.build(model.trainable_variables)
     cbs = callbacks(run_dir) + list(extra_callbacks)
     model.fit(train_data, epochs=epochs, validation_data=validation_data,

@@ -203,6 +203,7 @@ def predict_probabilities(model, images, scales=(1.0,), flip=False, model_at_siz
 
     The models run eagerly (``model(x, training=False)``): one pass over a val split does not
     repay tracing a predict function per input size and batch shape."""
+    import keras
     import tensorflow as tf
 
     size = int(images.shape[1])
@@ -221,7 +222,9 @@ def predict_probabilities(model, images, scales=(1.0,), flip=False, model_at_siz
             x = tf.image.resize(images, [side, side], method="bilinear")
         for mirrored in ((False, True) if flip else (False,)):
             inputs = tf.reverse(x, [2]) if mirrored else x
-            logits = tf.convert_to_tensor(net(inputs, training=False))
+            # numpy in and out: the model may run on JAX or torch (keras_mnv2 backends)
+            logits = tf.convert_to_tensor(keras.ops.convert_to_numpy(
+                net(inputs.numpy(), training=False)))
             if mirrored:
                 logits = tf.reverse(logits, [2])
             if side != size:
