@@ -151,6 +151,8 @@ def MobileNetV2(
     framework="keras",
     bn_momentum=0.999,
     expansion_splits=1,
+    divisible_by=8,
+    min_depth=None,
 ):
     """Builds MobileNetV2 and returns a functional ``keras.Model``.
 
@@ -182,6 +184,14 @@ def MobileNetV2(
             no expansion: it splits together with Conv1 (``Conv1_s{j}``, ...), whose output
             channels are its groups.
             ``keras_mnv2.split.split_expansion`` converts a trained model.
+        divisible_by: channel rounding of the scaled widths. 8 (the default) is the
+            keras.applications rule, ``make_divisible(int(c * alpha), 8)``. Any other value
+            applies TF-slim's ``depth_multiplier`` rule, ``make_divisible(c * alpha, divisible_by,
+            min_depth)``, with expanded widths rounded to multiples of 8 as slim's
+            ``expand_input_by_factor`` does: DeepLab builds its backbone with
+            ``divisible_by=1, min_depth=1`` whenever the depth multiplier is not 1 (widths 12
+            and 72 at alpha 0.5, where the default gives 16 and 96).
+        min_depth: smallest scaled width; None means ``divisible_by``.
     """
     keras = get_keras(framework)
     layers = keras.layers
@@ -189,6 +199,8 @@ def MobileNetV2(
         input_shape = tuple(input_shape)
     _validate(alpha, input_shape, include_top, weights, pooling, classes, output_stride,
               dropout_rate)
+    width = channel_rounding(alpha, divisible_by, min_depth)
+    expansion_divisor = None if (divisible_by, min_depth) == (8, None) else 8
     splits = splits_per_block(expansion_splits)
 
     if input_tensor is not None:
@@ -208,14 +220,15 @@ def MobileNetV2(
 
     # Conv1 is handed to block 0, which has no expansion of its own: split, Conv1's output
     # channels are block 0's groups (the paper's Table 3 note on the first layer).
-    stem = conv_bn_layers(keras, make_divisible(32 * alpha), 3, "Conv1", "bn_Conv1",
+    stem = conv_bn_layers(keras, width(32, stem=True), 3, "Conv1", "bn_Conv1",
                           strides=2, relu_name="Conv1_relu", bn_momentum=bn_momentum)
     x = img_input
     for block_id, t, c, stride, dilation in block_plan(output_stride):
-        x = inverted_residual(keras, x, t, make_divisible(int(c * alpha)), stride, block_id,
+        x = inverted_residual(keras, x, t, width(c), stride, block_id,
                               dilation, bn_momentum=bn_momentum, splits=splits[block_id],
-                              stem=stem if block_id == 0 else ())
-    last_filters = make_divisible(1280 * alpha) if alpha > 1.0 else 1280
+                              stem=stem if block_id == 0 else (),
+                              expansion_divisor=expansion_divisor)
+    last_filters = width(1280, stem=True) if alpha > 1.0 else 1280
     x = conv_bn(keras, x, last_filters, 1, "Conv_1", "Conv_1_bn", relu_name="out_relu",
                 bn_momentum=bn_momentum)
 
@@ -239,6 +252,23 @@ def MobileNetV2(
     elif weights is not None:
         load_weights_file(model, weights)
     return model
+
+
+def channel_rounding(alpha, divisible_by=8, min_depth=None):
+    """The width rule of ``MobileNetV2``: a function from a paper width c to the built width.
+
+    The default ``(8, None)`` is keras.applications' rule (``make_divisible(int(c * alpha))``
+    in the blocks, ``make_divisible(c * alpha)`` for Conv1 and the last conv); anything else is
+    TF-slim's ``make_divisible(c * alpha, divisible_by, min_depth)`` everywhere.
+    """
+    if not isinstance(divisible_by, int) or isinstance(divisible_by, bool) or divisible_by < 1:
+        raise ValueError(f"divisible_by must be an integer >= 1, got {divisible_by!r}")
+    if min_depth is not None and (not isinstance(min_depth, int) or isinstance(min_depth, bool)
+                                  or min_depth < 1):
+        raise ValueError(f"min_depth must be None or an integer >= 1, got {min_depth!r}")
+    if (divisible_by, min_depth) == (8, None):
+        return lambda c, stem=False: make_divisible(c * alpha if stem else int(c * alpha))
+    return lambda c, stem=False: make_divisible(c * alpha, divisible_by, min_depth)
 
 
 def imagenet_weights_filename(alpha, rows, include_top=True):

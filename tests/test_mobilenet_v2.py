@@ -208,3 +208,24 @@ def test_wrong_weights_extension(tmp_path):
     path.write_bytes(b"0")
     with pytest.raises(ValueError, match=r"\.weights\.h5, \.h5 or \.keras"):
         keras_mnv2.MobileNetV2(weights=str(path))
+
+
+@pytest.mark.parametrize("alpha", [0.35, 0.5, 0.75, 1.0, 1.4])
+def test_default_channel_rounding_is_unchanged_and_slim_rounding_is_optional(alpha):
+    from keras_mnv2.blocks import make_divisible
+    from keras_mnv2.mobilenet_v2 import BLOCK_SPECS
+
+    model = keras_mnv2.MobileNetV2(alpha=alpha, input_shape=(96, 96, 3), include_top=False)
+    paper = [c for _, c, n, _ in BLOCK_SPECS for _ in range(n)]
+    projects = [model.get_layer("expanded_conv_project").filters] + [
+        model.get_layer(f"block_{i}_project").filters for i in range(1, 17)]
+    assert projects == [make_divisible(int(c * alpha)) for c in paper]
+    slim = keras_mnv2.MobileNetV2(alpha=alpha, input_shape=(96, 96, 3), include_top=False,
+                                  divisible_by=1,
+                       min_depth=1)
+    slim_projects = [slim.get_layer("expanded_conv_project").filters] + [
+        slim.get_layer(f"block_{i}_project").filters for i in range(1, 17)]
+    assert slim_projects == [make_divisible(c * alpha, 1, 1) for c in paper]
+    for i in range(1, 17):  # expansions rounded to 8 (slim's expand_input_by_factor)
+        width = slim.get_layer(f"block_{i}_expand").filters
+        assert width % 8 == 0 and abs(width - 6 * slim_projects[i - 1]) < 8

@@ -27,7 +27,7 @@ from keras_mnv2.frameworks import framework_of, get_keras
 
 # Layers the default 8-bit registry does not know but that TFLite runs in int8: annotated so their
 # output gets a fake-quant (and the TFLite op reads and writes int8).
-OUTPUT_QUANTIZED = ("Resizing", "Multiply", "Subtract", "Maximum", "Minimum", "Average",
+OUTPUT_QUANTIZED = ("Resizing", "BilinearResize", "Multiply", "Subtract", "Maximum", "Minimum", "Average",
                     "Rescaling")
 _FOLDING_PRODUCERS = ("Conv2D", "DepthwiseConv2D")  # a BN after these is folded by TFMOT
 _NAME_ALPHA = re.compile(r"_(\d+\.\d+)_\d+")
@@ -121,13 +121,13 @@ def _backbone_widths(model):
     return widths, (int(conv_1.filters) if conv_1 is not None else None)
 
 
-def _expected_widths(alpha):
-    from keras_mnv2.blocks import make_divisible
-    from keras_mnv2.mobilenet_v2 import block_plan
+def _expected_widths(alpha, divisible_by=8, min_depth=None):
+    from keras_mnv2.mobilenet_v2 import block_plan, channel_rounding
 
-    widths = [make_divisible(32 * alpha)]
-    widths += [make_divisible(int(c * alpha)) for _, _, c, _, _ in block_plan()]
-    return widths, (make_divisible(1280 * alpha) if alpha > 1.0 else 1280)
+    width = channel_rounding(alpha, divisible_by, min_depth)
+    widths = [width(32, stem=True)]
+    widths += [width(c) for _, _, c, _, _ in block_plan()]
+    return widths, (width(1280, stem=True) if alpha > 1.0 else 1280)
 
 
 def _alpha_candidates(model):
@@ -136,14 +136,25 @@ def _alpha_candidates(model):
     return named + [0.35, 0.5, 0.75, 1.0, 1.3, 1.4] + list(_ALPHA_GRID)
 
 
-def _infer_alpha(model, accept=lambda alpha: True):
+def _infer_alpha(model, accept=lambda alpha: True, divisible_by=8, min_depth=None):
     """The first candidate alpha reproducing the backbone widths (and passing ``accept``)."""
     widths, last = _backbone_widths(model)
     for alpha in _alpha_candidates(model):
-        expected, expected_last = _expected_widths(alpha)
+        expected, expected_last = _expected_widths(alpha, divisible_by, min_depth)
         if expected == widths and (last is None or last == expected_last) and accept(alpha):
             return float(alpha)
     return None
+
+
+def _infer_alpha_and_rounding(model, kwargs):
+    """Alpha under the default channel rounding, else under DeepLab's ``divisible_by=1``
+    (recorded in ``kwargs``)."""
+    alpha = _infer_alpha(model)
+    if alpha is None:
+        alpha = _infer_alpha(model, divisible_by=1, min_depth=1)
+        if alpha is not None:
+            kwargs.update(divisible_by=1, min_depth=1)
+    return alpha
 
 
 def _bn_momentum(model):
@@ -169,10 +180,11 @@ def _no_alpha(model):
 def _mobilenet_config(model):
     from keras_mnv2.mobilenet_v2 import MobileNetV2
 
-    alpha = _infer_alpha(model)
+    rounding = {}
+    alpha = _infer_alpha_and_rounding(model, rounding)
     if alpha is None:
         raise _no_alpha(model)
-    kwargs = {"alpha": alpha, "input_shape": tuple(model.input_shape[1:]), "weights": None,
+    kwargs = {**rounding, "alpha": alpha, "input_shape": tuple(model.input_shape[1:]), "weights": None,
               "output_stride": _output_stride(model)}
     top = _get(model, "predictions")
     kwargs["include_top"] = top is not None
@@ -226,11 +238,15 @@ def _ssdlite_config(model):
 def _deeplab_config(model):
     from keras_mnv2.segmentation.deeplab import DeepLabV3
 
-    alpha = _infer_alpha(model)
+    rounding = {}
+    alpha = _infer_alpha_and_rounding(model, rounding)
     if alpha is None:
         raise _no_alpha(model)
     dropout = _get(model, "concat_projection_dropout")
+    upsample = _get(model, "logits_upsample")
     kwargs = {
+        **rounding,
+        "align_corners": bool(getattr(upsample, "align_corners", False)),
         "num_classes": int(model.get_layer("logits").filters),
         "alpha": alpha,
         "input_shape": tuple(model.input_shape[1:]),
