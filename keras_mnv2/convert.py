@@ -1,0 +1,361 @@
+"""Officially trained MobileNetV2 models into keras_mnv2's builders.
+
+``from_tflite(path)`` reads a MobileNetV2-family ``.tflite`` file (the TF-slim classifiers, Mobile
+DeepLabv3, SSDLite up to its ``TFLite_Detection_PostProcess`` op, or a file keras_mnv2 itself
+exported) in float32, float16 or uint8/int8, tells what it is (kind, width multiplier, channel
+rounding, input size, classes, output stride, ASPP), builds the matching model with
+``MobileNetV2`` / ``DeepLabV3`` / ``SSDLite`` and loads the weights, dequantized. The converter
+has folded batch norm into the convolutions: the folded kernels go into the convolutions and
+each folded bias into the batch norm after it, which is set to the identity plus that bias
+(gamma 1, mean 0, variance 1 - epsilon). The model keeps the builders' layers, so it fine-tunes
+and exports like any other.
+
+``from_tf_checkpoint(path)`` does the same for TF1 name-based checkpoints (TF-slim
+``mobilenet_v2_*``, the TF Object Detection API's ``ssdlite_mobilenet_v2_coco``, DeepLab's
+``deeplabv3_mnv2_*``), with the batch-norm statistics kept as they are.
+
+Inputs are float images scaled to [-1, 1] (``keras_mnv2.preprocess_input``), as the official
+models were trained; a uint8 file's input quantization (scale 1/128, zero point 128) maps its
+pixels into the same range.
+"""
+
+import os
+import re
+
+import numpy as np
+
+from keras_mnv2.blocks import BN_EPSILON
+
+KINDS = ("classifier", "deeplab", "ssdlite")
+_ALPHAS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)
+_ROUNDINGS = ((8, None), (1, 1))  # keras.applications' rule, DeepLab's rule for dm != 1
+
+# TF-slim / TF Object Detection API / DeepLab scope names -> keras_mnv2 layer names.
+_OFFICIAL_NAMES = (
+    (r"(?:^|/)MobilenetV2/Conv/", lambda m: "Conv1"),
+    (r"(?:^|/)MobilenetV2/Conv_1/", lambda m: "Conv_1"),
+    (r"(?:^|/)MobilenetV2/expanded_conv/(depthwise|project)/",
+     lambda m: f"expanded_conv_{m.group(1)}"),
+    (r"(?:^|/)MobilenetV2/expanded_conv_(\d+)/(expand|depthwise|project)/",
+     lambda m: f"block_{m.group(1)}_{m.group(2)}"),
+    (r"(?:^|/)MobilenetV2/Logits/Conv2d_1c_1x1/", lambda m: "predictions"),
+    (r"(?:^|/)layer_19_1_Conv2d_(\d)_1x1_\d+/", lambda m: f"extra_{int(m.group(1)) - 1}_reduce"),
+    (r"(?:^|/)layer_19_2_Conv2d_(\d)_3x3_s2_\d+_depthwise/",
+     lambda m: f"extra_{int(m.group(1)) - 1}_depthwise"),
+    (r"(?:^|/)layer_19_2_Conv2d_(\d)_3x3_s2_\d+/",
+     lambda m: f"extra_{int(m.group(1)) - 1}_project"),
+    (r"(?:^|/)BoxPredictor_(\d)/(BoxEncoding|Class)Predictor(_depthwise)?/",
+     lambda m: f"{'box' if m.group(2) == 'BoxEncoding' else 'class'}_predictor_{m.group(1)}"
+               f"{m.group(3) or ''}"),
+    (r"(?:^|/)logits/semantic/", lambda m: "logits"),
+    (r"(?:^|/)(aspp\d|image_pooling|concat_projection)/", lambda m: m.group(1)),
+)
+# keras_mnv2's own layer names, as the TFLite converter leaves them in tensor names
+# ("<model>/block_1_expand_1/convolution", "<model>/block_1_depthwise_relu_1/Relu6").
+_OWN_NAME = re.compile(
+    r"(?:^|/)(Conv1|Conv_1|expanded_conv_(?:depthwise|project)|block_\d+_(?:expand|depthwise|"
+    r"project)|predictions|aspp\d|image_pooling|concat_projection|logits|"
+    r"extra_\d_(?:reduce|depthwise|project)|(?:box|class)_predictor_\d(?:_depthwise)?)"
+    r"(?:_relu|_BN|_bn)?(?:_\d+)?/"
+)
+
+
+def layer_key(tensor_name):
+    """The keras_mnv2 layer a weight tensor belongs to, from its name (first ``;`` part), or
+    None."""
+    first = tensor_name.split(";")[0]
+    for pattern, name in _OFFICIAL_NAMES:
+        found = re.search(pattern, first + "/")
+        if found:
+            return name(found)
+    found = _OWN_NAME.search(first + "/")
+    return found.group(1) if found else None
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading a .tflite file
+
+
+def _dequantize(value, detail):
+    params = detail.get("quantization_parameters") or {}
+    scales = np.asarray(params.get("scales", []), dtype=np.float64)
+    if value.dtype in (np.float32, np.float64):
+        return value.astype(np.float32)
+    if value.dtype == np.float16:
+        return value.astype(np.float32)
+    if scales.size == 0:
+        return value.astype(np.float32)
+    zero_points = np.asarray(params.get("zero_points", []), dtype=np.float64)
+    shape = [1] * value.ndim
+    if scales.size > 1:
+        shape[int(params.get("quantized_dimension", 0))] = scales.size
+    return ((value.astype(np.float64) - zero_points.reshape(shape)) *
+            scales.reshape(shape)).astype(np.float32)
+
+
+class TfliteGraph:
+    """The operators and constant tensors of a .tflite file (read without delegates)."""
+
+    def __init__(self, path):
+        from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+        self.path = os.fspath(path)
+        if not os.path.exists(self.path):
+            raise FileNotFoundError(f"TFLite file not found: {self.path}")
+        try:
+            self.interpreter = Interpreter(
+                model_path=self.path,
+                experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+            self.interpreter.allocate_tensors()
+        except (ValueError, RuntimeError) as err:
+            raise ValueError(f"{self.path} is not a readable TFLite model: {err}") from err
+        self.tensors = {t["index"]: t for t in self.interpreter.get_tensor_details()}
+        self.ops = self.interpreter._get_ops_details()
+        self.producer = {}
+        for op in self.ops:
+            for index in op["outputs"]:
+                self.producer[index] = op
+        self.input = self.interpreter.get_input_details()[0]
+
+    def name(self, index):
+        return self.tensors[index]["name"]
+
+    def shape(self, index):
+        return tuple(int(d) for d in self.tensors[index]["shape"])
+
+    def constant(self, index):
+        """A constant tensor as float32, dequantized (through a DEQUANTIZE op for float16)."""
+        op = self.producer.get(index)
+        if op is not None and op["op_name"] == "DEQUANTIZE":
+            return self.constant(op["inputs"][0])
+        if op is not None:
+            raise ValueError(f"{self.path}: tensor {self.name(index)!r} is not a constant")
+        return _dequantize(np.asarray(self.interpreter.get_tensor(index)), self.tensors[index])
+
+    def weight_name(self, index):
+        """The name of a weight tensor, looking through a DEQUANTIZE op."""
+        op = self.producer.get(index)
+        if op is not None and op["op_name"] == "DEQUANTIZE":
+            return self.name(op["inputs"][0])
+        return self.name(index)
+
+
+def read_tflite_weights(path):
+    """{keras_mnv2 layer name: (op kind, kernel, bias, output shape)} of every convolution and
+    fully connected op in a .tflite file, plus the file's facts: ``(weights, facts)``, where
+    ``facts`` holds the input shape and dtype, whether a softmax ends the graph, and the
+    anchors of a ``TFLite_Detection_PostProcess`` op (None without one)."""
+    graph = TfliteGraph(path)
+    weights, unnamed = {}, []
+    facts = {"input_shape": graph.shape(graph.input["index"])[1:],
+             "input_dtype": np.dtype(graph.input["dtype"]).name,
+             "softmax": False, "anchors": None, "ops": [op["op_name"] for op in graph.ops]}
+    for op in graph.ops:
+        kind = op["op_name"]
+        if kind in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"):
+            inputs = [i for i in op["inputs"]]
+            name = graph.weight_name(inputs[1])
+            key = layer_key(name)
+            if key is None:
+                unnamed.append(name)
+                continue
+            if key in weights:
+                raise ValueError(f"{graph.path}: two {kind} ops map to layer {key!r}")
+            kernel = graph.constant(inputs[1])
+            bias = graph.constant(inputs[2]) if len(inputs) > 2 and inputs[2] >= 0 else None
+            weights[key] = (kind, kernel, bias, graph.shape(op["outputs"][0]))
+        elif kind == "SOFTMAX":
+            facts["softmax"] = True
+        elif kind == "TFLite_Detection_PostProcess" or "PostProcess" in kind:
+            if len(op["inputs"]) > 2 and op["inputs"][2] not in graph.producer:
+                facts["anchors"] = graph.constant(op["inputs"][2])
+    if unnamed:
+        raise ValueError(
+            f"{graph.path}: {len(unnamed)} convolution(s) whose weights name no MobileNetV2 "
+            f"layer (TF-slim, Object Detection API, DeepLab or keras_mnv2 names), e.g. "
+            f"{unnamed[0]!r}: not a MobileNetV2-family model this converter knows"
+        )
+    if not weights:
+        raise ValueError(f"{graph.path}: no convolution found")
+    return weights, facts
+
+
+# ----------------------------------------------------------------------------------------------
+# What a set of weights is
+
+
+def _block_widths(widths):
+    """Conv1 and the 17 block projection widths from {layer: out channels}."""
+    names = ["Conv1", "expanded_conv_project"] + [f"block_{i}_project" for i in range(1, 17)]
+    missing = [n for n in names if n not in widths]
+    if missing:
+        raise ValueError(f"the MobileNetV2 backbone is incomplete: no {', '.join(missing[:3])}")
+    return [widths[n] for n in names]
+
+
+def infer_width(widths):
+    """``(alpha, divisible_by, min_depth)`` that reproduce the backbone widths
+    ({layer: output channels}); ValueError when none does."""
+    from keras_mnv2.mobilenet_v2 import BLOCK_SPECS, channel_rounding
+
+    found = _block_widths(widths)
+    paper = [c for _, c, n, _ in BLOCK_SPECS for _ in range(n)]
+    candidates = list(_ALPHAS) + [round(a, 4) for a in np.arange(0.05, 3.0, 0.0025)]
+    for divisible_by, min_depth in _ROUNDINGS:
+        for alpha in candidates:
+            width = channel_rounding(alpha, divisible_by, min_depth)
+            if [width(32, stem=True)] + [width(c) for c in paper] == found:
+                return float(alpha), divisible_by, min_depth
+    raise ValueError(f"backbone widths {found} fit no width multiplier of MobileNetV2")
+
+
+def describe(weights, input_shape):
+    """The builder and keyword arguments a set of weights ({layer: (kind, kernel, bias, output
+    shape)}, from ``read_tflite_weights`` or a checkpoint) needs: ``(kind, kwargs)``."""
+    widths = {key: int(w[3][-1]) for key, w in weights.items()}
+    alpha, divisible_by, min_depth = infer_width(widths)
+    rounding = {} if (divisible_by, min_depth) == (8, None) else {
+        "divisible_by": divisible_by, "min_depth": min_depth}
+    height, width = int(input_shape[0]), int(input_shape[1])
+    if "box_predictor_0" in weights or "class_predictor_0" in weights:
+        from keras_mnv2.detection.ssdlite import EXTRA_DEPTHS, MIN_EXTRA_DEPTH
+
+        if height != width:
+            raise ValueError(f"SSDLite needs a square input, the file has {height}x{width}")
+        boxes = [widths[f"box_predictor_{i}"] // 4 for i in range(6)]
+        num_classes = widths["class_predictor_1"] // boxes[1] - 1
+        kwargs = {"num_classes": num_classes, "alpha": alpha, "input_size": height}
+        extra = [widths[f"extra_{i}_project"] for i in range(1, 5)]
+        if extra != [max(int(d * alpha), MIN_EXTRA_DEPTH) for d in EXTRA_DEPTHS]:
+            kwargs["extra_depths"] = tuple(
+                next(d for d in range(1, 8192) if max(int(d * alpha), MIN_EXTRA_DEPTH) == w)
+                for w in extra)
+        if boxes != [3, 6, 6, 6, 6, 6]:
+            raise ValueError(f"SSDLite boxes per cell {boxes}: only the default anchor layout "
+                             "(3 on the lowest layer, 6 elsewhere) is supported")
+        if rounding:
+            raise ValueError("SSDLite with DeepLab channel rounding is not supported")
+        return "ssdlite", kwargs
+    if "aspp0" in weights or "logits" in weights:
+        feature = weights["block_16_project"][3]
+        output_stride = 16 if feature[1] == -(-height // 16) else 8
+        kwargs = {"num_classes": widths["logits"], "alpha": alpha,
+                  "input_shape": (height, width, 3), "output_stride": output_stride,
+                  "aspp": "aspp1" in weights, **rounding}
+        return "deeplab", kwargs
+    if "predictions" not in weights:
+        raise ValueError("no classifier, DeepLab or SSDLite head found")
+    kwargs = {"alpha": alpha, "input_shape": (height, width, 3),
+              "classes": widths["predictions"], **rounding}
+    return "classifier", kwargs
+
+
+def build(kind, kwargs, name=None):
+    """The keras_mnv2 model of ``describe``'s answer."""
+    from keras_mnv2.detection.ssdlite import SSDLite
+    from keras_mnv2.mobilenet_v2 import MobileNetV2
+    from keras_mnv2.segmentation.deeplab import DeepLabV3
+
+    builder = {"classifier": MobileNetV2, "deeplab": DeepLabV3, "ssdlite": SSDLite}[kind]
+    if name is not None:
+        kwargs = {**kwargs, "name": name}
+    return builder(**kwargs)
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading
+
+
+def _bn_after(model, name):
+    for candidate in (name + "_BN", name + "_bn", "bn_" + name):
+        try:
+            return model.get_layer(candidate)
+        except ValueError:
+            continue
+    return None
+
+
+def _keras_kernel(kind, kernel, layer):
+    """A TFLite kernel in the layout of ``layer``."""
+    target = tuple(layer.weights[0].shape)
+    if kind == "DEPTHWISE_CONV_2D":  # [1, kh, kw, C] -> [kh, kw, C, 1]
+        kernel = np.transpose(kernel, (1, 2, 3, 0))
+    elif kind == "CONV_2D":  # [O, kh, kw, I] -> [kh, kw, I, O]
+        kernel = np.transpose(kernel, (1, 2, 3, 0))
+    else:  # FULLY_CONNECTED [O, I] -> [I, O]
+        kernel = kernel.T
+    if len(target) == 2 and kernel.ndim == 4:  # a 1x1 conv classifier into a Dense
+        kernel = kernel.reshape(-1, kernel.shape[-1])
+    if tuple(kernel.shape) != target:
+        raise ValueError(f"layer {layer.name!r}: kernel {kernel.shape} from the file, "
+                         f"{target} in the model")
+    return kernel
+
+
+def load_folded(model, weights, drop_background=False):
+    """Loads folded weights ({layer: (op kind, kernel, bias, shape)}) into ``model``: kernels
+    into the convolutions, biases into the layer's own bias or the batch norm after it (set to
+    the identity plus the bias). Raises ValueError naming any weighted layer left unloaded.
+    Returns the number of layers set."""
+    loaded = set()
+    for key, (kind, kernel, bias, _) in weights.items():
+        layer = model.get_layer(key)
+        kernel = _keras_kernel(kind, kernel, layer)
+        if bias is None:
+            bias = np.zeros(kernel.shape[-1] if kind != "DEPTHWISE_CONV_2D"
+                            else kernel.shape[-2], np.float32)
+        if drop_background and key == "predictions":
+            kernel, bias = kernel[:, 1:], bias[1:]
+        if len(layer.weights) == 2:
+            layer.set_weights([kernel, bias])
+        else:
+            layer.set_weights([kernel])
+            bn = _bn_after(model, key)
+            if bn is None:
+                raise ValueError(f"layer {key!r} has no bias and no batch norm after it")
+            ones = np.ones_like(bias)
+            bn.set_weights([ones, bias, np.zeros_like(bias), ones - BN_EPSILON])
+            loaded.add(bn.name)
+        loaded.add(key)
+    left = [layer.name for layer in model.layers if layer.weights and layer.name not in loaded]
+    if left:
+        raise ValueError(f"{len(left)} weighted layer(s) of {model.name!r} got no weights from "
+                         f"the file: {', '.join(left[:5])}")
+    return len(loaded)
+
+
+def from_tflite(path, drop_background=False, name=None):
+    """A keras_mnv2 model holding the weights of a MobileNetV2-family ``.tflite`` file.
+
+    Args:
+        path: a float32, float16 or uint8/int8 .tflite classifier (TF-slim names or
+            keras_mnv2's), Mobile DeepLabv3 or SSDLite (the graph up to its post-processing).
+        drop_background: for a 1001-class TF-slim classifier, drop class 0 (background) to get
+            the 1000 ImageNet classes in keras.applications order.
+        name: the model's name (default: the builder's).
+
+    The model takes float images in [-1, 1]; a classifier ends in softmax when the file does,
+    DeepLab returns logits (upsampled with ``align_corners=True``, the official convention),
+    SSDLite its raw ``{"boxes", "classes"}``, with ``model.anchors`` taken from the file's
+    post-processing op when it has one. ``model.official`` records what was recognized.
+    """
+    weights, facts = read_tflite_weights(path)
+    kind, kwargs = describe(weights, facts["input_shape"])
+    if kind == "classifier":
+        kwargs["classifier_activation"] = "softmax" if facts["softmax"] else None
+        if drop_background:
+            if kwargs["classes"] != 1001:
+                raise ValueError(f"drop_background needs a 1001-class file, got "
+                                 f"{kwargs['classes']} classes")
+            kwargs["classes"] = 1000
+    elif drop_background:
+        raise ValueError("drop_background applies to 1001-class classifiers only")
+    model = build(kind, kwargs, name)
+    load_folded(model, weights, drop_background)
+    if kind == "ssdlite" and facts["anchors"] is not None:
+        if facts["anchors"].shape != model.anchors.shape:
+            raise ValueError(f"the file's anchors {facts['anchors'].shape} do not line up with "
+                             f"the model's {model.anchors.shape}")
+        model.anchors = facts["anchors"].astype(np.float32)
+    model.official = {"kind": kind, "source": os.path.basename(os.fspath(path)), **kwargs}
+    return model
