@@ -359,3 +359,206 @@ def from_tflite(path, drop_background=False, name=None):
         model.anchors = facts["anchors"].astype(np.float32)
     model.official = {"kind": kind, "source": os.path.basename(os.fspath(path)), **kwargs}
     return model
+
+
+# ----------------------------------------------------------------------------------------------
+# TF1 name-based checkpoints
+
+# Batch-norm epsilon of each official family where it is not keras_mnv2's 1e-3: DeepLab's head
+# (deeplab/model.py: batch_norm epsilon 1e-5); TF-slim MobileNetV2 and the Object Detection
+# API's SSDLite use 1e-3.
+DEEPLAB_HEAD_EPSILON = 1e-5
+_DEEPLAB_HEAD = ("image_pooling", "aspp0", "aspp1", "aspp2", "aspp3", "concat_projection")
+_BN_PARTS = ("gamma", "beta", "moving_mean", "moving_variance")
+
+
+def read_checkpoint_weights(path):
+    """{keras_mnv2 layer name: {"kernel", "bias", "bn": {gamma, beta, moving_mean,
+    moving_variance}}} from a TF1 name-based checkpoint of an official MobileNetV2-family model.
+
+    Variables outside the model (global_step, optimizer slots, ExponentialMovingAverage shadows
+    unless ``MovingAverage`` is the only copy) are left out; a separable ASPP branch, which the
+    builders do not have, raises ValueError.
+    """
+    import tensorflow as tf
+
+    path = os.fspath(path)
+    try:
+        reader = tf.train.load_checkpoint(path)
+    except (ValueError, tf.errors.OpError) as err:
+        raise ValueError(f"{path} is not a readable TF checkpoint: {err}") from err
+    shapes = reader.get_variable_to_shape_map()
+    layers = {}
+    for name in sorted(shapes):
+        if name.endswith(("/Momentum", "/RMSProp", "/RMSProp_1", "/Adam", "/Adam_1",
+                          "/ExponentialMovingAverage")) or "/ExponentialMovingAverage" in name:
+            continue
+        if re.search(r"(?:^|/)aspp\d_(depthwise|pointwise)/", name):
+            raise ValueError(f"{path}: {name!r} is a separable ASPP branch; keras_mnv2's "
+                             "DeepLabV3 has plain atrous ASPP convolutions (the official "
+                             "MobileNetV2 DeepLab models have no ASPP)")
+        part = name.rsplit("/", 1)[-1]
+        if part in _BN_PARTS and name.rsplit("/", 2)[-2] == "BatchNorm":
+            scope = name.rsplit("/", 2)[0]
+        elif part in ("weights", "depthwise_weights", "biases"):
+            scope = name.rsplit("/", 1)[0]
+        else:
+            continue
+        key = layer_key(scope + "/")
+        if key is None:
+            continue
+        entry = layers.setdefault(key, {"bn": {}})
+        value = reader.get_tensor(name).astype(np.float32)
+        if part in _BN_PARTS:
+            entry["bn"][part] = value
+        elif part == "biases":
+            entry["bias"] = value
+        else:
+            if "kernel" in entry:
+                raise ValueError(f"{path}: two kernels map to layer {key!r}")
+            entry["kernel"], entry["depthwise"] = value, part == "depthwise_weights"
+    if not any("kernel" in entry for entry in layers.values()):
+        raise ValueError(f"{path}: no MobileNetV2 variable found (expected TF-slim, Object "
+                         "Detection API or DeepLab names such as MobilenetV2/Conv/weights)")
+    missing = [key for key, entry in layers.items() if "kernel" not in entry]
+    if missing:
+        raise ValueError(f"{path}: batch norm without weights for {', '.join(missing[:5])}")
+    return layers
+
+
+def _checkpoint_input_size(path, default):
+    found = re.search(r"_(\d{2,4})(?:\.ckpt|/|$)", os.fspath(path))
+    return int(found.group(1)) if found else default
+
+
+def from_tf_checkpoint(path, input_size=None, output_stride=None, drop_background=False,
+                       name=None):
+    """A keras_mnv2 model holding the weights of a TF1 name-based checkpoint.
+
+    Args:
+        path: the checkpoint prefix (``.../model.ckpt``, ``mobilenet_v2_1.0_224.ckpt``): a
+            TF-slim MobileNetV2 classifier (1001 classes), the Object Detection API's
+            ``ssdlite_mobilenet_v2_coco`` (``FeatureExtractor/MobilenetV2/...``,
+            ``BoxPredictor_{i}/...``) or a DeepLab MobileNetV2 model (``image_pooling``,
+            ``aspp0``, ``concat_projection``, ``logits/semantic``; the dm 0.5 model included).
+        input_size: the input side; default from a ``_<size>`` in the path, else 224
+            (classifier), 300 (SSDLite) or 513 (DeepLab).
+        output_stride: DeepLab's (default 16; 8 is the official models' other setting).
+        drop_background: for a 1001-class classifier, keep the 1000 ImageNet classes.
+        name: the model's name (default: the builder's).
+
+    Batch-norm statistics are kept (nothing is folded), rescaled where the official epsilon
+    differs from keras_mnv2's 1e-3 (DeepLab's head), so the model fine-tunes as trained.
+    """
+    path = os.fspath(path)
+    layers = read_checkpoint_weights(path)
+    if "box_predictor_0" in layers or "class_predictor_0" in layers:
+        family, default_size = "ssdlite", 300
+    elif "logits" in layers:
+        family, default_size = "deeplab", 513
+    else:
+        family, default_size = "classifier", 224
+    size = input_size or _checkpoint_input_size(path, default_size)
+    stride = output_stride or 16
+    feature = -(-size // stride)
+    shapes = {key: ("", None, None, (1, feature, feature, int(entry["kernel"].shape[-1])
+                                     if not entry["depthwise"] else
+                                     int(entry["kernel"].shape[-2])))
+              for key, entry in layers.items()}
+    kind, kwargs = describe(shapes, (size, size, 3))
+    if kind == "deeplab" and output_stride is not None:
+        kwargs["output_stride"] = output_stride
+    if kind == "classifier":
+        if drop_background:
+            if kwargs["classes"] != 1001:
+                raise ValueError(f"drop_background needs a 1001-class checkpoint, got "
+                                 f"{kwargs['classes']} classes")
+            kwargs["classes"] = 1000
+    elif drop_background:
+        raise ValueError("drop_background applies to 1001-class classifiers only")
+    model = build(kind, kwargs, name)
+    load_unfolded(model, layers, drop_background, head_epsilon=(
+        DEEPLAB_HEAD_EPSILON if kind == "deeplab" else BN_EPSILON))
+    model.official = {"kind": kind, "source": os.path.basename(path), **kwargs}
+    return model
+
+
+def load_unfolded(model, layers, drop_background=False, head_epsilon=BN_EPSILON):
+    """Loads checkpoint weights ({layer: {kernel, bias, bn}}) into ``model``, batch norm
+    included; raises ValueError naming any weighted layer left unloaded."""
+    loaded = set()
+    for key, entry in layers.items():
+        layer = model.get_layer(key)
+        kernel = entry["kernel"]
+        target = tuple(layer.weights[0].shape)
+        if len(target) == 2 and kernel.ndim == 4:  # a 1x1 conv classifier into a Dense
+            kernel = kernel.reshape(-1, kernel.shape[-1])
+        if drop_background and key == "predictions":
+            kernel = kernel[:, 1:]
+        if tuple(kernel.shape) != target:
+            raise ValueError(f"layer {key!r}: kernel {kernel.shape} in the checkpoint, "
+                             f"{target} in the model")
+        values = [kernel]
+        if len(layer.weights) == 2:
+            bias = entry.get("bias")
+            if bias is None:
+                raise ValueError(f"layer {key!r}: no biases in the checkpoint")
+            values.append(bias[1:] if drop_background and key == "predictions" else bias)
+        layer.set_weights(values)
+        loaded.add(key)
+        if entry["bn"]:
+            bn = _bn_after(model, key)
+            if bn is None:
+                raise ValueError(f"layer {key!r} has batch norm in the checkpoint, not in the "
+                                 "model")
+            stats = entry["bn"]
+            channels = stats["moving_mean"].shape
+            gamma = stats.get("gamma", np.ones(channels, np.float32))
+            beta = stats.get("beta", np.zeros(channels, np.float32))
+            mean, variance = stats["moving_mean"], stats["moving_variance"]
+            epsilon = head_epsilon if key in _DEEPLAB_HEAD else BN_EPSILON
+            if epsilon != BN_EPSILON:  # same function with keras_mnv2's epsilon
+                gamma = gamma * np.sqrt((variance + BN_EPSILON) / (variance + epsilon))
+            bn.set_weights([gamma, beta, mean, variance])
+            loaded.add(bn.name)
+    left = [layer.name for layer in model.layers if layer.weights and layer.name not in loaded]
+    if left:
+        raise ValueError(f"{len(left)} weighted layer(s) of {model.name!r} got no weights from "
+                         f"the checkpoint: {', '.join(left[:5])}")
+    return len(loaded)
+
+
+def load(path, **kwargs):
+    """``from_tflite`` for a ``.tflite`` file, ``from_tf_checkpoint`` for a checkpoint prefix
+    (a path with a ``.index`` file beside it, or a checkpoint directory)."""
+    path = os.fspath(path)
+    if path.endswith(".tflite"):
+        return from_tflite(path, **kwargs)
+    if os.path.exists(path + ".index") or os.path.isdir(path):
+        return from_tf_checkpoint(path, **kwargs)
+    raise ValueError(f"{path}: expected a .tflite file or a TF checkpoint prefix (with a "
+                     ".index file beside it)")
+
+
+def is_official_path(path):
+    """Whether ``path`` is something ``load`` reads (a .tflite file or a TF checkpoint)."""
+    path = os.fspath(path)
+    return path.endswith(".tflite") or os.path.exists(path + ".index")
+
+
+def load_into(model, path):
+    """Copies the weights of an official file (``load``) into ``model`` by layer name (the
+    ``weights=`` argument of the builders). A 1001-class classifier file fills a 1000-class top
+    without its background row; without a top (or for a backbone inside SSDLite / DeepLabV3),
+    the layers ``model`` lacks are skipped. Returns the number of layers copied."""
+    from keras_mnv2.weights import copy_weights
+
+    source = load(path)
+    try:
+        top = model.get_layer("predictions")
+    except ValueError:
+        top = None
+    if (top is not None and getattr(top, "units", None) == 1000
+            and source.official.get("classes") == 1001):
+        source = load(path, drop_background=True)
+    return copy_weights(source, model, skip_missing=True)

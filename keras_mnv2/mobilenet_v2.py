@@ -132,7 +132,8 @@ def _validate(alpha, input_shape, include_top, weights, pooling, classes, output
         raise ValueError(
             f"weights must be None, 'imagenet' or a path to a weights file, got {weights!r}"
         )
-    elif weights is not None and not os.path.exists(weights):
+    elif weights is not None and not os.path.exists(weights) and \
+            not os.path.exists(os.fspath(weights) + ".index"):
         raise FileNotFoundError(f"weights file not found: {weights}")
 
 
@@ -163,7 +164,8 @@ def MobileNetV2(
             to (224, 224, 3) with the top (or with ImageNet weights), else (None, None, 3).
         include_top: whether to end with global pooling, dropout and the classifier.
         weights: None (random), "imagenet" (the official keras.applications file for this alpha
-            and resolution, from the Keras cache) or the path of a .weights.h5 / .h5 / .keras file.
+            and resolution, from the Keras cache) or the path of a .weights.h5 / .h5 / .keras file,
+            an official .tflite file or a TF1 checkpoint prefix (``keras_mnv2.convert``).
         input_tensor: optional Keras tensor to build on instead of a new Input.
         pooling: without the top, None (4-D feature map), "avg" or "max".
         classes: number of classes of the top.
@@ -309,8 +311,16 @@ def imagenet_weights_path(alpha, rows, include_top=True):
 
 def load_weights_file(model, path):
     """Loads a .weights.h5, legacy .h5 or .keras file into ``model`` (matched by layer name for .h5
-    files written by keras.applications or tf_keras; by structure for Keras 3 files)."""
+    files written by keras.applications or tf_keras; by structure for Keras 3 files), or an
+    official .tflite file / TF1 checkpoint through ``keras_mnv2.convert.load_into``."""
     path = os.fspath(path)
+    from keras_mnv2 import convert
+
+    if convert.is_official_path(path):  # an official .tflite file or TF1 checkpoint
+        if not os.path.exists(path) and not os.path.exists(path + ".index"):
+            raise FileNotFoundError(f"weights file not found: {path}")
+        convert.load_into(model, path)
+        return
     if not os.path.exists(path):
         raise FileNotFoundError(f"weights file not found: {path}")
     if path.endswith(".keras"):
@@ -322,7 +332,8 @@ def load_weights_file(model, path):
         model.load_weights(path)
     else:
         raise ValueError(
-            f"weights file must end in .weights.h5, .h5 or .keras, got {os.path.basename(path)}"
+            "weights file must end in .weights.h5, .h5 or .keras (or be an official .tflite file "
+            f"or TF checkpoint prefix), got {os.path.basename(path)}"
         )
 
 

@@ -207,6 +207,7 @@ def DeepLabV3(
     align_corners=True,
     divisible_by=8,
     min_depth=None,
+    weights=None,
 ):
     """Builds Mobile DeepLabv3 (MobileNetV2 backbone); returns a functional model.
 
@@ -231,6 +232,8 @@ def DeepLabV3(
         divisible_by, min_depth: the backbone's channel rounding (see ``MobileNetV2``). The
             official DeepLab code uses 8 at depth multiplier 1 and ``divisible_by=1,
             min_depth=1`` otherwise (its dm 0.5 PASCAL model has widths 12 and 72).
+        weights: None, or the path of weights for the whole model: a .keras / .weights.h5
+            file, an official .tflite file or a TF1 checkpoint (``keras_mnv2.convert``).
 
     Returns a model from images [B, H, W, C] to float32 per-pixel logits
     [B, H, W, num_classes] (no softmax).
@@ -271,7 +274,12 @@ def DeepLabV3(
 
     if name is None:
         name = f"deeplabv3_mobilenetv2_{alpha:0.2f}_{input_shape[0]}_os{output_stride}"
-    return keras.Model(inputs, outputs, name=name)
+    model = keras.Model(inputs, outputs, name=name)
+    if weights is not None:
+        from keras_mnv2.mobilenet_v2 import load_weights_file
+
+        load_weights_file(model, weights)
+    return model
 
 
 def head_layer_names(model):
