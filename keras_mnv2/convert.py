@@ -561,4 +561,111 @@ def load_into(model, path):
     if (top is not None and getattr(top, "units", None) == 1000
             and source.official.get("classes") == 1001):
         source = load(path, drop_background=True)
-    return copy_weights(source, model, skip_missing=True)
+    copied = copy_weights(source, model, skip_missing=True)
+    anchors = getattr(source, "anchors", None)
+    if anchors is not None and np.shape(getattr(model, "anchors", None)) == np.shape(anchors):
+        model.anchors = np.asarray(anchors)
+    return copied
+
+
+# ----------------------------------------------------------------------------------------------
+# Class ids of the official models
+
+# COCO category ids 1..90 of the Object Detection API label map (mscoco_label_map): 80 named,
+# 10 unused ids. ssdlite_mobilenet_v2_coco predicts 91 scores: 0 is background, k is COCO id k.
+COCO_LABELS = dict(enumerate((
+    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
+    "traffic light", "fire hydrant", None, "stop sign", "parking meter", "bench", "bird", "cat",
+    "dog", "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe", None, "backpack",
+    "umbrella", None, None, "handbag", "tie", "suitcase", "frisbee", "skis", "snowboard",
+    "sports ball", "kite", "baseball bat", "baseball glove", "skateboard", "surfboard",
+    "tennis racket", "bottle", None, "wine glass", "cup", "fork", "knife", "spoon", "bowl",
+    "banana", "apple", "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut",
+    "cake", "chair", "couch", "potted plant", "bed", None, "dining table", None, None, "toilet",
+    None, "tv", "laptop", "mouse", "remote", "keyboard", "cell phone", "microwave", "oven",
+    "toaster", "sink", "refrigerator", None, "book", "clock", "vase", "scissors", "teddy bear",
+    "hair drier", "toothbrush"), start=1))
+# PASCAL VOC 2012 segmentation classes, as the official DeepLab models number them.
+VOC_LABELS = ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car",
+              "cat", "chair", "cow", "diningtable", "dog", "horse", "motorbike", "person",
+              "pottedplant", "sheep", "sofa", "train", "tvmonitor")
+
+
+def coco_label(index):
+    """The name of class ``index`` of an official COCO detector's 91 scores ("background" for
+    0, None for the 10 ids COCO leaves unused)."""
+    if not 0 <= int(index) <= 90:
+        raise ValueError(f"COCO class index must be in [0, 90], got {index}")
+    return "background" if int(index) == 0 else COCO_LABELS[int(index)]
+
+
+def voc_label(index):
+    """The name of class ``index`` (0..20) of an official PASCAL VOC DeepLab model."""
+    if not 0 <= int(index) < len(VOC_LABELS):
+        raise ValueError(f"VOC class index must be in [0, 20], got {index}")
+    return VOC_LABELS[int(index)]
+
+
+# ----------------------------------------------------------------------------------------------
+# Fine-tuning from another model's weights
+
+_CLASS_LAYERS = re.compile(r"predictions|logits|class_predictor_\d")
+
+
+def init_from(model, source, freeze_batch_norm=False, log=print):
+    """Starts ``model`` from another model's weights, for fine-tuning.
+
+    ``source`` is a keras_mnv2 model, a ``.keras`` file, an official ``.tflite`` file or a TF1
+    checkpoint (``load``). Every weighted layer whose name and weight shapes match is copied;
+    the rest keep their fresh initialization: the class predictors (``predictions``,
+    ``logits``, ``class_predictor_{i}``) when the class set differs, any layer the source lacks.
+    ``freeze_batch_norm`` makes every BatchNormalization layer non-trainable (inference-mode
+    statistics, the usual choice for small fine-tuning batches). ``log`` gets one line saying
+    what was loaded and what was left (None: quiet). Returns ``(loaded, left)``, lists of
+    layer names.
+    """
+    import keras
+
+    from keras_mnv2.weights import _all_layers
+
+    if isinstance(source, (str, os.PathLike)):
+        path = os.fspath(source)
+        if path.endswith(".keras"):
+            if not os.path.exists(path):
+                raise FileNotFoundError(f"--init model not found: {path}")
+            import keras_mnv2.detection.losses  # noqa: F401  (losses a compiled model names)
+
+            source = keras.saving.load_model(path, compile=False)
+        elif is_official_path(path) or os.path.isdir(path):
+            source = load(path)
+        else:
+            raise ValueError(f"{path}: expected a .keras model, a .tflite file or a TF "
+                             "checkpoint prefix")
+    found = {layer.name: layer for layer in _all_layers(source) if layer.weights}
+    loaded, left = [], []
+    for layer in _all_layers(model):
+        if not layer.weights:
+            continue
+        other = found.get(layer.name)
+        shapes = [tuple(w.shape) for w in layer.weights]
+        if other is not None and [tuple(w.shape) for w in other.weights] == shapes:
+            layer.set_weights(other.get_weights())
+            loaded.append(layer.name)
+        else:
+            left.append(layer.name)
+    if not loaded:
+        raise ValueError(f"no layer of {model.name!r} matches {source.name!r} in name and shape")
+    if freeze_batch_norm:
+        for layer in _all_layers(model):
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.trainable = False
+    if log is not None:
+        classes = [n for n in left if _CLASS_LAYERS.fullmatch(n)]
+        others = [n for n in left if n not in classes]
+        log(f"init from {source.name}: loaded {len(loaded)} of {len(loaded) + len(left)} "
+            f"weighted layers; re-initialized {len(classes)} class predictor(s)"
+            + (f" ({', '.join(classes)})" if classes else "")
+            + (f" and {len(others)} other layer(s) ({', '.join(others[:8])}"
+               f"{', ...' if len(others) > 8 else ''})" if others else "")
+            + ("; batch norm frozen" if freeze_batch_norm else ""))
+    return loaded, left

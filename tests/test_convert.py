@@ -184,3 +184,178 @@ def test_official_deeplab_mask_agrees_with_the_uint8_file(real_dir):
           f"mIoU against the mask: ours {iou_ours:.4f}, official {iou_official:.4f}")
     assert agreement >= 0.98
     assert iou_ours > 0.8
+
+
+# ----------------------------------------------------------------------------------------------
+# TF1 checkpoints with the official variable names (TF-slim mobilenet_v2.py / conv_blocks.py,
+# the Object Detection API's ssd_mobilenet_v2_feature_extractor.py and convolutional box
+# predictor, DeepLab's model.py), written from a keras_mnv2 model by a table of their own.
+
+
+def _official_scope(layer_name, family, extra_depths=(512, 256, 256, 128)):
+    """The official variable scope of a keras_mnv2 layer, and whether it is a batch norm."""
+    import re
+
+    prefix = "FeatureExtractor/MobilenetV2/" if family == "ssdlite" else "MobilenetV2/"
+    bn = re.fullmatch(r"(.+?)(?:_BN|_bn)|bn_(Conv1)", layer_name)
+    base = (bn.group(1) or bn.group(2)) if bn else layer_name
+    table = {"Conv1": prefix + "Conv", "Conv_1": prefix + "Conv_1",
+             "expanded_conv_depthwise": prefix + "expanded_conv/depthwise",
+             "expanded_conv_project": prefix + "expanded_conv/project",
+             "predictions": "MobilenetV2/Logits/Conv2d_1c_1x1", "logits": "logits/semantic",
+             "aspp0": "aspp0", "image_pooling": "image_pooling",
+             "concat_projection": "concat_projection"}
+    found = re.fullmatch(r"block_(\d+)_(expand|depthwise|project)", base)
+    if found:
+        scope = f"{prefix}expanded_conv_{found.group(1)}/{found.group(2)}"
+    elif re.fullmatch(r"extra_\d_(reduce|depthwise|project)", base):
+        k, what = int(base[6]), base[8:]
+        depth = extra_depths[k - 1]
+        scope = prefix + {"reduce": f"layer_19_1_Conv2d_{k + 1}_1x1_{depth // 2}",
+                          "depthwise": f"layer_19_2_Conv2d_{k + 1}_3x3_s2_{depth}_depthwise",
+                          "project": f"layer_19_2_Conv2d_{k + 1}_3x3_s2_{depth}"}[what]
+    elif re.fullmatch(r"(box|class)_predictor_\d(_depthwise)?", base):
+        which = "BoxEncodingPredictor" if base.startswith("box") else "ClassPredictor"
+        scope = f"BoxPredictor_{base.split('_')[2]}/{which}" + (
+            "_depthwise" if base.endswith("_depthwise") else "")
+    else:
+        scope = table[base]
+    return scope, bn is not None
+
+
+def _write_official_checkpoint(model, family, prefix, head_epsilon=1e-3):
+    """Saves ``model``'s weights under the official names (and some variables a training run
+    leaves: global_step, momentum slots), as a TF1 name-based checkpoint at ``prefix``."""
+    import tensorflow as tf
+
+    tensors = {"global_step": np.array(1000, np.int64)}
+    for layer in model.layers:
+        values = layer.get_weights()
+        if not values:
+            continue
+        scope, is_bn = _official_scope(layer.name, family)
+        if is_bn:
+            gamma, beta, mean, variance = values
+            if scope.split("/")[0] in ("aspp0", "image_pooling", "concat_projection"):
+                variance = variance + 1e-3 - head_epsilon  # same function at DeepLab's epsilon
+            for part, value in zip(("gamma", "beta", "moving_mean", "moving_variance"),
+                                   (gamma, beta, mean, variance)):
+                tensors[f"{scope}/BatchNorm/{part}"] = value
+            continue
+        kernel = values[0]
+        if kernel.ndim == 2:  # the classifier is a 1x1 conv in TF-slim
+            kernel = kernel.reshape(1, 1, *kernel.shape)
+        kind = "depthwise_weights" if "depthwise" in layer.name else "weights"
+        tensors[f"{scope}/{kind}"] = kernel
+        tensors[f"{scope}/{kind}/Momentum"] = np.zeros_like(kernel)
+        if len(values) == 2:
+            tensors[f"{scope}/biases"] = values[1]
+    names = sorted(tensors)
+    tf.raw_ops.SaveV2(prefix=str(prefix), tensor_names=names, shape_and_slices=[""] * len(names),
+                      tensors=[tf.constant(tensors[n]) for n in names])
+    return tensors
+
+
+def _check_equal(source, converted, x):
+    import tensorflow as tf
+
+    for a, b in zip(tf.nest.flatten(source.predict(x, verbose=0)),
+                    tf.nest.flatten(converted.predict(x, verbose=0))):
+        print(source.name, "output std", a.std(), "max |diff|", np.abs(a - b).max())
+        assert a.std() > 1e-3
+        np.testing.assert_allclose(b, a, atol=1e-4 * max(1.0, np.abs(a).max()))
+
+
+@pytest.mark.parametrize("alpha", [0.35, 1.4])
+def test_slim_classifier_checkpoint(alpha, tmp_path, images):
+    source = _perturbed(keras_mnv2.MobileNetV2(alpha=alpha, input_shape=(96, 96, 3),
+                                               classes=1001))
+    tensors = _write_official_checkpoint(source, "classifier",
+                                         tmp_path / f"mobilenet_v2_{alpha}_96.ckpt")
+    assert tensors["MobilenetV2/Logits/Conv2d_1c_1x1/weights"].shape[-1] == 1001
+    assert len([n for n in tensors if n.endswith("weights") and "Momentum" not in n]) == 53
+    converted = convert.from_tf_checkpoint(tmp_path / f"mobilenet_v2_{alpha}_96.ckpt")
+    assert converted.official["alpha"] == alpha
+    assert converted.official["input_shape"] == (96, 96, 3)  # from the file name
+    _check_equal(source, converted, images(2))
+    # 1001 -> 1000: the background row dropped, the rest in order
+    dropped = convert.from_tf_checkpoint(tmp_path / f"mobilenet_v2_{alpha}_96.ckpt",
+                                         drop_background=True)
+    np.testing.assert_array_equal(dropped.get_layer("predictions").get_weights()[1],
+                                  source.get_layer("predictions").get_weights()[1][1:])
+
+
+@pytest.mark.slow
+def test_od_api_ssdlite_coco_checkpoint(tmp_path, images):
+    source = _perturbed(keras_mnv2.SSDLite(num_classes=90, input_size=300))
+    assert source.anchors.shape == (1917, 4)  # ssdlite_mobilenet_v2_coco's anchor count
+    tensors = _write_official_checkpoint(source, "ssdlite", tmp_path / "model.ckpt")
+    assert tensors["BoxPredictor_0/ClassPredictor/weights"].shape == (1, 1, 576, 3 * 91)
+    assert tensors["BoxPredictor_1/BoxEncodingPredictor/weights"].shape == (1, 1, 1280, 24)
+    assert tensors["FeatureExtractor/MobilenetV2/layer_19_2_Conv2d_5_3x3_s2_128/weights"].shape \
+        == (1, 1, 64, 128)
+    converted = convert.from_tf_checkpoint(tmp_path / "model.ckpt")
+    assert converted.official["kind"] == "ssdlite"
+    assert converted.official["num_classes"] == 90 and converted.official["input_size"] == 300
+    _check_equal(source, converted, images(1, size=300))
+    assert convert.coco_label(1) == "person" and convert.coco_label(90) == "toothbrush"
+    assert convert.coco_label(12) is None and convert.coco_label(0) == "background"
+    assert sum(name is not None for name in convert.COCO_LABELS.values()) == 80
+
+
+@pytest.mark.parametrize("alpha,rounding", [(1.0, {}), (0.5, dict(divisible_by=1, min_depth=1))])
+def test_deeplab_checkpoint_incl_dm05(alpha, rounding, tmp_path, images):
+    source = _perturbed(keras_mnv2.DeepLabV3(num_classes=21, alpha=alpha, aspp=False,
+                                             input_shape=(65, 65, 3), **rounding))
+    _write_official_checkpoint(source, "deeplab", tmp_path / "model.ckpt", head_epsilon=1e-5)
+    converted = convert.from_tf_checkpoint(tmp_path / "model.ckpt", input_size=65)
+    assert converted.official["alpha"] == alpha
+    assert converted.official.get("divisible_by", 8) == rounding.get("divisible_by", 8)
+    assert converted.official["aspp"] is False
+    _check_equal(source, converted, images(1, size=65))
+    assert convert.voc_label(3) == "bird" and len(convert.VOC_LABELS) == 21
+
+
+def test_checkpoint_errors(tmp_path):
+    import tensorflow as tf
+
+    with pytest.raises(ValueError, match="not a readable TF checkpoint"):
+        convert.from_tf_checkpoint(tmp_path / "missing.ckpt")
+    tf.raw_ops.SaveV2(prefix=str(tmp_path / "other.ckpt"), tensor_names=["dense/kernel"],
+                      shape_and_slices=[""], tensors=[tf.zeros((2, 2))])
+    with pytest.raises(ValueError, match="no MobileNetV2 variable found"):
+        convert.from_tf_checkpoint(tmp_path / "other.ckpt")
+    tf.raw_ops.SaveV2(prefix=str(tmp_path / "sep.ckpt"),
+                      tensor_names=["aspp1_depthwise/depthwise_weights"], shape_and_slices=[""],
+                      tensors=[tf.zeros((3, 3, 320, 1))])
+    with pytest.raises(ValueError, match="separable ASPP"):
+        convert.from_tf_checkpoint(tmp_path / "sep.ckpt")
+
+
+def test_builders_take_official_paths_as_weights(tmp_path, images):
+    source = _perturbed(keras_mnv2.MobileNetV2(alpha=0.35, input_shape=(96, 96, 3),
+                                               classes=1001))
+    _write_official_checkpoint(source, "classifier", tmp_path / "m.ckpt")
+    x = images(1)
+    top = keras_mnv2.MobileNetV2(alpha=0.35, input_shape=(96, 96, 3), classes=1001,
+                                 weights=str(tmp_path / "m.ckpt"))
+    np.testing.assert_allclose(top.predict(x, verbose=0), source.predict(x, verbose=0),
+                               atol=1e-5)
+    # a 1000-class top gets the rows without the background; a backbone without top works too
+    thousand = keras_mnv2.MobileNetV2(alpha=0.35, input_shape=(96, 96, 3),
+                                      weights=str(tmp_path / "m.ckpt"))
+    np.testing.assert_array_equal(thousand.get_layer("predictions").get_weights()[1],
+                                  source.get_layer("predictions").get_weights()[1][1:])
+    bare = keras_mnv2.MobileNetV2(alpha=0.35, input_shape=(96, 96, 3), include_top=False,
+                                  weights=str(tmp_path / "m.ckpt"))
+    np.testing.assert_array_equal(bare.get_layer("block_5_expand").get_weights()[0],
+                                  source.get_layer("block_5_expand").get_weights()[0])
+    seg = _perturbed(keras_mnv2.DeepLabV3(num_classes=3, alpha=0.35, input_shape=(65, 65, 3),
+                                          aspp=False))
+    path = tmp_path / "seg.tflite"
+    path.write_bytes(tflite.convert_float(seg))
+    loaded = keras_mnv2.DeepLabV3(num_classes=3, alpha=0.35, input_shape=(65, 65, 3),
+                                  aspp=False, weights=str(path))
+    x = images(1, size=65)
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), seg.predict(x, verbose=0),
+                               atol=1e-4 * max(1.0, np.abs(seg.predict(x, verbose=0)).max()))
