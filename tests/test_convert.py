@@ -359,3 +359,48 @@ def test_builders_take_official_paths_as_weights(tmp_path, images):
     x = images(1, size=65)
     np.testing.assert_allclose(loaded.predict(x, verbose=0), seg.predict(x, verbose=0),
                                atol=1e-4 * max(1.0, np.abs(seg.predict(x, verbose=0)).max()))
+
+
+def test_cli_convert_writes_a_keras_model(tmp_path, images, capsys):
+    from pipelines.cli import main
+
+    source = _perturbed(keras_mnv2.MobileNetV2(alpha=0.35, input_shape=(96, 96, 3), classes=1001,
+                                               classifier_activation=None))
+    _write_official_checkpoint(source, "classifier", tmp_path / "mobilenet_v2_0.35_96.ckpt")
+    out = tmp_path / "official.keras"
+    assert main(["convert", str(tmp_path / "mobilenet_v2_0.35_96.ckpt"), "-o", str(out),
+                 "--drop-background"]) == 0
+    printed = capsys.readouterr().out
+    assert "kind=classifier" in printed and "classes=1000" in printed
+    assert sorted(os.listdir(tmp_path)) == sorted(
+        ["official.keras"] + [n for n in os.listdir(tmp_path) if "ckpt" in n])  # no temp left
+    loaded = keras.saving.load_model(out)
+    x = images(1)
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), source.predict(x, verbose=0)[:, 1:],
+                               atol=1e-4)
+    assert main(["convert", str(tmp_path / "missing.tflite"), "-o", str(out)]) == 2
+    assert "TFLite file not found" in capsys.readouterr().err
+    assert main(["convert", str(tmp_path / "mobilenet_v2_0.35_96.ckpt"), "-o",
+                 str(tmp_path / "x.h5")]) == 2
+    assert "--output must end in .keras" in capsys.readouterr().err
+
+
+def test_init_from_loads_matching_layers_and_reinitializes_the_class_predictors(tmp_path):
+    source = _perturbed(keras_mnv2.SSDLite(num_classes=5, alpha=0.35, input_size=96))
+    path = tmp_path / "source.keras"
+    source.save(path)
+    target = keras_mnv2.SSDLite(num_classes=3, alpha=0.35, input_size=96)
+    fresh = target.get_layer("class_predictor_2").get_weights()[0].copy()
+    lines = []
+    loaded, left = convert.init_from(target, str(path), freeze_batch_norm=True, log=lines.append)
+    print(lines[0])
+    assert sorted(left) == [f"class_predictor_{i}" for i in range(6)]
+    assert "re-initialized 6 class predictor(s)" in lines[0]
+    assert len(loaded) == sum(1 for layer in target.layers if layer.weights) - 6
+    np.testing.assert_array_equal(target.get_layer("block_7_expand").get_weights()[0],
+                                  source.get_layer("block_7_expand").get_weights()[0])
+    np.testing.assert_array_equal(target.get_layer("class_predictor_2").get_weights()[0], fresh)
+    assert not target.get_layer("block_7_expand_BN").trainable
+    with pytest.raises(ValueError, match="no layer of"):
+        convert.init_from(keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, name="zz")]),
+                          source, log=None)

@@ -221,8 +221,7 @@ def test_default_channel_rounding_is_unchanged_and_slim_rounding_is_optional(alp
         model.get_layer(f"block_{i}_project").filters for i in range(1, 17)]
     assert projects == [make_divisible(int(c * alpha)) for c in paper]
     slim = keras_mnv2.MobileNetV2(alpha=alpha, input_shape=(96, 96, 3), include_top=False,
-                                  divisible_by=1,
-                       min_depth=1)
+                                  divisible_by=1, min_depth=1)
     slim_projects = [slim.get_layer("expanded_conv_project").filters] + [
         slim.get_layer(f"block_{i}_project").filters for i in range(1, 17)]
     assert slim_projects == [make_divisible(c * alpha, 1, 1) for c in paper]
