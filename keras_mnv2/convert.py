@@ -111,10 +111,12 @@ class TfliteGraph:
             raise ValueError(f"{self.path} is not a readable TFLite model: {err}") from err
         self.tensors = {t["index"]: t for t in self.interpreter.get_tensor_details()}
         self.ops = self.interpreter._get_ops_details()
-        self.producer = {}
+        self.producer, self.consumers = {}, {}
         for op in self.ops:
             for index in op["outputs"]:
                 self.producer[index] = op
+            for index in op["inputs"]:
+                self.consumers.setdefault(index, []).append(op)
         self.input = self.interpreter.get_input_details()[0]
 
     def name(self, index):
@@ -131,6 +133,35 @@ class TfliteGraph:
         if op is not None:
             raise ValueError(f"{self.path}: tensor {self.name(index)!r} is not a constant")
         return _dequantize(np.asarray(self.interpreter.get_tensor(index)), self.tensors[index])
+
+    def is_constant(self, index):
+        op = self.producer.get(index)
+        return op is None or (op["op_name"] == "DEQUANTIZE" and op["inputs"][0] not in
+                              self.producer)
+
+    def affine_after(self, index):
+        """A per-channel ``x * scale + offset`` the converter left after a convolution's output
+        ``index`` (an unfolded batch norm: dilated convolutions run between SPACE_TO_BATCH_ND
+        and BATCH_TO_SPACE_ND, which stops the folding): ``(scale, offset)``, either None."""
+        scale = offset = None
+        for kind in ("BATCH_TO_SPACE_ND", "MUL", "ADD"):
+            users = self.consumers.get(index, [])
+            if len(users) != 1 or users[0]["op_name"] != kind:
+                continue
+            op = users[0]
+            if kind == "BATCH_TO_SPACE_ND":
+                index = op["outputs"][0]
+                continue
+            others = [i for i in op["inputs"] if i != index]
+            if len(others) != 1 or not self.is_constant(others[0]):
+                break
+            value = self.constant(others[0]).reshape(-1)
+            if kind == "MUL":
+                scale = value
+            else:
+                offset = value
+            index = op["outputs"][0]
+        return scale, offset
 
     def weight_name(self, index):
         """The name of a weight tensor, looking through a DEQUANTIZE op."""
@@ -163,6 +194,17 @@ def read_tflite_weights(path):
                 raise ValueError(f"{graph.path}: two {kind} ops map to layer {key!r}")
             kernel = graph.constant(inputs[1])
             bias = graph.constant(inputs[2]) if len(inputs) > 2 and inputs[2] >= 0 else None
+            scale, offset = graph.affine_after(op["outputs"][0])
+            if scale is not None or offset is not None:  # fold what the converter did not
+                channels = kernel.shape[-1] if kind == "DEPTHWISE_CONV_2D" else kernel.shape[0]
+                bias = np.zeros(channels, np.float32) if bias is None else bias
+                if scale is not None:
+                    shape = (1, 1, 1, -1) if kind == "DEPTHWISE_CONV_2D" else \
+                        (-1,) + (1,) * (kernel.ndim - 1)
+                    kernel = kernel * scale.reshape(shape)
+                    bias = bias * scale
+                if offset is not None:
+                    bias = bias + offset
             weights[key] = (kind, kernel, bias, graph.shape(op["outputs"][0]))
         elif kind == "SOFTMAX":
             facts["softmax"] = True
