@@ -89,6 +89,7 @@ def test_infer_width_recognizes_alpha_and_the_deeplab_rounding():
         convert.infer_width({**widths, "Conv1": 7})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["classifier", "deeplab", "ssdlite"])
 def test_float32_and_float16_files_round_trip_to_1e_4(kind, tmp_path, images):
     import tensorflow as tf
