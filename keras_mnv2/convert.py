@@ -317,8 +317,9 @@ def _bn_after(model, name):
     return None
 
 
-def _keras_kernel(kind, kernel, layer):
-    """A TFLite kernel in the layout of ``layer``."""
+def _keras_kernel(kind, kernel, layer, drop_background=False):
+    """A TFLite kernel in the layout of ``layer`` (without output column 0 with
+    ``drop_background``)."""
     target = tuple(layer.weights[0].shape)
     if kind == "DEPTHWISE_CONV_2D":  # [1, kh, kw, C] -> [kh, kw, C, 1]
         kernel = np.transpose(kernel, (1, 2, 3, 0))
@@ -328,6 +329,8 @@ def _keras_kernel(kind, kernel, layer):
         kernel = kernel.T
     if len(target) == 2 and kernel.ndim == 4:  # a 1x1 conv classifier into a Dense
         kernel = kernel.reshape(-1, kernel.shape[-1])
+    if drop_background:
+        kernel = kernel[..., 1:]
     if tuple(kernel.shape) != target:
         raise ValueError(f"layer {layer.name!r}: kernel {kernel.shape} from the file, "
                          f"{target} in the model")
@@ -342,12 +345,13 @@ def load_folded(model, weights, drop_background=False):
     loaded = set()
     for key, (kind, kernel, bias, _) in weights.items():
         layer = model.get_layer(key)
-        kernel = _keras_kernel(kind, kernel, layer)
+        drop = drop_background and key == "predictions"
+        kernel = _keras_kernel(kind, kernel, layer, drop)
         if bias is None:
             bias = np.zeros(kernel.shape[-1] if kind != "DEPTHWISE_CONV_2D"
                             else kernel.shape[-2], np.float32)
-        if drop_background and key == "predictions":
-            kernel, bias = kernel[:, 1:], bias[1:]
+        elif drop:
+            bias = bias[1:]
         if len(layer.weights) == 2:
             layer.set_weights([kernel, bias])
         else:
