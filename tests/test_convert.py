@@ -119,12 +119,13 @@ def test_float32_and_float16_files_round_trip_to_1e_4(kind, tmp_path, images):
         model = keras_mnv2.SSDLite(num_classes=3, alpha=0.35, input_size=96)
         x = images(2)
     _perturbed(model)
-    float32 = tflite.convert_float(model)
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.target_spec.supported_types = [tf.float16]
-    float16 = converter.convert()
-    for label, content in (("float32", float32), ("float16", float16)):
+    files = [("float32", tflite.convert_float(model))]
+    if kind == "deeplab":  # float16 weights (through DEQUANTIZE ops): one model is enough
+        converter = tf.lite.TFLiteConverter.from_keras_model(model)
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+        files.append(("float16", converter.convert()))
+    for label, content in files:
         path = tmp_path / f"{kind}_{label}.tflite"
         path.write_bytes(content)
         converted = convert.from_tflite(path)
