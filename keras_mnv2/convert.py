@@ -473,7 +473,7 @@ def read_checkpoint_weights(path):
 
 
 def _checkpoint_input_size(path, default):
-    found = re.search(r"_(\d{2,4})(?:\.ckpt|/|$)", os.fspath(path))
+    found = re.search(r"mobilenet_v2_\d+(?:\.\d+)?_(\d+)", os.fspath(path))  # TF-slim's names
     return int(found.group(1)) if found else default
 
 
@@ -487,8 +487,9 @@ def from_tf_checkpoint(path, input_size=None, output_stride=None, drop_backgroun
             ``ssdlite_mobilenet_v2_coco`` (``FeatureExtractor/MobilenetV2/...``,
             ``BoxPredictor_{i}/...``) or a DeepLab MobileNetV2 model (``image_pooling``,
             ``aspp0``, ``concat_projection``, ``logits/semantic``; the dm 0.5 model included).
-        input_size: the input side; default from a ``_<size>`` in the path, else 224
-            (classifier), 300 (SSDLite) or 513 (DeepLab).
+        input_size: the input side; default from a TF-slim name in the path
+            (``mobilenet_v2_{depth}_{size}``), else 224 (classifier), 300 (SSDLite) or 513
+            (DeepLab).
         output_stride: DeepLab's (default 16; 8 is the official models' other setting).
         drop_background: for a 1001-class classifier, keep the 1000 ImageNet classes.
         name: the model's name (default: the builder's).
