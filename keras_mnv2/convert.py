@@ -414,6 +414,8 @@ def from_tflite(path, drop_background=False, name=None):
 # (deeplab/model.py: batch_norm epsilon 1e-5); TF-slim MobileNetV2 and the Object Detection
 # API's SSDLite use 1e-3.
 DEEPLAB_HEAD_EPSILON = 1e-5
+# ssdlite_mobilenet_v2_coco's pipeline.config: ssd_anchor_generator, 6 layers, scales 0.2-0.95.
+OD_API_ASPECT_RATIOS = (1.0, 2.0, 0.5, 3.0, 0.3333)
 _DEEPLAB_HEAD = ("image_pooling", "aspp0", "aspp1", "aspp2", "aspp3", "concat_projection")
 _BN_PARTS = ("gamma", "beta", "moving_mean", "moving_variance")
 
@@ -513,6 +515,8 @@ def from_tf_checkpoint(path, input_size=None, output_stride=None, drop_backgroun
                                      int(entry["kernel"].shape[-2])))
               for key, entry in layers.items()}
     kind, kwargs = describe(shapes, (size, size, 3))
+    if kind == "ssdlite":  # the pipeline config's anchors (aspect ratio 0.3333, as written)
+        kwargs["aspect_ratios"] = OD_API_ASPECT_RATIOS
     if kind == "deeplab" and output_stride is not None:
         kwargs["output_stride"] = output_stride
     if kind == "classifier":

@@ -319,6 +319,10 @@ def test_od_api_ssdlite_coco_checkpoint(tmp_path, images):
     converted = convert.from_tf_checkpoint(tmp_path / "model.ckpt")
     assert converted.official["kind"] == "ssdlite"
     assert converted.official["num_classes"] == 90 and converted.official["input_size"] == 300
+    # the config's anchors: aspect ratio 0.3333 as written there, not 1/3
+    expected = keras_mnv2.ssdlite_anchors(300, aspect_ratios=(1.0, 2.0, 0.5, 3.0, 0.3333))
+    np.testing.assert_array_equal(converted.anchors, expected)
+    assert np.abs(converted.anchors - source.anchors).max() > 0  # 0.3333 != 1/3
     _check_equal(source, converted, images(1, size=300))
     assert convert.coco_label(1) == "person" and convert.coco_label(90) == "toothbrush"
     assert convert.coco_label(12) is None and convert.coco_label(0) == "background"
