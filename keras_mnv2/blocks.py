@@ -69,7 +69,7 @@ def split_sizes(channels, splits):
 
 
 def inverted_residual(keras, x, expansion, filters, stride, block_id, dilation=1,
-                      bn_momentum=BN_MOMENTUM, splits=1, stem=()):
+                      bn_momentum=BN_MOMENTUM, splits=1, stem=(), expansion_divisor=None):
     """Inverted residual block: expand 1x1 + BN + ReLU6, depthwise 3x3 + BN + ReLU6,
     linear projection 1x1 + BN, and a residual connection when the shapes allow it.
 
@@ -80,6 +80,9 @@ def inverted_residual(keras, x, expansion, filters, stride, block_id, dilation=1
     created but not called, that make the block's input from ``x`` (MobileNetV2's Conv1, its BN
     and ReLU6, before block 0): they run first, and with ``splits`` > 1 they take the place of
     the missing expansion in the split (the paper's Table 3 note on the first layer).
+    ``expansion_divisor`` (optional) rounds the expanded width with ``make_divisible``, as
+    TF-slim's ``expand_input_by_factor`` does (divisor 8); None keeps ``expansion * in_channels``
+    (keras.applications; the same whenever the input width is a multiple of 8).
     """
     layers = keras.layers
     if stem and (splits == 1 or block_id):
@@ -90,12 +93,15 @@ def inverted_residual(keras, x, expansion, filters, stride, block_id, dilation=1
     if stem and (stride != 1 or in_channels == filters):
         raise ValueError("a split stem needs a stride-1 block without a residual connection")
     inputs = x
+    expanded = expansion * in_channels
+    if expansion_divisor is not None:
+        expanded = make_divisible(expanded, expansion_divisor)
     prefix = f"block_{block_id}_"
     branch = []  # the expand .. project layers, created here and called below
     if block_id:
         branch += [
             layers.Conv2D(
-                expansion * in_channels, 1, padding="same", use_bias=False, name=prefix + "expand"
+                expanded, 1, padding="same", use_bias=False, name=prefix + "expand"
             ),
             layers.BatchNormalization(
                 epsilon=BN_EPSILON, momentum=bn_momentum, name=prefix + "expand_BN"

@@ -60,11 +60,15 @@ def class_index():
 
 
 def decode_predictions(preds, top=5):
-    """Top ``top`` (wnid, name, score) tuples for each row of a [batch, 1000] prediction array."""
+    """Top ``top`` (wnid, name, score) tuples for each row of a [batch, 1000] prediction array
+    (or [batch, 1001] from a TF-slim model, whose background column 0 is left out)."""
     preds = np.asarray(preds)
+    if preds.ndim == 2 and preds.shape[1] == 1001:  # TF-slim: column 0 is "background"
+        preds = preds[:, 1:]
     if preds.ndim != 2 or preds.shape[1] != 1000:
         raise ValueError(
-            f"decode_predictions expects predictions of shape (batch, 1000), got {preds.shape}"
+            "decode_predictions expects predictions of shape (batch, 1000) or (batch, 1001) "
+            f"(TF-slim, background first), got {preds.shape}"
         )
     if not 1 <= top <= 1000:
         raise ValueError(f"top must be in [1, 1000], got {top}")

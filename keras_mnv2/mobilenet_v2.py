@@ -145,7 +145,8 @@ def _validate(alpha, input_shape, include_top, weights, pooling, classes, output
         raise ValueError(
             f"weights must be None, 'imagenet' or a path to a weights file, got {weights!r}"
         )
-    elif weights is not None and not os.path.exists(weights):
+    elif weights is not None and not os.path.exists(weights) and \
+            not os.path.exists(os.fspath(weights) + ".index"):
         raise FileNotFoundError(f"weights file not found: {weights}")
     return alpha, input_shape, classes, dropout_rate, bn_momentum
 
@@ -166,6 +167,8 @@ def MobileNetV2(
     framework="keras",
     bn_momentum=0.999,
     expansion_splits=1,
+    divisible_by=8,
+    min_depth=None,
 ):
     """Builds MobileNetV2 and returns a functional ``keras.Model``.
 
@@ -181,9 +184,10 @@ def MobileNetV2(
         include_top: whether to end with global pooling and the classifier (the layer list of
             keras.applications.MobileNetV2); needs a static input_shape.
         weights: None (random), "imagenet" (the official keras.applications file for this alpha
-            and resolution, from the Keras cache) or the path of a .weights.h5 / .h5 / .keras file
+            and resolution, from the Keras cache), the path of a .weights.h5 / .h5 / .keras file
             (see ``load_weights_file``; with ``expansion_splits`` the whole-block weights are
-            sliced into the groups).
+            sliced into the groups), an official .tflite file or a TF1 checkpoint prefix
+            (``keras_mnv2.convert``).
         input_tensor: optional Keras tensor to build on instead of a new Input (its shape must
             agree with ``input_shape`` when both are given). The model then has no builder record
             (see ``keras_mnv2.record``).
@@ -209,6 +213,14 @@ def MobileNetV2(
             no expansion: it splits together with Conv1 (``Conv1_s{j}``, ...), whose output
             channels are its groups.
             ``keras_mnv2.split.split_expansion`` converts a trained model.
+        divisible_by: channel rounding of the scaled widths. 8 (the default) is the
+            keras.applications rule, ``make_divisible(int(c * alpha), 8)``. Any other value
+            applies TF-slim's ``depth_multiplier`` rule, ``make_divisible(c * alpha, divisible_by,
+            min_depth)``, with expanded widths rounded to multiples of 8 as slim's
+            ``expand_input_by_factor`` does: DeepLab builds its backbone with
+            ``divisible_by=1, min_depth=1`` whenever the depth multiplier is not 1 (widths 12
+            and 72 at alpha 0.5, where the default gives 16 and 96).
+        min_depth: smallest scaled width; None means ``divisible_by``.
     """
     keras = get_keras(framework)
     layers = keras.layers
@@ -216,6 +228,8 @@ def MobileNetV2(
     alpha, input_shape, classes, dropout_rate, bn_momentum = _validate(
         alpha, input_shape, include_top, weights, pooling, classes, output_stride, dropout_rate,
         classifier_activation, bn_momentum)
+    width = channel_rounding(alpha, divisible_by, min_depth)
+    expansion_divisor = None if (divisible_by, min_depth) == (8, None) else 8
     splits = splits_per_block(expansion_splits)
 
     if input_tensor is not None:
@@ -247,14 +261,15 @@ def MobileNetV2(
 
     # Conv1 is handed to block 0, which has no expansion of its own: split, Conv1's output
     # channels are block 0's groups (the paper's Table 3 note on the first layer).
-    stem = conv_bn_layers(keras, make_divisible(32 * alpha), 3, "Conv1", "bn_Conv1",
+    stem = conv_bn_layers(keras, width(32, stem=True), 3, "Conv1", "bn_Conv1",
                           strides=2, relu_name="Conv1_relu", bn_momentum=bn_momentum)
     x = img_input
     for block_id, t, c, stride, dilation in block_plan(output_stride):
-        x = inverted_residual(keras, x, t, make_divisible(int(c * alpha)), stride, block_id,
+        x = inverted_residual(keras, x, t, width(c), stride, block_id,
                               dilation, bn_momentum=bn_momentum, splits=splits[block_id],
-                              stem=stem if block_id == 0 else ())
-    last_filters = make_divisible(1280 * alpha) if alpha > 1.0 else 1280
+                              stem=stem if block_id == 0 else (),
+                              expansion_divisor=expansion_divisor)
+    last_filters = width(1280, stem=True) if alpha > 1.0 else 1280
     x = conv_bn(keras, x, last_filters, 1, "Conv_1", "Conv_1_bn", relu_name="out_relu",
                 bn_momentum=bn_momentum)
 
@@ -282,10 +297,27 @@ def MobileNetV2(
                 alpha=alpha, input_shape=input_shape, include_top=include_top, weights=None,
                 pooling=pooling, classes=classes, classifier_activation=classifier_activation,
                 dropout_rate=dropout_rate, output_stride=output_stride, framework=framework,
-                bn_momentum=bn_momentum)
+                bn_momentum=bn_momentum, divisible_by=divisible_by, min_depth=min_depth)
 
         load_weights_file(model, path, unsplit=unsplit if max(splits) > 1 else None)
     return model
+
+
+def channel_rounding(alpha, divisible_by=8, min_depth=None):
+    """The width rule of ``MobileNetV2``: a function from a paper width c to the built width.
+
+    The default ``(8, None)`` is keras.applications' rule (``make_divisible(int(c * alpha))``
+    in the blocks, ``make_divisible(c * alpha)`` for Conv1 and the last conv); anything else is
+    TF-slim's ``make_divisible(c * alpha, divisible_by, min_depth)`` everywhere.
+    """
+    if not isinstance(divisible_by, int) or isinstance(divisible_by, bool) or divisible_by < 1:
+        raise ValueError(f"divisible_by must be an integer >= 1, got {divisible_by!r}")
+    if min_depth is not None and (not isinstance(min_depth, int) or isinstance(min_depth, bool)
+                                  or min_depth < 1):
+        raise ValueError(f"min_depth must be None or an integer >= 1, got {min_depth!r}")
+    if (divisible_by, min_depth) == (8, None):
+        return lambda c, stem=False: make_divisible(c * alpha if stem else int(c * alpha))
+    return lambda c, stem=False: make_divisible(c * alpha, divisible_by, min_depth)
 
 
 def imagenet_weights_filename(alpha, rows, include_top=True):
@@ -343,6 +375,13 @@ def load_weights_file(model, path, unsplit=None):
 
     path = os.fspath(path)
     name = os.path.basename(path)
+    from keras_mnv2 import convert
+
+    if convert.is_official_path(path):  # an official .tflite file or TF1 checkpoint
+        if not os.path.exists(path) and not os.path.exists(path + ".index"):
+            raise FileNotFoundError(f"weights file not found: {path}")
+        convert.load_into(model, path)
+        return
     if not os.path.exists(path):
         raise FileNotFoundError(f"weights file not found: {path}")
     if path.endswith(".keras"):
@@ -363,7 +402,8 @@ def load_weights_file(model, path, unsplit=None):
         copy_weights(source, model)
         return
     if not (path.endswith(".weights.h5") or path.endswith(".h5")):
-        raise ValueError(f"weights file must end in .weights.h5, .h5 or .keras, got {name}")
+        raise ValueError("weights file must end in .weights.h5, .h5 or .keras (or be an official "
+                         f".tflite file or TF checkpoint prefix), got {name}")
     if not h5py.is_hdf5(path):
         raise ValueError(f"weights file {path} is not an HDF5 file (corrupt, truncated or "
                          "another format)")

@@ -91,11 +91,23 @@ def _profile(args):
     return 0
 
 
+def finetune_recipe(recipe):
+    """The fine-tuning variant of a training recipe: a tenth of the learning rate, a tenth of the
+    epochs (at least 1), no warmup. Flags given on the command line still override it."""
+    import dataclasses
+
+    return dataclasses.replace(recipe, learning_rate=recipe.learning_rate / 10,
+                               epochs=max(1, recipe.epochs // 10), warmup_epochs=0.0)
+
+
 def _recipe(args, module, embedded):
-    """The job's EMBEDDED or PAPER recipe with every flag given on the command line applied."""
+    """The job's EMBEDDED or PAPER recipe (its fine-tuning variant with --finetune) with every
+    flag given on the command line applied."""
     import dataclasses
 
     recipe = module.EMBEDDED if embedded else module.PAPER
+    if getattr(args, "finetune", False):
+        recipe = finetune_recipe(recipe)
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(recipe)
                  if getattr(args, f.name, None) is not None}
     return dataclasses.replace(recipe, **overrides)
@@ -107,7 +119,8 @@ def _train_coco(args):
     embedded = args.coco_dir is None and args.tfds_data_dir is None
     metrics = detection.run(coco_dir=args.coco_dir, tfds_data_dir=args.tfds_data_dir,
                             run_dir=args.run_dir, recipe=_recipe(args, detection, embedded),
-                            backbone_weights=args.backbone_weights)
+                            backbone_weights=args.backbone_weights, init=args.init,
+                            freeze_bn=args.freeze_bn)
     return 1 if metrics.get("stopped_on_nan") else 0
 
 
@@ -117,7 +130,8 @@ def _train_voc(args):
     embedded = args.voc_dir is None
     metrics = segmentation.run(voc_dir=args.voc_dir, sbd_dir=args.sbd_dir, run_dir=args.run_dir,
                                recipe=_recipe(args, segmentation, embedded),
-                               backbone_weights=args.backbone_weights)
+                               backbone_weights=args.backbone_weights, init=args.init,
+                               freeze_bn=args.freeze_bn)
     return 1 if metrics.get("stopped_on_nan") else 0
 
 
@@ -131,12 +145,34 @@ def _train_imagenet(args):
         tfds_manual_dir=args.tfds_manual_dir, tfrecord_dir=args.tfrecord_dir,
         val_labels=args.val_labels, run_dir=args.run_dir,
         recipe=_recipe(args, classification, embedded), strategy=args.strategy,
-        data_service=args.data_service)
+        data_service=args.data_service, init=args.init, freeze_bn=args.freeze_bn)
     return 1 if metrics.get("stopped_on_nan") else 0
 
 
 SPLITS_HELP = ("split-expansion blocks (paper sec. 5.1): an int (every block), or per block from the "
                "stem, e.g. 3,6,3 (the rest whole); the files get a _split suffix")
+
+
+def _convert(args):
+    import os
+
+    from keras_mnv2 import convert
+
+    if not args.output.endswith(".keras"):
+        raise ValueError(f"--output must end in .keras, got {args.output}")
+    kwargs = {"drop_background": args.drop_background}
+    if not args.source.endswith(".tflite"):
+        kwargs.update(input_size=args.input_size, output_stride=args.output_stride)
+    elif args.input_size or args.output_stride:
+        raise ValueError("--input-size and --output-stride apply to checkpoints; a .tflite file "
+                         "has its own")
+    model = convert.load(args.source, **kwargs)
+    tmp = args.output[: -len(".keras")] + ".tmp.keras"
+    model.save(tmp)
+    os.replace(tmp, args.output)
+    facts = ", ".join(f"{k}={v}" for k, v in model.official.items() if k != "source")
+    print(f"{args.source} -> {args.output}: {facts}; {model.count_params():,} parameters")
+    return 0
 
 
 def _qat(args):
@@ -281,6 +317,26 @@ def build_parser():
         if job is not imagenet:
             job.add_argument("--backbone-weights", default=None,
                              help="'imagenet' or a MobileNetV2 weights file")
+        job.add_argument("--init", default=None,
+                         help="start from another model: a .keras file, an official .tflite "
+                              "file or a TF checkpoint (layers matching in name and shape)")
+        job.add_argument("--finetune", action="store_true",
+                         help="the recipe's fine-tuning variant (1/10 learning rate and epochs)")
+        job.add_argument("--freeze-bn", action="store_true",
+                         help="with --init: freeze batch norm (inference statistics)")
+
+    conv = sub.add_parser("convert", help="an official .tflite file or TF checkpoint into a "
+                                          ".keras model")
+    conv.add_argument("source", help=".tflite file or TF1 checkpoint prefix")
+    conv.add_argument("-o", "--output", required=True, help="the .keras file to write")
+    conv.add_argument("--drop-background", action="store_true",
+                      help="1001-class classifier: keep the 1000 ImageNet classes")
+    conv.add_argument("--input-size", type=int, default=None,
+                      help="checkpoints: the input side (default from the name, or the "
+                           "family's: 224, 300, 513)")
+    conv.add_argument("--output-stride", type=int, default=None, choices=(8, 16),
+                      help="DeepLab checkpoints: the output stride (default 16)")
+    conv.set_defaults(func=_convert, job="convert")
 
     from pipelines.jobs.deploy import JOBS
 

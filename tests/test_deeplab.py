@@ -72,9 +72,13 @@ def test_flat_graph_on_the_320_channel_tap():
     assert model.get_layer("image_pooling_upsample").output.shape == (None, 33, 33, 256)
     assert model.get_layer("concat").output.shape == (None, 33, 33, 5 * 256)
     assert model.get_layer("logits").output.shape == (None, 33, 33, 21)
-    # 513 is not a multiple of 33: a Resizing layer does the bilinear upsampling
-    assert type(model.get_layer("logits_upsample")).__name__ == "Resizing"
+    # the official convention by default: bilinear with align_corners=True
+    upsample = model.get_layer("logits_upsample")
+    assert type(upsample).__name__ == "BilinearResize" and upsample.align_corners
     assert model.inputs[0] is model.layers[0].output
+    # half-pixel: 513 is not a multiple of 33, so a Resizing layer does the bilinear upsampling
+    half_pixel = DeepLabV3(alpha=0.35, align_corners=False, **VOC)
+    assert type(half_pixel.get_layer("logits_upsample")).__name__ == "Resizing"
 
 
 def _depthwise_rates(model):
@@ -152,7 +156,8 @@ def test_tf_keras_twin_matches_after_copy_weights(size, images):
 def test_integer_factor_upsampling_is_the_same_bilinear_resize(images):
     # 96 px at OS16: 6x6 features, exactly x16, so UpSampling2D (supported by TFMOT) is used;
     # it must equal the half-pixel bilinear resize that Resizing does for other sizes.
-    model = _calibrated(DeepLabV3(input_shape=(96, 96, 3), **TINY), images(2, size=96))
+    model = _calibrated(DeepLabV3(input_shape=(96, 96, 3), align_corners=False, **TINY),
+                        images(2, size=96))
     assert type(model.get_layer("logits_upsample")).__name__ == "UpSampling2D"
     logits_model = keras.Model(model.inputs, [model.get_layer("logits").output, model.output])
     low, high = logits_model.predict(images(1, size=96), verbose=0)
@@ -209,3 +214,70 @@ def test_missing_backbone_weights_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="nothere.weights.h5"):
         DeepLabV3(backbone_weights=str(tmp_path / "nothere.weights.h5"), alpha=0.35,
                   input_shape=(97, 97, 3))
+
+
+def test_bilinear_resize_align_corners_matches_tf_and_the_ops_fallback():
+    import tensorflow as tf
+
+    from keras_mnv2.segmentation.deeplab import BilinearResize, bilinear_resize_ops
+
+    x = np.random.RandomState(0).normal(size=(2, 7, 5, 3)).astype("float32")
+    for align_corners in (True, False):
+        layer = BilinearResize(13, 9, align_corners=align_corners)
+        got = keras.ops.convert_to_numpy(layer(x))
+        expected = tf.compat.v1.image.resize_bilinear(
+            x, (13, 9), align_corners=align_corners, half_pixel_centers=not align_corners).numpy()
+        np.testing.assert_allclose(got, expected, atol=1e-6)
+        # the keras.ops path (used off TensorFlow) computes the same resize
+        fallback = keras.ops.convert_to_numpy(bilinear_resize_ops(keras.ops, x, (13, 9),
+                                                                  align_corners))
+        np.testing.assert_allclose(fallback, expected, atol=1e-5)
+    # align_corners: corners land on corners, 7 -> 13 puts every input row on an even output row
+    got = keras.ops.convert_to_numpy(BilinearResize(13, 9)(x))
+    np.testing.assert_allclose(got[:, ::2, ::2], x, atol=1e-6)
+    half = keras.ops.convert_to_numpy(BilinearResize(13, 9, align_corners=False)(x))
+    assert np.abs(got - half).max() > 0.05  # the two conventions differ
+
+
+@pytest.mark.slow
+def test_align_corners_converts_to_one_tflite_resize_with_the_flag(images):
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = _calibrated(DeepLabV3(input_shape=(97, 97, 3), **TINY), images(2, size=97))
+    content = tflite.convert_float(model)
+    parsed = flatbuffer_utils.convert_bytearray_to_object(bytearray(content))
+    flags = [(op.builtinOptions.alignCorners, op.builtinOptions.halfPixelCenters)
+             for op in parsed.subgraphs[0].operators
+             if hasattr(op.builtinOptions, "alignCorners")]
+    assert flags == [(True, False)]  # the logits upsampling, one RESIZE_BILINEAR op
+    x = images(2, size=97, seed=3)
+    np.testing.assert_allclose(tflite.run(content, x), model.predict(x, verbose=0), atol=1e-4)
+
+
+def test_keras_file_round_trip_keeps_align_corners(tmp_path, images):
+    model = _calibrated(DeepLabV3(input_shape=(65, 65, 3), **TINY), images(2, size=65))
+    path = tmp_path / "deeplab.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert loaded.get_layer("logits_upsample").align_corners is True
+    x = images(1, size=65, seed=2)
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0),
+                               atol=1e-6)
+
+
+def test_deeplab_channel_rounding_of_the_official_dm05_model():
+    # DeepLab builds MobileNetV2 with divisible_by=1, min_depth=1 when the multiplier is not 1
+    model = DeepLabV3(alpha=0.5, divisible_by=1, min_depth=1, **VOC)
+    projects = [model.get_layer("expanded_conv_project").filters] + [
+        model.get_layer(f"block_{i}_project").filters for i in range(1, 17)]
+    assert model.get_layer("Conv1").filters == 16
+    assert projects == [8, 12, 12, 16, 16, 16, 32, 32, 32, 32, 48, 48, 48, 80, 80, 80, 160]
+    assert model.get_layer("block_2_expand").filters == 72  # 12 * 6, rounded to 8 as slim does
+    assert model.get_layer("aspp0").input.shape[-1] == backbone_channels(0.5, 1, 1) == 160
+    default = DeepLabV3(alpha=0.5, **VOC)
+    assert default.get_layer("block_2_project").filters == 16  # keras.applications rounding
+    assert default.get_layer("block_2_expand").filters == 96
+    with pytest.raises(ValueError, match="divisible_by must be an integer >= 1"):
+        DeepLabV3(alpha=0.5, divisible_by=0, **VOC)
+    with pytest.raises(ValueError, match="align_corners must be True or False"):
+        DeepLabV3(alpha=0.5, align_corners="yes", **VOC)

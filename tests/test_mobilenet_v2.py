@@ -275,3 +275,23 @@ def test_channels_first_setting_is_refused(monkeypatch):
     monkeypatch.setattr(keras.backend, "image_data_format", lambda: "channels_first")
     with pytest.raises(ValueError, match="builds channels-last models.*'channels_first'"):
         keras_mnv2.MobileNetV2(alpha=0.35, input_shape=(64, 64, 3))
+
+
+@pytest.mark.parametrize("alpha", [0.35, 0.5, 0.75, 1.0, 1.4])
+def test_default_channel_rounding_is_unchanged_and_slim_rounding_is_optional(alpha):
+    from keras_mnv2.blocks import make_divisible
+    from keras_mnv2.mobilenet_v2 import BLOCK_SPECS
+
+    model = keras_mnv2.MobileNetV2(alpha=alpha, input_shape=(96, 96, 3), include_top=False)
+    paper = [c for _, c, n, _ in BLOCK_SPECS for _ in range(n)]
+    projects = [model.get_layer("expanded_conv_project").filters] + [
+        model.get_layer(f"block_{i}_project").filters for i in range(1, 17)]
+    assert projects == [make_divisible(int(c * alpha)) for c in paper]
+    slim = keras_mnv2.MobileNetV2(alpha=alpha, input_shape=(96, 96, 3), include_top=False,
+                                  divisible_by=1, min_depth=1)
+    slim_projects = [slim.get_layer("expanded_conv_project").filters] + [
+        slim.get_layer(f"block_{i}_project").filters for i in range(1, 17)]
+    assert slim_projects == [make_divisible(c * alpha, 1, 1) for c in paper]
+    for i in range(1, 17):  # expansions rounded to 8 (slim's expand_input_by_factor)
+        width = slim.get_layer(f"block_{i}_expand").filters
+        assert width % 8 == 0 and abs(width - 6 * slim_projects[i - 1]) < 8

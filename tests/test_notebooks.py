@@ -28,6 +28,8 @@ def test_classifier_notebook(tmp_path):
     outputs = "\n".join(_text(cell) for cell in notebook.cells if cell.cell_type == "code")
     assert "2,663,064 parameters" in outputs  # alpha 0.75 at 224, 1000 classes
     assert "max |Keras - TFLite|" in outputs
+    if "real reference files: absent" not in outputs:  # the official file on real photos
+        assert "official top-1 agreement: 4 of 4 photos" in outputs
 
 
 @pytest.mark.slow
@@ -58,6 +60,11 @@ def test_segmentation_notebook(tmp_path):
     assert last < 0.8 * first
     miou = float(re.search(r"mean IoU after the short run: ([\d.]+)", outputs).group(1))
     assert miou > 0.2  # six classes; a model predicting only background scores about 1/6
+    if "real reference files: absent" not in outputs:  # the official DeepLab on a real photo
+        agreement, official_miou = map(float, re.search(
+            r"pixel agreement with the official uint8 file ([\d.]+), mIoU against the mask "
+            r"([\d.]+)", outputs).groups())
+        assert agreement >= 0.98 and official_miou > 0.8
     diff = float(re.search(r"max \|Keras - TFLite\|: ([\d.e+-]+)", outputs).group(1))
     assert diff < 1e-4
 

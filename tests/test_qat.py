@@ -184,13 +184,16 @@ def test_the_heads_of_ssdlite_and_deeplab_are_quantized():
     counts = {how: list(plan.values()).count(how) for how in set(plan.values())}
     assert counts == {"int8 weights + output": 88, "int8 output": 71, "folded into Conv2D": 43,
                       "folded into DepthwiseConv2D": 33, "int8 passthrough": 16}
-    for size, output_stride, upsampling in [(97, 8, "int8 output (annotated)"),
-                                            (96, 16, "int8 output")]:
+    for size, output_stride, upsampling, align_corners in [
+            (97, 8, "int8 output (annotated)", False), (96, 16, "int8 output", False),
+            (96, 16, "int8 output (annotated)", True)]:
         seg = DeepLabV3(num_classes=5, alpha=0.35, input_shape=(size, size, 3),
-                        output_stride=output_stride, framework="tf_keras")
+                        output_stride=output_stride, framework="tf_keras",
+                        align_corners=align_corners)
         plan = qat.quantization_plan(seg)
         assert qat.float_layers(plan) == []
-        assert plan["logits_upsample"] == upsampling  # Resizing at 97 px, UpSampling2D at 96
+        # half-pixel: Resizing at 97 px, UpSampling2D at 96; align_corners: BilinearResize
+        assert plan["logits_upsample"] == upsampling
         assert plan["image_pooling_upsample"] == "int8 output"
         assert plan["concat"] == "int8 output"
         assert plan["logits"] == "int8 weights + output"

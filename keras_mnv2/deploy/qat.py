@@ -26,7 +26,7 @@ from keras_mnv2.frameworks import framework_of, get_keras
 
 # Layers the default 8-bit registry does not know but that TFLite runs in int8: annotated so their
 # output gets a fake-quant (and the TFLite op reads and writes int8).
-OUTPUT_QUANTIZED = ("Resizing", "Multiply", "Subtract", "Maximum", "Minimum", "Average",
+OUTPUT_QUANTIZED = ("Resizing", "BilinearResize", "Multiply", "Subtract", "Maximum", "Minimum", "Average",
                     "Rescaling")
 _FOLDING_PRODUCERS = ("Conv2D", "DepthwiseConv2D")  # a BN after these is folded by TFMOT
 

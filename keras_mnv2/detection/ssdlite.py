@@ -114,6 +114,7 @@ def SSDLite(
     framework="keras",
     bn_momentum=BN_MOMENTUM,
     expansion_splits=1,
+    weights=None,
 ):
     """Builds SSDLite-MobileNetV2; returns a functional model with raw outputs.
 
@@ -130,6 +131,9 @@ def SSDLite(
         bn_momentum: batch-norm momentum everywhere (lower it for short training runs).
         expansion_splits: passed to ``MobileNetV2`` (memory-efficient inference, paper section
             5.1); block 13, whose expanded tensor is the stride-16 feature map, stays whole.
+        weights: None, or the path of weights for the whole model: a .keras / .weights.h5
+            file, an official .tflite file or a TF1 checkpoint (``keras_mnv2.convert``; e.g.
+            ``ssdlite_mobilenet_v2_coco``: ``num_classes=90, input_size=300``).
 
     The model has ``model.anchors`` (np.float32 [N, 4], cy/cx/h/w normalized), the anchors its
     outputs line up with; ``ssdlite_anchors(input_size, ...)`` recomputes them. The model records
@@ -195,6 +199,10 @@ def SSDLite(
                                 aspect_ratios=aspect_ratios)
     if model.anchors.shape[0] != outputs["boxes"].shape[1]:
         raise AssertionError("anchor count does not match the predictor outputs")
+    if weights is not None:
+        from keras_mnv2.mobilenet_v2 import load_weights_file
+
+        load_weights_file(model, weights)
     return model
 
 

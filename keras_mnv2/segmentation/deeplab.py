@@ -12,23 +12,29 @@ Head (DeepLabv3 section 3.3, "ASPP"), every conv 256 wide with BN + ReLU:
 then concatenation -> 1x1 projection -> dropout -> 1x1 logits conv (with bias) -> bilinear
 upsampling to the input size.
 
-Upsampling convention: bilinear with half-pixel centres (``tf.image.resize``, TFLite
-RESIZE_BILINEAR with half_pixel_centers), not the reference DeepLab's ``align_corners=True``
-(for which 513 = 32 * 16 + 1 was chosen). Keras 3, tf_keras and TFLite all agree on it; the two
-conventions differ by under half a feature-map pixel, and a model is trained with its own. When the
-input side is an exact multiple of the feature side (e.g. 512 at OS16) the upsampling is an
+Upsampling convention: bilinear with ``align_corners=True`` by default, the convention of every
+official DeepLab model (for which 513 = 32 * 16 + 1 was chosen: corner pixels of the 33x33 logits
+land exactly on corner pixels of the image). It is a ``BilinearResize`` layer (below), which runs
+``tf.compat.v1.image.resize_bilinear`` on the TensorFlow backend (TFLite: RESIZE_BILINEAR with
+align_corners=true, in float and int8) and builds in the tf_keras twin. ``align_corners=False``
+gives half-pixel centres (``tf.image.resize``, TFLite RESIZE_BILINEAR with half_pixel_centers):
+when the input side is an exact multiple of the feature side (e.g. 512 at OS16) an
 ``UpSampling2D`` (which TFMOT's default 8-bit scheme supports), otherwise (513 -> 33) a
-``Resizing`` layer; both compute the same half-pixel bilinear resize.
+``Resizing`` layer; both compute the same half-pixel bilinear resize. The two conventions differ
+by under half a feature-map pixel, and a model is trained with its own (on the official PASCAL
+model the wrong one moves 1-2% of the mask pixels).
 
 The model is one flat functional graph from the image to the logits (no nested model), with
 keras.applications layer names in the backbone, so ImageNet weights, ``copy_weights`` between the
 Keras 3 model and its tf_keras twin, and TFMOT's ``quantize_model`` all see plain layers.
 """
 
-from keras_mnv2.blocks import BN_EPSILON, BN_MOMENTUM, make_divisible
+import numpy as np
+
+from keras_mnv2.blocks import BN_EPSILON, BN_MOMENTUM
 from keras_mnv2.checks import image_shape, integer, real
 from keras_mnv2.frameworks import get_keras
-from keras_mnv2.mobilenet_v2 import MIN_INPUT_SIZE, MobileNetV2
+from keras_mnv2.mobilenet_v2 import MIN_INPUT_SIZE, MobileNetV2, channel_rounding
 from keras_mnv2.record import functional, records_arguments
 
 FEATURE_TAP = "block_16_project_BN"
@@ -45,6 +51,90 @@ def deeplab_atrous_rates(output_stride):
             f"output_stride must be one of {DEEPLAB_OUTPUT_STRIDES}, got {output_stride!r}"
         )
     return tuple(rate * 16 // output_stride for rate in _BASE_RATES)
+
+
+def resize_weights(in_size, out_size, align_corners):
+    """For one axis of a bilinear resize: (lower index, upper index, upper weight) per output
+    position, as numpy arrays. ``align_corners`` maps corner pixels onto corner pixels
+    (src = dst * (in - 1) / (out - 1)); otherwise half-pixel centres
+    (src = (dst + 0.5) * in / out - 0.5, clamped at 0)."""
+    dst = np.arange(out_size, dtype=np.float64)
+    if align_corners:
+        src = dst * ((in_size - 1) / (out_size - 1) if out_size > 1 else 0.0)
+    else:
+        src = np.maximum((dst + 0.5) * in_size / out_size - 0.5, 0.0)
+    lower = np.minimum(np.floor(src).astype("int32"), in_size - 1)
+    upper = np.minimum(lower + 1, in_size - 1)
+    return lower, upper, (src - lower).astype("float32")
+
+
+def bilinear_resize_ops(ops, x, size, align_corners):
+    """Bilinear resize of a channels-last batch with ``keras.ops`` only (any backend): two
+    separable gathers and blends. The fallback of ``BilinearResize`` off TensorFlow."""
+    for axis, (in_size, out_size) in ((1, (x.shape[1], size[0])), (2, (x.shape[2], size[1]))):
+        lower, upper, frac = resize_weights(int(in_size), int(out_size), align_corners)
+        shape = [1, 1, 1, 1]
+        shape[axis] = int(out_size)
+        frac = ops.reshape(ops.convert_to_tensor(frac, dtype=x.dtype), shape)
+        low = ops.take(x, ops.convert_to_tensor(lower), axis=axis)
+        high = ops.take(x, ops.convert_to_tensor(upper), axis=axis)
+        x = low + (high - low) * frac
+    return x
+
+
+_RESIZE_CLASSES = {}
+
+
+def bilinear_resize_class(framework="keras"):
+    """The ``BilinearResize`` layer class of ``framework`` ("keras" or "tf_keras"), registered
+    for serialization as ``keras_mnv2>BilinearResize``.
+
+    ``BilinearResize(height, width, align_corners=True)`` resizes channels-last images to a
+    static size; unlike Keras' ``Resizing`` it has the ``align_corners`` convention of the
+    official DeepLab models. On TensorFlow (and in tf_keras) it is
+    ``tf.compat.v1.image.resize_bilinear`` (one TFLite RESIZE_BILINEAR op); on other Keras 3
+    backends ``bilinear_resize_ops``.
+    """
+    if framework in _RESIZE_CLASSES:
+        return _RESIZE_CLASSES[framework]
+    keras = get_keras(framework)
+    on_tf_keras = framework == "tf_keras"
+
+    class BilinearResize(keras.layers.Layer):
+        def __init__(self, height, width, align_corners=True, **kwargs):
+            super().__init__(**kwargs)
+            self.height, self.width = int(height), int(width)
+            self.align_corners = bool(align_corners)
+
+        def call(self, inputs):
+            size = (self.height, self.width)
+            if on_tf_keras or keras.backend.backend() == "tensorflow":
+                import tensorflow as tf
+
+                resized = tf.compat.v1.image.resize_bilinear(
+                    inputs, size, align_corners=self.align_corners,
+                    half_pixel_centers=not self.align_corners)
+                return tf.cast(resized, inputs.dtype)
+            return bilinear_resize_ops(keras.ops, inputs, size, self.align_corners)
+
+        def compute_output_shape(self, input_shape):
+            return (input_shape[0], self.height, self.width, input_shape[-1])
+
+        def get_config(self):
+            config = super().get_config()
+            config.update(height=self.height, width=self.width,
+                          align_corners=self.align_corners)
+            return config
+
+    if on_tf_keras:
+        register = keras.utils.register_keras_serializable(package="keras_mnv2")
+    else:
+        register = keras.saving.register_keras_serializable(package="keras_mnv2")
+    _RESIZE_CLASSES[framework] = register(BilinearResize)
+    return _RESIZE_CLASSES[framework]
+
+
+BilinearResize = bilinear_resize_class("keras")
 
 
 def _validate(num_classes, alpha, input_shape, output_stride, aspp, dropout_rate, bn_momentum):
@@ -79,11 +169,15 @@ def _conv_bn_relu(keras, x, kernel_size, name, dilation=1, bn_momentum=BN_MOMENT
     return layers.ReLU(name=name + "_relu")(x)
 
 
-def _bilinear_upsample(keras, x, size, name, dtype=None):
-    """Half-pixel bilinear resize of ``x`` to the static ``size`` (see the module docstring)."""
+def _bilinear_upsample(keras, x, size, name, dtype=None, align_corners=False,
+                       framework="keras"):
+    """Bilinear resize of ``x`` to the static ``size`` (see the module docstring)."""
     layers = keras.layers
     height, width = size
     in_height, in_width = x.shape[1], x.shape[2]
+    if align_corners:
+        return bilinear_resize_class(framework)(height, width, align_corners=True, name=name,
+                                                dtype=dtype)(x)
     if height % in_height == 0 and width % in_width == 0:
         return layers.UpSampling2D((height // in_height, width // in_width),
                                    interpolation="bilinear", name=name, dtype=dtype)(x)
@@ -103,6 +197,10 @@ def DeepLabV3(
     framework="keras",
     bn_momentum=BN_MOMENTUM,
     expansion_splits=1,
+    align_corners=True,
+    divisible_by=8,
+    min_depth=None,
+    weights=None,
 ):
     """Builds Mobile DeepLabv3 (MobileNetV2 backbone); returns a functional model.
 
@@ -122,12 +220,21 @@ def DeepLabV3(
         bn_momentum: batch-norm momentum in the backbone and the head.
         expansion_splits: split-expansion inverted residuals in the backbone (paper section
             5.1; see ``MobileNetV2``); 1 = the plain graph.
+        align_corners: the logits upsampling convention: True (the official DeepLab models',
+            the default) or False (half-pixel centres); see the module docstring.
+        divisible_by, min_depth: the backbone's channel rounding (see ``MobileNetV2``). The
+            official DeepLab code uses 8 at depth multiplier 1 and ``divisible_by=1,
+            min_depth=1`` otherwise (its dm 0.5 PASCAL model has widths 12 and 72).
+        weights: None, or the path of weights for the whole model: a .keras / .weights.h5
+            file, an official .tflite file or a TF1 checkpoint (``keras_mnv2.convert``).
 
     Returns a model from images [B, H, W, C] to float32 per-pixel logits
     [B, H, W, num_classes] (no softmax).
     """
     num_classes, alpha, input_shape, dropout_rate, bn_momentum = _validate(
         num_classes, alpha, input_shape, output_stride, aspp, dropout_rate, bn_momentum)
+    if not isinstance(align_corners, bool):
+        raise ValueError(f"align_corners must be True or False, got {align_corners!r}")
     keras = get_keras(framework)
     layers = keras.layers
 
@@ -135,7 +242,8 @@ def DeepLabV3(
     backbone = MobileNetV2(alpha=alpha, include_top=False, weights=backbone_weights,
                            input_tensor=inputs, output_stride=output_stride,
                            framework=framework, bn_momentum=bn_momentum,
-                           expansion_splits=expansion_splits)
+                           expansion_splits=expansion_splits, divisible_by=divisible_by,
+                           min_depth=min_depth)
     features = backbone.get_layer(FEATURE_TAP).output
     feature_size = tuple(int(d) for d in features.shape[1:3])
 
@@ -153,11 +261,17 @@ def DeepLabV3(
     if dropout_rate:
         x = layers.Dropout(dropout_rate, name="concat_projection_dropout")(x)
     x = layers.Conv2D(num_classes, 1, name="logits")(x)
-    outputs = _bilinear_upsample(keras, x, input_shape[:2], "logits_upsample", dtype="float32")
+    outputs = _bilinear_upsample(keras, x, input_shape[:2], "logits_upsample", dtype="float32",
+                                 align_corners=align_corners, framework=framework)
 
     if name is None:
         name = f"deeplabv3_mobilenetv2_{alpha:0.2f}_{input_shape[0]}_os{output_stride}"
-    return functional(keras, inputs, outputs, name=name)
+    model = functional(keras, inputs, outputs, name=name)
+    if weights is not None:
+        from keras_mnv2.mobilenet_v2 import load_weights_file
+
+        load_weights_file(model, weights)
+    return model
 
 
 def head_layer_names(model):
@@ -165,6 +279,6 @@ def head_layer_names(model):
     return [layer.name for layer in model.layers if layer.name.startswith(HEAD_PREFIXES)]
 
 
-def backbone_channels(alpha):
+def backbone_channels(alpha, divisible_by=8, min_depth=None):
     """Channels of the ``block_16_project_BN`` tap for width multiplier ``alpha``."""
-    return make_divisible(int(320 * alpha))
+    return channel_rounding(alpha, divisible_by, min_depth)(320)

@@ -447,8 +447,12 @@ def sources(data_dir=None, tfds_data_dir=None, tfds_manual_dir=None, tfrecord_di
 def run(data_dir=None, tfds_data_dir=None, tfds_manual_dir=None, tfrecord_dir=None,
         val_labels=None, run_dir="runs/imagenet", recipe=None, strategy="default",
         data_service=None, data_root="data/synthetic_imagenet", train_source=None,
-        val_source=None, verbose="auto", callbacks=()):
+        val_source=None, verbose="auto", callbacks=(), init=None, freeze_bn=False):
     """Trains and evaluates; returns the metrics dict (also written to run_dir/metrics.json).
+
+    ``init`` (a .keras model, an official .tflite file or a TF checkpoint) starts the model from
+    its weights where names and shapes match (``keras_mnv2.convert.init_from``; ``freeze_bn``
+    freezes batch norm); a restarted run continues from its own checkpoint as before.
 
     Restarting the same command after a kill continues from the last finished epoch. Data: see
     the module docstring, or pass ``train_source``/``val_source`` (``imagenet_data.Source``).
@@ -488,6 +492,10 @@ def run(data_dir=None, tfds_data_dir=None, tfds_manual_dir=None, tfrecord_dir=No
     keras.utils.set_random_seed(recipe.seed)  # the same initial weights on every run
     with strategy.scope():
         model = build_model(recipe, num_classes)
+        if init is not None:
+            from keras_mnv2.convert import init_from
+
+            init_from(model, init, freeze_batch_norm=freeze_bn)
         compile_model(model, recipe, num_classes, steps)
 
     train_log = SkipLog("train")

@@ -246,8 +246,12 @@ def ground_truth_from_dataset(source, label_to_category):
 
 def run(coco_dir=None, tfds_data_dir=None, run_dir="runs/coco", recipe=None,
         backbone_weights=None, data_root="data/synthetic_coco", train_split="train",
-        val_split="val", verbose="auto"):
-    """Trains and evaluates; returns the metrics dict (also written to run_dir/metrics.json)."""
+        val_split="val", verbose="auto", init=None, freeze_bn=False):
+    """Trains and evaluates; returns the metrics dict (also written to run_dir/metrics.json).
+
+    ``init`` (a .keras model, an official .tflite file or a TF checkpoint) starts the model from
+    its weights where names and shapes match (``keras_mnv2.convert.init_from``; ``freeze_bn``
+    freezes batch norm)."""
     from keras_mnv2.detection.losses import ssd_losses
     from keras_mnv2.detection.ssdlite import SSDLite
     from pipelines.data import coco
@@ -287,6 +291,10 @@ def run(coco_dir=None, tfds_data_dir=None, run_dir="runs/coco", recipe=None,
     model = SSDLite(num_classes, alpha=recipe.alpha, input_size=recipe.input_size,
                     backbone_weights=backbone_weights, background_prior=recipe.background_prior,
                     bn_momentum=recipe.bn_momentum)
+    if init is not None:
+        from keras_mnv2.convert import init_from
+
+        init_from(model, init, freeze_batch_norm=freeze_bn)
     anchors = model.anchors
     train_ds = train_dataset(train_source, recipe, anchors)
     steps = max(1, num_train // recipe.batch_size)

@@ -352,8 +352,13 @@ def dataset_class_names(voc_dir):
 
 
 def run(voc_dir=None, sbd_dir=None, run_dir="runs/voc", recipe=None, backbone_weights=None,
-        data_root="data/synthetic_voc", train_split=None, val_split="val", verbose="auto"):
+        data_root="data/synthetic_voc", train_split=None, val_split="val", verbose="auto",
+        init=None, freeze_bn=False):
     """Trains and evaluates; returns the metrics dict (also written to run_dir/metrics.json).
+
+    ``init`` (a .keras model, an official .tflite file or a TF checkpoint) starts the model from
+    its weights where names and shapes match (``keras_mnv2.convert.init_from``; ``freeze_bn``
+    freezes batch norm).
 
     ``train_split`` defaults to ``train_aug`` with ``sbd_dir``, else ``train``.
     """
@@ -391,6 +396,10 @@ def run(voc_dir=None, sbd_dir=None, run_dir="runs/voc", recipe=None, backbone_we
 
     keras.utils.set_random_seed(recipe.seed)  # the same initial weights on every run
     model = build_model(recipe, num_classes, recipe.crop_size, backbone_weights)
+    if init is not None:
+        from keras_mnv2.convert import init_from
+
+        init_from(model, init, freeze_batch_norm=freeze_bn)
     steps = max(1, train.num_images // recipe.batch_size)
     model.compile(optimizer=make_optimizer(recipe, steps),
                   loss=SegmentationLoss(ignore_label=IGNORE_LABEL),
