@@ -21,6 +21,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+import keras_mnv2  # noqa: F401  registers the losses that compiled .keras files name
+
 BACKEND = keras.backend.backend()
 SIZE = 96
 
