@@ -21,6 +21,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+import keras_mnv2  # noqa: F401  registers the losses that compiled .keras files name
+
 BACKEND = keras.backend.backend()
 SIZE = 96
 
@@ -135,7 +137,10 @@ def crossload(folder):
         other = os.path.basename(path)[len("trained_"):-len(".keras")]
         if other == BACKEND:
             continue
-        model = keras.saving.load_model(path)
+        # compile=False, as export does: a compiled file from torch names torch's optimizer
+        # class (keras.src.backend.torch.optimizers), and loading that compiled on TensorFlow
+        # imports torch into the TF process, which crashed it (segfault) here.
+        model = keras.saving.load_model(path, compile=False)
         np.savez(os.path.join(folder, f"cross_{BACKEND}_{other}.npz"),
                  **_flat(model.predict(x, verbose=0)))
 

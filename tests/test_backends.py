@@ -41,7 +41,7 @@ def _work(backend, steps, folder):
                PYTHONPATH=os.pathsep.join([ROOT] + [p for p in [os.environ.get("PYTHONPATH")]
                                                     if p]))
     done = subprocess.run([sys.executable, WORKER, *steps, str(folder)], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=1200)
+                          capture_output=True, text=True, timeout=3600)
     assert done.returncode == 0, f"{backend} {steps} failed:\n{done.stdout}\n{done.stderr[-4000:]}"
 
 
