@@ -430,3 +430,18 @@ def test_init_from_loads_matching_layers_and_reinitializes_the_class_predictors(
     with pytest.raises(ValueError, match="no layer of"):
         convert.init_from(keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, name="zz")]),
                           source, log=None)
+
+
+def test_train_flags_for_fine_tuning():
+    from pipelines import cli
+    from pipelines.jobs import detection
+
+    args = cli.build_parser().parse_args(["train", "coco", "--init", "ssdlite_coco.keras",
+                                          "--finetune", "--freeze-bn", "--input-size", "300"])
+    assert args.init == "ssdlite_coco.keras" and args.freeze_bn and args.finetune
+    recipe = cli._recipe(args, detection, embedded=False)
+    assert recipe.learning_rate == pytest.approx(detection.PAPER.learning_rate / 10)
+    assert recipe.epochs == detection.PAPER.epochs // 10 and recipe.warmup_epochs == 0.0
+    assert recipe.input_size == 300  # flags still override the fine-tuning variant
+    plain = cli._recipe(cli.build_parser().parse_args(["train", "coco"]), detection, False)
+    assert plain == detection.PAPER
