@@ -31,8 +31,9 @@ def _installed(backend):
 
 def _needs(backend):
     if not _installed(backend):
-        pytest.skip(f"{backend} is not installed (pip install -e '.[{backend}]'; see README, "
-                    "'Backends')")
+        extra = "torch" if backend == "torch" else "test"
+        pytest.skip(f"{backend} is not installed (pip install -e '.[{extra}]', or make "
+                    "test-torch; see the README's section on the three Keras backends)")
 
 
 def _work(backend, steps, folder):
