@@ -34,22 +34,43 @@ def _mp_image(array):
     return mp.Image(image_format=mp.ImageFormat.SRGB, data=array)
 
 
-def _categories(categories):
-    return [{"index": int(c.index), "name": c.category_name or "", "score": float(c.score)}
-            for c in categories]
+def _zipped_labels(path):
+    """The label list zipped onto the model (MediaPipe's detector results carry the name only,
+    the index is None when the model has labels)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = [n for n in archive.namelist() if n.endswith(".txt")]
+            return archive.read(names[0]).decode("utf-8").splitlines() if names else []
+    except zipfile.BadZipFile:
+        return []
+
+
+def _categories(categories, labels=()):
+    out = []
+    for c in categories:
+        index = c.index
+        if index is None and c.category_name in labels:
+            index = list(labels).index(c.category_name)
+        out.append({"index": None if index is None else int(index),
+                    "name": c.category_name or "", "score": float(c.score)})
+    return out
 
 
 def run_mediapipe(path, kind, images, out_dir):
     from mediapipe.tasks.python import BaseOptions, vision
 
     base = BaseOptions(model_asset_path=path)
+    labels = _zipped_labels(path)
     results = []
     if kind == "classifier":
         options = vision.ImageClassifierOptions(base_options=base, max_results=-1)
         with vision.ImageClassifier.create_from_options(options) as task:
             for array in images:
                 found = task.classify(_mp_image(array))
-                results.append({"categories": _categories(found.classifications[0].categories)})
+                results.append({"categories": _categories(found.classifications[0].categories,
+                                                          labels)})
     elif kind == "detector":
         options = vision.ObjectDetectorOptions(base_options=base, max_results=-1,
                                                score_threshold=0.0)
@@ -59,7 +80,7 @@ def run_mediapipe(path, kind, images, out_dir):
                 results.append({"detections": [
                     {"box": [int(d.bounding_box.origin_x), int(d.bounding_box.origin_y),
                              int(d.bounding_box.width), int(d.bounding_box.height)],
-                     **_categories(d.categories)[0]} for d in found.detections]})
+                     **_categories(d.categories, labels)[0]} for d in found.detections]})
     elif kind == "segmenter":
         options = vision.ImageSegmenterOptions(base_options=base, output_category_mask=True,
                                                output_confidence_masks=False)

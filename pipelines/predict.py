@@ -55,18 +55,36 @@ def run_mediapipe(models, images, out_dir, schema=False, litert=True, timeout=60
         raise RuntimeError(f"no MediaPipe environment: run `make mediapipe-venv` (creates "
                            f"{MEDIAPIPE_ENV}) or set KERAS_MNV2_MEDIAPIPE_PYTHON")
     os.makedirs(out_dir, exist_ok=True)
-    request = {"models": [{"path": os.path.abspath(p), "kind": k, "litert": litert}
-                          for p, k in models],
-               "images": [os.path.abspath(p) for p in images],
+    models = [{"path": os.path.abspath(p), "kind": k, "litert": litert} for p, k in models]
+    request = {"images": [os.path.abspath(p) for p in images],
                "out_dir": os.path.abspath(out_dir), "schema": schema}
+    done = _run_runner(python, dict(request, models=models), timeout)
+    if done.returncode == 0:
+        return json.loads(done.stdout)
+    # MediaPipe aborts the process on some bad models (a failed CHECK): one model at a time,
+    # so that the abort is reported for the model that caused it
+    out = {"versions": None, "results": []}
+    for model in models:
+        done = _run_runner(python, dict(request, models=[model]), timeout)
+        if done.returncode == 0:
+            one = json.loads(done.stdout)
+            out["versions"] = one["versions"]
+            out["results"] += one["results"]
+        else:
+            lines = [line for line in done.stderr.splitlines()
+                     if line.startswith(("F0", "E0")) or "Error" in line]
+            out["results"].append({"path": model["path"], "mediapipe_error": (
+                f"the process ended with code {done.returncode}: "
+                + ("\n".join(lines[-5:]) or done.stderr[-1000:]))})
+    return out
+
+
+def _run_runner(python, request, timeout):
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(request, f)
     try:
         env = dict(os.environ, GLOG_minloglevel="2", TF_CPP_MIN_LOG_LEVEL="2")
-        done = subprocess.run([python, str(RUNNER), f.name], capture_output=True, text=True,
+        return subprocess.run([python, str(RUNNER), f.name], capture_output=True, text=True,
                               timeout=timeout, env=env)
     finally:
         os.remove(f.name)
-    if done.returncode != 0:
-        raise RuntimeError(f"the MediaPipe runner failed ({python}):\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout)

@@ -500,7 +500,7 @@ def detector_options(anchors, num_classes, scale_factors=(10.0, 10.0, 5.0, 5.0))
              "height": float(h)} for cy, cx, h, w in anchors]}},
         "tensors_decoding_options": {
             "num_classes": int(num_classes), "num_boxes": int(len(anchors)), "num_coords": 4,
-            "keypoint_coord_offset": 0, "num_keypoints": 0, "num_values_per_keypoint": 0,
+            "keypoint_coord_offset": 0, "num_keypoints": 0, "num_values_per_keypoint": 2,
             "x_scale": sx, "y_scale": sy, "w_scale": sw, "h_scale": sh,
             "apply_exponential_on_box_size": True, "sigmoid_score": False},
     }, DETECTOR_IDENTIFIER)
