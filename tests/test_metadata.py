@@ -6,7 +6,7 @@ optimization pins absl-py 1.x): ``make test`` builds ``.venv-mediapipe`` (``make
 mediapipe-venv``) and these tests run MediaPipe there, through pipelines/mediapipe_runner.py.
 """
 
-import os
+import dataclasses
 import re
 import warnings
 
@@ -85,6 +85,20 @@ def test_bad_descriptions_and_unconsumable_exports_are_refused():
         export.export_tflite(model, "/nonexistent/x.tflite", metadata=False, labels=["a"] * 10)
 
 
+def test_auto_warns_and_writes_none_where_no_tasks_runtime_can_consume_the_export():
+    model = tiny_classifier()
+    with pytest.warns(UserWarning, match="without TFLite metadata.*int8: MediaPipe"):
+        content, version = metadata.for_export(model, b"flatbuffer", "classifier",
+                                               "probabilities", io_dtype="int8")
+    assert (content, version) == (b"flatbuffer", None)
+    with pytest.warns(UserWarning, match="int32 class map"):
+        metadata.for_export(model, b"flatbuffer", "segmenter", "mask")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert metadata.for_export(model, b"x", "classifier", "logits", metadata=False) == \
+            (b"x", None)
+
+
 def test_export_writes_metadata_by_default_and_omits_it_on_request(tmp_path):
     model = tiny_classifier()
     labels = [f"digit {i}" for i in range(10)]
@@ -108,6 +122,7 @@ def test_export_writes_metadata_by_default_and_omits_it_on_request(tmp_path):
     again = metadata.populate(content, *metadata.describe("classifier", "probabilities",
                                                           (32, 32, 3), 10))
     assert metadata.labels(again) == [f"class {i}" for i in range(10)]
+    assert metadata.read(metadata.remove(again)) == (None, {})
 
 
 # ----------------------------------------------------------------------------------------------
@@ -152,11 +167,11 @@ def exported(tmp_path_factory):
         representative_data=pattern_images(classes=2)[0], labels=det_names)
     files["detector tasks"] = export.export_tflite(detector, root / "det_tasks.tflite",
                                                    output="tasks", labels=det_names)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        files["detector raw"] = export.export_tflite(detector, root / "det_raw.tflite",
-                                                     output="raw")
-    assert any("without TFLite metadata" in str(w.message) for w in caught)
+    # the control: the float32 detector without its metadata
+    with open(files["detector float32"].path, "rb") as f:
+        (root / "det_bare.tflite").write_bytes(metadata.remove(f.read()))
+    files["detector without metadata"] = dataclasses.replace(
+        files["detector float32"], path=str(root / "det_bare.tflite"), metadata=None)
 
     seg_images, seg_masks = quadrant_images()
     segmenter = probe_segmenter(seg_images, seg_masks)
@@ -229,9 +244,12 @@ def test_mediapipe_classifier_matches_litert(exported, key):
 @pytest.mark.slow
 @pytest.mark.parametrize("key", ["detector float32", "detector int8"])
 def test_mediapipe_detector_matches_litert(exported, key):
+    """Every detection: same class and score; boxes within 2 px. In int8 many scores tie
+    (quantized), and among tied boxes the two runtimes' post-process kernels may keep
+    different ones: 95% of the boxes there."""
     mp, lite = _ok(exported["results"][key])
     names = exported["names"]["detector"][1:]
-    total = 0
+    total = same_box = 0
     for got, ref in zip(mp, lite):
         n = int(np.ravel(ref["num_detections"])[0])
         boxes = np.asarray(ref["detection_boxes"])[:n] * 96  # ymin, xmin, ymax, xmax
@@ -242,12 +260,13 @@ def test_mediapipe_detector_matches_litert(exported, key):
             match = np.flatnonzero((np.abs(scores - detection["score"]) < 1e-5)
                                    & (classes == detection["index"]))
             assert len(match), f"no LiteRT detection for {detection}"
-            # int8 scores tie (quantized): any LiteRT box of that score and class
-            assert min(_pixel_box_error(boxes[i], detection["box"]) for i in match) <= 2.0, \
-                detection
+            same_box += min(_pixel_box_error(boxes[i], detection["box"]) for i in match) <= 2.0
             assert detection["name"] == names[detection["index"]]
+        got_scores = sorted((d["index"], round(d["score"], 5)) for d in got["detections"])
+        assert got_scores == sorted(zip(classes.tolist(), np.round(scores, 5).tolist()))
         total += n
-    print(key, "detections matched", total)
+    print(key, f"detections: {total}, same class and score: all, same box: {same_box}")
+    assert same_box >= (total if "float32" in key else 0.95 * total)
 
 
 @needs_mediapipe
@@ -295,8 +314,11 @@ def test_mediapipe_segmenter_matches_litert(exported, key):
 @needs_mediapipe
 @pytest.mark.slow
 def test_mediapipe_refuses_the_export_without_metadata(exported):
-    """The control: the raw SSDLite file, written without metadata, is what MediaPipe refuses."""
-    result = exported["results"]["detector raw"]
+    """The control: the same detector file, its metadata removed, is refused by MediaPipe and
+    still runs in LiteRT as before."""
+    result = exported["results"]["detector without metadata"]
+    with_metadata = exported["results"]["detector float32"]
+    assert result["litert"] == with_metadata["litert"]
     assert "mediapipe" not in result
     assert re.search(r"metadata", result["mediapipe_error"], re.I), result["mediapipe_error"]
 
@@ -332,7 +354,7 @@ def test_the_schema_reader_reads_our_metadata_back_identically(exported):
     for key, report in exported["files"].items():
         schema = exported["results"][key]["schema"]
         ours, files = metadata.read_description(report.path)
-        if key == "detector raw":
+        if key == "detector without metadata":
             assert schema["metadata"] is None and ours is None
             continue
         assert _from_generated(schema["metadata"]) == ours, key

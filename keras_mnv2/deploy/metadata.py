@@ -575,6 +575,20 @@ def populate(content, description, files):
     return out.getvalue()
 
 
+def remove(content):
+    """``content`` (bytes) without TFLite metadata nor associated files."""
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = _model_object(strip(content))
+    ours = [m for m in (model.metadata or []) if _text(m.name) == METADATA_NAME]
+    if not ours:
+        return strip(content)
+    for item in ours:  # the buffer stays, emptied, so that no buffer index moves
+        model.buffers[item.buffer].data = None
+    model.metadata = [m for m in model.metadata if _text(m.name) != METADATA_NAME]
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
 def _text(value):
     return value.decode() if isinstance(value, bytes) else value
 
