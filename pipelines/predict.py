@@ -359,12 +359,12 @@ def predict(job, model, images, out_dir=None, runtime="litert", run_dir=None, mi
     if suffix == ".keras" and runtime == "mediapipe":
         raise ValueError("MediaPipe Tasks runs .tflite files: export the model first "
                          f"(keras-mnv2 export {job})")
+    pixels = [load_image(p) for p in images]
     run_dir = run_dir or f"runs/{job}"
     out_dir = Path(out_dir or Path(run_dir) / "predict")
     out_dir.mkdir(parents=True, exist_ok=True)
     kind = KIND[job]
     labels = run_labels(job, run_dir)
-    pixels = [load_image(p) for p in images]
     versions = None
     if runtime == "mediapipe":
         from keras_mnv2.deploy import metadata
