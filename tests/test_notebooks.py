@@ -93,7 +93,7 @@ def test_qat_tflite_notebook(tmp_path):
     assert (tmp_path / "runs" / "imagenet" / "deploy.png").stat().st_size > 10_000
     assert "TFLite_Detection_PostProcess ops: 1" in outputs
     # the same file in MediaPipe Tasks, through the metadata export_tflite writes
-    assert "outputs: location, category, score, number of detections" in outputs
+    assert "outputs: category, location, number of detections, score" in outputs
     from pipelines.predict import mediapipe_python
 
     if mediapipe_python() is not None:
