@@ -271,9 +271,8 @@ def _mediapipe_results(job, path, images, min_score, work):
                          d["box"][1] + d["box"][3]], "index": d["index"], "name": d["name"],
                  "score": d["score"]} for d in got["detections"] if d["score"] >= min_score]})
         else:
-            converted.append({"mask": np.load(got["mask"])[..., 0]
-                              if np.load(got["mask"]).ndim == 3 else np.load(got["mask"]),
-                              "labels": got["labels"]})
+            mask = np.load(got["mask"])  # [H, W, 1] at the image's size
+            converted.append({"mask": mask.reshape(mask.shape[:2]), "labels": got["labels"]})
     return converted, out["versions"]
 
 
