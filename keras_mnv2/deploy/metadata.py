@@ -689,7 +689,8 @@ def check(model, kind, output, io_dtype, metadata, labels=None):
 
 
 def _detector_classes(model):
-    for name, tensor in zip(model.output_names, model.outputs):
-        if name in ("classes", "quant_classes"):
-            return tensor
-    raise MetadataError(f"{model.name!r} has no 'classes' output")
+    """The class-logits output of an SSDLite (Keras 3, tf_keras or its QAT form)."""
+    from keras_mnv2.deploy.export import _detector_outputs, _strip
+
+    return _detector_outputs({_strip(n): t for n, t in zip(model.output_names, model.outputs)},
+                             model)[1]
