@@ -108,6 +108,9 @@ def test_export_writes_metadata_by_default_and_omits_it_on_request(tmp_path):
     assert description["subgraph_metadata"][0]["output_tensor_metadata"][0]["name"] == \
         "probability"
     assert metadata.labels(report.path) == labels and set(files) == {"labels.txt"}
+    raw = export.export_tflite(model, tmp_path / "raw.tflite", output="raw")  # the logits
+    assert metadata.read_description(raw.path)[0]["subgraph_metadata"][0][
+        "output_tensor_metadata"][0]["name"] == "score"
     bare = export.export_tflite(model, tmp_path / "without.tflite", metadata=False)
     assert bare.metadata is None and metadata.read(bare.path) == (None, {})
     # the metadata changes nothing the interpreter computes

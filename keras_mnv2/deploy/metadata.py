@@ -337,12 +337,12 @@ def _feature(name, description, value_range=None, files=None, stats=None):
 
 # The tensor metadata of each output, by the export's output name (keras_mnv2.deploy.export).
 def _output_tensors(kind, output, num_classes):
-    if kind == "classifier":
+    if kind == "classifier":  # "raw": the model's own output, named "output" by the export
         probabilities = output == "probabilities"
-        return {output: _feature(
-            "probability" if probabilities else "logits",
-            f"{'Probabilities' if probabilities else 'Logits'} of the {num_classes} classes.",
-            files=[_labels_file()],
+        what = {"probabilities": "Probabilities", "logits": "Logits"}.get(output, "Scores")
+        return {"output" if output == "raw" else output: _feature(
+            {"probabilities": "probability", "logits": "logits"}.get(output, "score"),
+            f"{what} of the {num_classes} classes.", files=[_labels_file()],
             stats={"max": [1.0], "min": [0.0]} if probabilities else None)}
     if kind == "detector" and output == "detections":
         return {
