@@ -256,7 +256,13 @@ class LiteRTRunner:
 
 def _mediapipe_results(job, path, images, min_score, work):
     """MediaPipe Tasks results for every image (its own preprocessing, from the metadata)."""
+    from keras_mnv2.deploy import metadata
+
     kind = KIND[job]
+    description, _ = metadata.read_description(path)
+    logits = description is not None and any(
+        t.get("name") == "logits" for g in description.get("subgraph_metadata", [])
+        for t in g.get("output_tensor_metadata", []))
     out = run_mediapipe([(path, kind)], images, work, litert=False)
     result = out["results"][0]
     if "mediapipe_error" in result:
@@ -264,7 +270,11 @@ def _mediapipe_results(job, path, images, min_score, work):
     converted = []
     for got in result["mediapipe"]:
         if kind == "classifier":
-            converted.append({"top5": got["categories"][:5]})
+            categories = got["categories"]  # all of them (max_results=-1), best first
+            if logits:  # a logits export: MediaPipe reports the logits as scores
+                probabilities = _softmax([c["score"] for c in categories])
+                categories = [dict(c, score=float(p)) for c, p in zip(categories, probabilities)]
+            converted.append({"top5": categories[:5]})
         elif kind == "detector":
             converted.append({"detections": [
                 {"box": [d["box"][0], d["box"][1], d["box"][0] + d["box"][2],
