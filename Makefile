@@ -6,9 +6,22 @@ STAMP  := $(VENV)/.installed
 
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: venv test test-fast test-torch bench train-coco train-imagenet eval-imagenet train-voc qat tflite clean
+.PHONY: venv mediapipe-venv test test-fast test-torch bench train-coco train-imagenet eval-imagenet train-voc qat tflite clean
 
 venv: $(STAMP)
+
+# MediaPipe Tasks in its own environment (it needs absl-py 2; tfmot pins 1.x): the metadata tests
+# and `keras-mnv2 predict --runtime mediapipe` run it there (pipelines/mediapipe_runner.py).
+MP_VENV  ?= .venv-mediapipe
+MP_STAMP := $(MP_VENV)/.installed
+
+mediapipe-venv: $(MP_STAMP)
+
+$(MP_STAMP): requirements-mediapipe.txt
+	$(PYTHON) -m venv $(MP_VENV)
+	$(MP_VENV)/bin/python -m pip install --upgrade pip
+	$(MP_VENV)/bin/python -m pip install -r requirements-mediapipe.txt
+	touch $(MP_STAMP)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,7 +29,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -e ".[test]"
 	touch $(STAMP)
 
-test: $(STAMP)
+test: $(STAMP) $(MP_STAMP)
 	$(PY) -m pytest -ra --durations=15 $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
@@ -74,4 +87,4 @@ qat: $(STAMP)
 		$(PY) -m pipelines.cli qat $(job) --epochs $(QAT_EPOCHS) $(ARGS);)
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) $(MP_VENV) build *.egg-info

@@ -192,10 +192,17 @@ def _export(args):
 
     modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
     deploy.run_export(args.job, run_dir=args.run_dir, modes=modes, io_dtype=args.io_dtype,
-                      expansion_splits=deploy.parse_expansion_splits(args.expansion_splits))
+                      expansion_splits=deploy.parse_expansion_splits(args.expansion_splits),
+                      metadata=False if args.no_metadata else "auto")
     if not args.no_compare:
         deploy.compare(args.job, run_dir=args.run_dir)
     return 0
+
+
+def _predict(args):
+    from pipelines import predict
+
+    return predict.main(args)
 
 
 def _eval(args):
@@ -364,7 +371,23 @@ def build_parser():
                      help="input/output type of the int8 file")
     exp.add_argument("--no-compare", action="store_true", help="skip the comparison table")
     exp.add_argument("--expansion-splits", default=None, help=SPLITS_HELP)
+    exp.add_argument("--no-metadata", action="store_true",
+                     help="leave out the TFLite metadata (labels, normalization) that MediaPipe "
+                          "Tasks needs")
     exp.set_defaults(func=_export)
+
+    pred = sub.add_parser("predict", help="run a .keras or .tflite model on image files: an "
+                                          "annotated PNG per image and a JSON of the results")
+    pred.add_argument("job", choices=JOBS)
+    pred.add_argument("--model", required=True, help=".keras or .tflite file")
+    pred.add_argument("images", nargs="+", metavar="IMAGE")
+    pred.add_argument("--runtime", default="litert", choices=("litert", "mediapipe"),
+                      help=".tflite files: LiteRT, or MediaPipe Tasks (in .venv-mediapipe)")
+    pred.add_argument("--out-dir", default=None, help="default <run dir>/predict")
+    pred.add_argument("--run-dir", default=None,
+                      help="the run whose class names apply (default runs/<job>)")
+    pred.add_argument("--min-score", type=float, default=0.3, help="detector boxes drawn")
+    pred.set_defaults(func=_predict)
 
     ev = sub.add_parser("eval", help="evaluate a .keras model or a .tflite file")
     evjobs = ev.add_subparsers(dest="job", required=True)

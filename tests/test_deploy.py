@@ -141,6 +141,7 @@ def test_coco_qat_fine_tunes_and_exports(tmp_path):
     assert report.path == os.path.join(run_dir, "tflite", "coco_qat.tflite")
     assert report.ops["TFLite_Detection_PostProcess"] == 1
     assert report.float_ops == ("TFLite_Detection_PostProcess",)  # the rest is int8
+    assert report.metadata == "1.2.0"  # TFLite metadata for MediaPipe Tasks, the run's labels
     assert report.outputs["detection_boxes"] == ((1, recipe.max_detections, 4), "float32")
     history = open(os.path.join(run_dir, "qat", "history.csv")).read().splitlines()
     assert len(history) == 2 and np.isfinite(float(history[1].split(",")[1]))

@@ -99,3 +99,14 @@ def test_qat_tflite_notebook(tmp_path):
     assert top1["TFLite QAT int8"] > float_top1 - 0.05
     assert (tmp_path / "runs" / "imagenet" / "deploy.png").stat().st_size > 10_000
     assert "TFLite_Detection_PostProcess ops: 1" in outputs
+    # the same file in MediaPipe Tasks, through the metadata export_tflite writes
+    assert "outputs: category, location, number of detections, score" in outputs
+    from pipelines.predict import mediapipe_python
+
+    if mediapipe_python() is not None:
+        found = re.search(r"MediaPipe [\d.]+: (\d+) detections, LiteRT (\d+); best: (.+) "
+                          r"([\d.]+) \(LiteRT (.+) ([\d.]+)\)", outputs)
+        assert found, "no MediaPipe line"
+        mp_count, lite_count, mp_name, mp_score, lite_name, lite_score = found.groups()
+        assert int(mp_count) == int(lite_count) > 0 and mp_name == lite_name
+        assert abs(float(mp_score) - float(lite_score)) < 2e-3

@@ -19,9 +19,16 @@ What comes out (``output``):
               inputs are dequantized, and it is listed in the float ops); outputs ``detection_boxes`` [1, K, 4] (ymin, xmin, ymax, xmax,
               normalized, not clipped), ``detection_classes`` [1, K] (0-based: label - 1),
               ``detection_scores`` [1, K], ``num_detections`` [1]), the form on-device
-              detection apps consume; or "raw" (box encodings and class logits);
+              detection apps consume; "tasks": box encodings ``location`` [1, N, 4] and
+              softmax scores without the background column ``score`` [1, N, C - 1], for
+              MediaPipe's own SSD decoder (anchors and box coder scales go in the metadata);
+              or "raw" (box encodings and class logits);
   DeepLabV3   "logits" [1, H, W, C] or "mask" [1, H, W] int32 (argmax).
 The input is one image, ``image`` [1, H, W, 3], preprocessed as for the Keras model.
+
+TFLite model metadata (``keras_mnv2.deploy.metadata``: input normalization, labels, the meaning
+of the detector's outputs) is written by default, so that MediaPipe Tasks and the TFLite Task
+Library run the file; ``metadata=False`` leaves it out.
 
 A model with split-expansion blocks (``expansion_splits`` / ``keras_mnv2.split.split_expansion``,
 paper section 5.1) is exported with its ops in the memory-aware order of
@@ -45,7 +52,7 @@ MODES = ("float32", "float16", "dynamic", "int8", "qat")
 IO_DTYPES = ("float32", "int8", "uint8")
 OUTPUTS = {  # the first is the default; "raw" (the model's outputs as they are) fits any model
     "classifier": ("probabilities", "logits", "raw"),
-    "detector": ("detections", "raw"),
+    "detector": ("detections", "tasks", "raw"),
     "segmenter": ("logits", "mask", "raw"),
     "other": ("raw",),
 }
@@ -103,6 +110,7 @@ class ExportReport:
     outputs: dict  # name -> (shape, dtype)
     ops: dict  # op name -> count
     float_ops: tuple  # ops computing in float (see keras_mnv2.deploy.tflite.float_ops)
+    metadata: str = None  # min parser version of the TFLite metadata written, None: none
 
     def summary(self):
         floats = sorted(set(self.float_ops))
@@ -205,7 +213,7 @@ def serving_function(model, output="auto", anchors=None, nms=NMS()):
     if kind == "classifier" and output == "logits" and _ends_in_softmax(model):
         raise ValueError(f"{model.name!r} ends in a softmax: it has no logits to export (build it "
                          "with classifier_activation=None, or export 'probabilities')")
-    if kind == "detector" and output == "detections":
+    if kind == "detector" and output in ("detections", "tasks"):
         if anchors is None:
             from keras_mnv2.detection.ssdlite import model_anchors
 
@@ -238,6 +246,8 @@ def serving_function(model, output="auto", anchors=None, nms=NMS()):
             boxes, logits = _detector_outputs(outputs, model)
             if output == "raw":
                 return {"boxes": boxes, "classes": logits}
+            if output == "tasks":
+                return {"location": boxes, "score": tf.nn.softmax(logits, axis=-1)[..., 1:]}
             # Column 0 is background: the kernel skips it (label offset = 1).
             scores = tf.nn.softmax(logits, axis=-1)
             return dict(zip(DETECTION_OUTPUTS,
@@ -426,7 +436,7 @@ def _convert(model, mode, representative_data, io_dtype, output, anchors, nms,
             converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         if io_dtype != "float32":
             converter.inference_input_type = getattr(tf, io_dtype)
-            if output not in ("detections", "mask"):  # float / int32 outputs by design
+            if output not in ("detections", "tasks", "mask"):  # float / int32 by design
                 converter.inference_output_type = getattr(tf, io_dtype)
         try:
             content = converter.convert()
@@ -495,7 +505,7 @@ def check_runs(path, image):
 
 def export_tflite(model, path, mode="float32", representative_data=None, io_dtype="float32",
                   output="auto", anchors=None, nms=NMS(), num_calibration_images=100,
-                  input_shape=None):
+                  input_shape=None, metadata="auto", labels=None):
     """Converts ``model``, writes ``path`` once the file has loaded and run, returns a report.
 
     Args:
@@ -511,15 +521,33 @@ def export_tflite(model, path, mode="float32", representative_data=None, io_dtyp
             (``model.anchors``, or its SSDLite builder record).
         nms: ``NMS`` settings of the detection post-process op.
         input_shape: (H, W, C) for a model built without a static input size.
+        metadata: "auto" writes TFLite metadata (``keras_mnv2.deploy.metadata``) where a Tasks
+            runtime can consume the export and warns where none can (int8 input, DeepLab
+            "mask", SSDLite "raw"); True writes it or refuses those; False writes none.
+        labels: one class name per class column of the output (the detector's background
+            first), written into the metadata; default "class 0", "class 1", ...
 
     The file is written next to ``path`` first, loaded back with ai_edge_litert and run once
     (on the first calibration image, or a random one), and only then moved to ``path``.
     Conversion and run failures raise ``ExportError`` naming the setting and the op at fault.
     """
+    from keras_mnv2.deploy import metadata as tflite_metadata
     from keras_mnv2.deploy import tflite
 
+    _check_settings(model, mode, io_dtype, representative_data)
+    kind = model_kind(model)
+    tflite_metadata.check(model, kind, OUTPUTS[kind][0] if output == "auto" else output,
+                          io_dtype, metadata, labels)  # before converting
     content, output = _convert(model, mode, representative_data, io_dtype, output, anchors, nms,
                                num_calibration_images, input_shape)
+    if anchors is None and kind == "detector":
+        from keras_mnv2.detection.ssdlite import model_anchors
+
+        anchors = model_anchors(model)  # the record's, for the metadata of a "tasks" export
+    content, parser_version = tflite_metadata.for_export(
+        model, content, kind, output,
+        io_dtype=io_dtype if mode in ("int8", "qat") else "float32", metadata=metadata,
+        labels=labels, anchors=anchors, scale_factors=nms.scale_factors, input_shape=input_shape)
     path = os.fspath(path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     staging = path + ".part"
@@ -541,7 +569,7 @@ def export_tflite(model, path, mode="float32", representative_data=None, io_dtyp
             input=(input_name, tuple(int(d) for d in input_detail["shape"]),
                    np.dtype(input_detail["dtype"]).name),
             outputs=outputs, ops=tflite.op_counts(staging),
-            float_ops=tuple(tflite.float_ops(staging)),
+            float_ops=tuple(tflite.float_ops(staging)), metadata=parser_version,
         )
     except BaseException:
         os.remove(staging)

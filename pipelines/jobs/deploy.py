@@ -233,7 +233,8 @@ def _coco_data(run_dir, metrics, recipe):
                      score_threshold=recipe.score_threshold, iou_threshold=recipe.nms_iou)
     return JobData("coco", recipe, train_ds, max(1, train.num_images // recipe.batch_size),
                    ssd_losses(mode=recipe.class_loss), recipe.learning_rate,
-                   dict(nms=nms), evaluate_keras, evaluate_tflite)  # export: the model's anchors
+                   dict(nms=nms, labels=list(train.label_names)),  # anchors: the model's own
+                   evaluate_keras, evaluate_tflite)
 
 
 def _voc_data(run_dir, metrics, recipe):
@@ -279,8 +280,8 @@ def _voc_data(run_dir, metrics, recipe):
 
     return JobData("voc", recipe, segmentation.train_dataset(train, recipe),
                    max(1, train.num_images // recipe.batch_size),
-                   SegmentationLoss(ignore_label=ignore), recipe.learning_rate, {},
-                   evaluate_keras, evaluate_tflite)
+                   SegmentationLoss(ignore_label=ignore), recipe.learning_rate,
+                   {"labels": list(names)}, evaluate_keras, evaluate_tflite)
 
 
 def _imagenet_data(run_dir, metrics, recipe):
@@ -322,7 +323,8 @@ def _imagenet_data(run_dir, metrics, recipe):
     steps = recipe.steps_per_epoch or max(1, train.num_examples // recipe.batch_size)
     loss = classification.SmoothedCrossentropy(train.num_classes, recipe.label_smoothing)
     return JobData("imagenet", recipe, train_ds, steps, loss,
-                   classification.peak_learning_rate(recipe), {"output": "logits"},
+                   classification.peak_learning_rate(recipe),
+                   {"output": "logits", "labels": list(train.class_names)},
                    evaluate_keras, evaluate_tflite)
 
 
@@ -417,11 +419,12 @@ def run_qat(job, run_dir=None, epochs=2, learning_rate=None, steps_per_epoch=Non
 
 
 def run_export(job, run_dir=None, modes=DEFAULT_MODES, io_dtype="float32",
-               expansion_splits=None):
+               expansion_splits=None, metadata="auto"):
     """Writes ``run_dir/tflite/<job>_<mode>.tflite`` for each of ``modes`` (float32, float16,
     dynamic, int8: post-training quantization calibrated on the training pipeline). Returns
     {mode: ExportReport}. With ``expansion_splits`` the model is split first
-    (``parse_expansion_splits``) and the files are ``<job>_<mode>_split.tflite``."""
+    (``parse_expansion_splits``) and the files are ``<job>_<mode>_split.tflite``. ``metadata``
+    as ``export_tflite``'s (the run's class names are the labels; False: no metadata)."""
     from keras_mnv2.deploy import export
 
     run_dir = run_dir or f"runs/{job}"
@@ -434,12 +437,15 @@ def run_export(job, run_dir=None, modes=DEFAULT_MODES, io_dtype="float32",
     if split:
         model = _split_model(model, expansion_splits)
     data = job_data(job, run_dir)
+    kwargs = dict(data.export_kwargs, metadata=metadata)
+    if metadata is False:
+        kwargs.pop("labels", None)
     reports = {}
     for mode in modes:
         report = export.export_tflite(
             model, tflite_path(job, run_dir, mode, split), mode=mode,
             representative_data=data.train_ds if mode == "int8" else None,
-            io_dtype=io_dtype if mode == "int8" else "float32", **data.export_kwargs)
+            io_dtype=io_dtype if mode == "int8" else "float32", **kwargs)
         print(report.summary(), flush=True)
         reports[mode] = report
     return reports
