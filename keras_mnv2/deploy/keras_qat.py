@@ -161,6 +161,8 @@ class _WeightQuantizing:
             variable.assign(store[str(i)])
 
     def quantized_kernel(self, training=False):
+        if not getattr(self, "enabled", True):  # a float pass (``float_pass``)
+            return self.kernel
         high = self._kernel_abs_max() if training else ops.convert_to_tensor(self.kernel_max)
         if training:
             self.kernel_max.assign(high)
@@ -513,6 +515,24 @@ def is_keras_quantized(model):
     return any(isinstance(layer, QUANT_LAYERS) for layer in getattr(model, "layers", ()))
 
 
+class float_pass:
+    """``with float_pass(qat_model):`` the model computes without fake quantization (the
+    folded float model), e.g. to calibrate the activation ranges."""
+
+    def __init__(self, model):
+        self.layers = [layer for layer in model.layers if isinstance(layer, QUANT_LAYERS)]
+
+    def __enter__(self):
+        for layer in self.layers:
+            layer.enabled = False
+        return self
+
+    def __exit__(self, *exc):
+        for layer in self.layers:
+            layer.enabled = True
+        return False
+
+
 def calibrate(qat_model, data, limit=100, batch_size=16):
     """Sets every activation range to the [min, max] (widened to hold 0) that its input takes
     over up to ``limit`` images of ``data`` in a float pass (no fake quantization, as
@@ -525,10 +545,8 @@ def calibrate(qat_model, data, limit=100, batch_size=16):
     if not quantizers:
         raise ValueError(f"model {qat_model.name!r} has no activation quantizer")
     probe = keras.Model(qat_model.inputs, [q.input for q in quantizers])
-    for q in quantizers:
-        q.enabled = False
     weight_layers = [layer for layer in qat_model.layers if isinstance(layer, _WeightQuantizing)]
-    try:
+    with float_pass(qat_model):
         low = np.full(len(quantizers), np.inf)
         high = np.full(len(quantizers), -np.inf)
         for start in range(0, len(images), batch_size):
@@ -538,9 +556,6 @@ def calibrate(qat_model, data, limit=100, batch_size=16):
                 value = ops.convert_to_numpy(value)
                 low[i] = min(low[i], float(value.min()))
                 high[i] = max(high[i], float(value.max()))
-    finally:
-        for q in quantizers:
-            q.enabled = True
     for q, lo, hi in zip(quantizers, low, high):
         q.range_min.assign(min(lo, 0.0))
         q.range_max.assign(max(hi, 0.0))
@@ -583,6 +598,7 @@ __all__ = [
     "QuantDepthwiseConv2D",
     "activation_quantizers",
     "calibrate",
+    "float_pass",
     "is_keras_quantized",
     "output_steps",
     "quantization_plan",
