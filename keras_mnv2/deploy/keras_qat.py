@@ -538,9 +538,15 @@ def calibrate(qat_model, data, limit=100, batch_size=16):
     over up to ``limit`` images of ``data`` in a float pass (no fake quantization, as
     post-training calibration sees the float model); weight ranges are reset from the kernels.
     Returns the number of ranges set."""
-    from keras_mnv2.deploy.export import calibration_images
+    if isinstance(data, np.ndarray) and data.ndim == 4:  # no TensorFlow needed (JAX backend)
+        if tuple(data.shape[1:]) != tuple(qat_model.input_shape[1:]):
+            raise ValueError(f"calibration images of shape {tuple(data.shape[1:])} != model input "
+                             f"shape {tuple(qat_model.input_shape[1:])}")
+        images = data[:limit].astype("float32")
+    else:
+        from keras_mnv2.deploy.export import calibration_images
 
-    images = np.concatenate(calibration_images(data, qat_model.input_shape[1:], limit))
+        images = np.concatenate(calibration_images(data, qat_model.input_shape[1:], limit))
     quantizers = activation_quantizers(qat_model)
     if not quantizers:
         raise ValueError(f"model {qat_model.name!r} has no activation quantizer")
