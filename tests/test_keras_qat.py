@@ -184,3 +184,45 @@ def test_litert_quantizer_settings_are_checked(images, tmp_path):
     with pytest.raises(ValueError, match="needs representative_data"):
         export.export_tflite(model, tmp_path / "x.tflite", mode="int8", quantizer="litert")
     assert not (tmp_path / "x.tflite").exists()
+
+
+def test_cli_takes_the_scheme_and_the_quantizer():
+    from pipelines import cli
+
+    parser = cli.build_parser()
+    assert parser.parse_args(["qat", "coco"]).scheme == "tfmot"
+    assert parser.parse_args(["qat", "coco", "--scheme", "keras"]).scheme == "keras"
+    assert parser.parse_args(["export", "voc"]).quantizer == "converter"
+    assert parser.parse_args(["export", "voc", "--quantizer", "litert"]).quantizer == "litert"
+    for bad in (["qat", "coco", "--scheme", "torch"], ["export", "voc", "--quantizer", "x"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args(bad)
+
+
+@pytest.mark.slow
+def test_coco_keras_qat_job_fine_tunes_and_exports(tmp_path):
+    import dataclasses
+    import os
+
+    from pipelines.jobs import deploy, detection
+    from pipelines.synthetic import coco as synthetic_coco
+
+    root = tmp_path / "coco"
+    synthetic_coco.generate(root, num_train=32, num_val=8, image_size=128, num_classes=3)
+    recipe = dataclasses.replace(detection.EMBEDDED, input_size=96, batch_size=16, epochs=1,
+                                 cache=False)
+    run_dir = str(tmp_path / "run")
+    detection.run(coco_dir=str(root), run_dir=run_dir, recipe=recipe, verbose=0)
+    report = deploy.run_qat("coco", run_dir, epochs=1, steps_per_epoch=1, verbose=0,
+                            scheme="keras")
+    assert report.path == deploy.tflite_path("coco", run_dir, "qat", variant="keras")
+    assert report.path.endswith("coco_qat_keras.tflite")
+    assert report.ops == TFMOT_SSDLITE_OPS  # same graph as the TFMOT path's file
+    assert report.float_ops == (export.POSTPROCESS_OP,)
+    history = open(os.path.join(run_dir, "qat_keras", "history.csv")).read().splitlines()
+    assert len(history) == 2 and np.isfinite(float(history[1].split(",")[1]))
+    loaded = keras.saving.load_model(os.path.join(run_dir, "qat_keras", "model.keras"),
+                                     compile=False)
+    assert keras_qat.is_keras_quantized(loaded)
+    result = deploy.evaluate_tflite("coco", report.path, run_dir, keras_metrics=False)
+    assert result["tflite"]["images"] == 8 and 0.0 <= result["tflite"]["AP50"] <= 1.0
