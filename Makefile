@@ -64,8 +64,9 @@ train-voc: $(STAMP)
 		$(if $(SBD_DIR),--sbd-dir $(SBD_DIR)) $(ARGS)
 
 # Deployment, per job in JOBS (default all three): trains the embedded model first when
-# runs/<job> has none, exports float32 + PTQ int8 (tflite), adds QAT int8 (qat), and writes the
-# comparison table runs/<job>/deploy.md (+ .png, .json). E.g. make qat JOBS=coco QAT_EPOCHS=1
+# runs/<job> has none, exports float32 + PTQ int8 (tflite), adds PTQ int8 by LiteRT Quantizer and
+# QAT int8 by both schemes, TFMOT and Keras 3 (qat), and writes the comparison table
+# runs/<job>/deploy.md (+ .png, .json). E.g. make qat JOBS=coco QAT_EPOCHS=1
 JOBS       ?= coco voc imagenet
 QAT_EPOCHS ?= 2
 MODEL_coco     := last.keras
@@ -84,7 +85,9 @@ tflite: $(STAMP)
 qat: $(STAMP)
 	@set -e; $(foreach job,$(JOBS),$(call trained,$(job)) \
 		$(PY) -m pipelines.cli export $(job) --no-compare; \
-		$(PY) -m pipelines.cli qat $(job) --epochs $(QAT_EPOCHS) $(ARGS);)
+		$(PY) -m pipelines.cli export $(job) --modes int8 --quantizer litert --no-compare; \
+		$(PY) -m pipelines.cli qat $(job) --epochs $(QAT_EPOCHS) --no-compare $(ARGS); \
+		$(PY) -m pipelines.cli qat $(job) --epochs $(QAT_EPOCHS) --scheme keras $(ARGS);)
 
 clean:
 	rm -rf $(VENV) $(MP_VENV) build *.egg-info

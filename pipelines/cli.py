@@ -180,7 +180,7 @@ def _qat(args):
 
     deploy.run_qat(args.job, run_dir=args.run_dir, epochs=args.epochs,
                    learning_rate=args.learning_rate, steps_per_epoch=args.steps_per_epoch,
-                   io_dtype=args.io_dtype,
+                   io_dtype=args.io_dtype, scheme=args.scheme,
                    expansion_splits=deploy.parse_expansion_splits(args.expansion_splits))
     if not args.no_compare:
         deploy.compare(args.job, run_dir=args.run_dir)
@@ -193,7 +193,8 @@ def _export(args):
     modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
     deploy.run_export(args.job, run_dir=args.run_dir, modes=modes, io_dtype=args.io_dtype,
                       expansion_splits=deploy.parse_expansion_splits(args.expansion_splits),
-                      metadata=False if args.no_metadata else "auto")
+                      metadata=False if args.no_metadata else "auto",
+                      quantizer=args.quantizer)
     if not args.no_compare:
         deploy.compare(args.job, run_dir=args.run_dir)
     return 0
@@ -359,6 +360,9 @@ def build_parser():
     qat_cmd.add_argument("--io-dtype", default="float32", choices=("float32", "int8", "uint8"))
     qat_cmd.add_argument("--no-compare", action="store_true", help="skip the comparison table")
     qat_cmd.add_argument("--expansion-splits", default=None, help=SPLITS_HELP)
+    qat_cmd.add_argument("--scheme", default="tfmot", choices=("tfmot", "keras"),
+                         help="tfmot (tf_keras twin + TFMOT) or keras (Keras 3 QAT, plain fit; "
+                              "file <job>_qat_keras.tflite)")
     qat_cmd.set_defaults(func=_qat)
 
     exp = sub.add_parser("export", help="TFLite files of a trained run, then the comparison "
@@ -374,6 +378,9 @@ def build_parser():
     exp.add_argument("--no-metadata", action="store_true",
                      help="leave out the TFLite metadata (labels, normalization) that MediaPipe "
                           "Tasks needs")
+    exp.add_argument("--quantizer", default="converter", choices=("converter", "litert"),
+                     help="who makes the int8 file: the TFLite converter, or LiteRT Quantizer "
+                          "(file <job>_int8_litert.tflite)")
     exp.set_defaults(func=_export)
 
     pred = sub.add_parser("predict", help="run a .keras or .tflite model on image files: an "

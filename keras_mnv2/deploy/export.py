@@ -49,6 +49,9 @@ import warnings
 import numpy as np
 
 MODES = ("float32", "float16", "dynamic", "int8", "qat")
+# Who quantizes mode int8: the TFLite converter's post-training quantization, or LiteRT Quantizer
+# (ai-edge-quantizer: a float32 file, then its static int8 recipe, calibrated on the same images).
+QUANTIZERS = ("converter", "litert")
 IO_DTYPES = ("float32", "int8", "uint8")
 OUTPUTS = {  # the first is the default; "raw" (the model's outputs as they are) fits any model
     "classifier": ("probabilities", "logits", "raw"),
@@ -141,7 +144,10 @@ def model_kind(model):
 
 
 def _strip(name):
-    return name[len("quant_"):] if name.startswith("quant_") else name
+    """An output's name without the QAT wrappers' marks (TFMOT's ``quant_<name>``, the Keras 3
+    QAT output quantizer's ``<name>_quant``)."""
+    name = name[len("quant_"):] if name.startswith("quant_") else name
+    return name[:-len("_quant")] if name.endswith("_quant") else name
 
 
 def _output_layer(model):
@@ -337,7 +343,10 @@ def _check_settings(model, mode, io_dtype, representative_data):
     if io_dtype != "float32" and mode not in ("int8", "qat"):
         raise ValueError(f"io_dtype={io_dtype!r} needs a full-integer model (mode 'int8' or "
                          f"'qat'); mode {mode!r} keeps float inputs and outputs")
-    quantized = is_quantized(model)
+    from keras_mnv2.deploy.keras_qat import is_keras_quantized, uncalibrated
+
+    keras_qat = is_keras_quantized(model)
+    quantized = is_quantized(model) or keras_qat
     if mode == "qat" and not quantized:
         raise ValueError(
             f"mode 'qat' needs a quantization-aware tf_keras model (keras_mnv2.deploy.qat.quantize, "
@@ -347,7 +356,7 @@ def _check_settings(model, mode, io_dtype, representative_data):
     if mode == "qat":
         from keras_mnv2.deploy.qat import uncalibrated_inputs
 
-        empty = uncalibrated_inputs(model)
+        empty = uncalibrated(model) if keras_qat else uncalibrated_inputs(model)
         if empty:
             raise ValueError(
                 f"{model.name!r}: the input range of {', '.join(empty)} is empty (the QAT model "
@@ -503,9 +512,28 @@ def check_runs(path, image):
     return outputs
 
 
+def litert_quantize(float_content, calibration, signature="serving_default", input_name="image"):
+    """A float32 TFLite flatbuffer quantized by LiteRT Quantizer (``ai_edge_quantizer``) with its
+    static int8 recipe (int8 weights per channel, int8 activations per tensor, ranges from
+    ``calibration``: images [1, H, W, C]); returns the quantized flatbuffer (bytes). Ops the
+    recipe does not cover stay float (``keras_mnv2.deploy.tflite.float_ops`` lists them)."""
+    import contextlib
+    import io
+
+    try:
+        from ai_edge_quantizer import quantizer as aeq, recipe
+    except ImportError as err:  # pragma: no cover - a dependency in pyproject
+        raise ExportError("quantizer='litert' needs the ai-edge-quantizer package") from err
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        q = aeq.Quantizer(bytearray(float_content), recipe.static_wi8_ai8())
+        result = q.calibrate({signature: [{input_name: x} for x in calibration]})
+        quantized = q.quantize(result, enable_progress_report=False).quantized_model
+    return bytes(quantized)
+
+
 def export_tflite(model, path, mode="float32", representative_data=None, io_dtype="float32",
                   output="auto", anchors=None, nms=NMS(), num_calibration_images=100,
-                  input_shape=None, metadata="auto", labels=None):
+                  input_shape=None, metadata="auto", labels=None, quantizer="converter"):
     """Converts ``model``, writes ``path`` once the file has loaded and run, returns a report.
 
     Args:
@@ -526,6 +554,10 @@ def export_tflite(model, path, mode="float32", representative_data=None, io_dtyp
             "mask", SSDLite "raw"); True writes it or refuses those; False writes none.
         labels: one class name per class column of the output (the detector's background
             first), written into the metadata; default "class 0", "class 1", ...
+        quantizer: for mode int8, "converter" (the TFLite converter's post-training
+            quantization) or "litert" (a float32 conversion quantized by LiteRT Quantizer's
+            static int8 recipe on the same calibration images, ``litert_quantize``; float32
+            I/O only).
 
     The file is written next to ``path`` first, loaded back with ai_edge_litert and run once
     (on the first calibration image, or a random one), and only then moved to ``path``.
@@ -538,8 +570,25 @@ def export_tflite(model, path, mode="float32", representative_data=None, io_dtyp
     kind = model_kind(model)
     tflite_metadata.check(model, kind, OUTPUTS[kind][0] if output == "auto" else output,
                           io_dtype, metadata, labels)  # before converting
-    content, output = _convert(model, mode, representative_data, io_dtype, output, anchors, nms,
-                               num_calibration_images, input_shape)
+    if quantizer not in QUANTIZERS:
+        raise ValueError(f"quantizer must be one of {QUANTIZERS}, got {quantizer!r}")
+    if quantizer == "litert" and (mode != "int8" or io_dtype != "float32"):
+        raise ValueError(f"quantizer='litert' quantizes mode 'int8' with float32 I/O, got "
+                         f"mode={mode!r}, io_dtype={io_dtype!r}")
+    if quantizer == "litert":
+        content, output = _convert(model, "float32", None, io_dtype, output, anchors, nms,
+                                   num_calibration_images, input_shape)
+        calibration = calibration_images(representative_data, _input_shape(model, input_shape),
+                                         num_calibration_images)
+        try:
+            content = litert_quantize(content, calibration)
+        except ExportError:
+            raise
+        except Exception as err:
+            raise ExportError(f"LiteRT Quantizer failed on {model.name!r}: {err}") from err
+    else:
+        content, output = _convert(model, mode, representative_data, io_dtype, output, anchors,
+                                   nms, num_calibration_images, input_shape)
     if anchors is None and kind == "detector":
         from keras_mnv2.detection.ssdlite import model_anchors
 

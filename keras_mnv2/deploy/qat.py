@@ -227,8 +227,13 @@ def float_layers(plan):
     return [name for name, how in plan.items() if how.startswith("float")]
 
 
-def quantize(model, keep_float=(), calibration_data=None, log=print):
-    """A TFMOT quantization-aware copy of ``model`` (default 8-bit scheme).
+SCHEMES = ("tfmot", "keras")
+
+
+def quantize(model, keep_float=(), calibration_data=None, log=print, scheme="tfmot"):
+    """A TFMOT quantization-aware copy of ``model`` (default 8-bit scheme), or with
+    ``scheme="keras"`` a Keras 3 one (``keras_mnv2.deploy.keras_qat.quantize_keras``: no twin,
+    trained by plain ``fit()``; ``keep_float`` does not apply).
 
     Args:
         model: a tf_keras twin, or a Keras 3 keras_mnv2 model (its twin is built first).
@@ -256,6 +261,16 @@ def quantize(model, keep_float=(), calibration_data=None, log=print):
 
     from keras_mnv2.split import fold_projection_bn, foldable_blocks
 
+    if scheme not in SCHEMES:
+        raise ValueError(f"scheme must be one of {SCHEMES}, got {scheme!r}")
+    if scheme == "keras":
+        from keras_mnv2.deploy.keras_qat import quantize_keras
+
+        if keep_float:
+            raise ValueError("keep_float applies to scheme 'tfmot' only")
+        if foldable_blocks(model):
+            model = fold_projection_bn(model)
+        return quantize_keras(model, calibration_data=calibration_data, log=log)
     if framework_of(model) == "keras":
         model = tf_keras_twin(model)
     if foldable_blocks(model):  # split blocks: their projection BN would stay float otherwise
@@ -492,6 +507,7 @@ def qat_fit(qat_model, train_data, epochs, loss=None, learning_rate=1e-4, optimi
 
 __all__ = [
     "OUTPUT_QUANTIZED",
+    "SCHEMES",
     "builder_config",
     "calibrate_ranges",
     "check_twin",

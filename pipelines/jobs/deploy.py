@@ -39,8 +39,16 @@ def model_path(job, run_dir):
     return os.path.join(run_dir, MODEL_FILES[job])
 
 
-def tflite_path(job, run_dir, mode, split=False):
-    return os.path.join(run_dir, "tflite", f"{job}_{mode}{'_split' if split else ''}.tflite")
+# The other quantizers' files beside the default ones: (mode, variant) -> the comparison label.
+VARIANTS = {("int8", "litert"): "TFLite PTQ int8 (LiteRT Quantizer)",
+            ("qat", "keras"): "TFLite QAT int8 (Keras 3)"}
+
+
+def tflite_path(job, run_dir, mode, split=False, variant=None):
+    """``run_dir/tflite/<job>_<mode>[_<variant>][_split].tflite``; variant "litert" (int8 by
+    LiteRT Quantizer) or "keras" (Keras 3 QAT), None for the converter's int8 / TFMOT QAT."""
+    return os.path.join(run_dir, "tflite", f"{job}_{mode}{'_' + variant if variant else ''}"
+                                           f"{'_split' if split else ''}.tflite")
 
 
 def parse_expansion_splits(text):
@@ -370,7 +378,7 @@ def _rename_outputs(qat_model, loss, train_ds):
 
 
 def run_qat(job, run_dir=None, epochs=2, learning_rate=None, steps_per_epoch=None,
-            io_dtype="float32", verbose="auto", expansion_splits=None):
+            io_dtype="float32", verbose="auto", expansion_splits=None, scheme="tfmot"):
     """Quantization-aware fine-tuning of a finished run, then the QAT int8 .tflite.
 
     Ranges are calibrated on the float run's training pipeline (same recipe), the model is
@@ -382,9 +390,19 @@ def run_qat(job, run_dir=None, epochs=2, learning_rate=None, steps_per_epoch=Non
     the float model is split first (``keras_mnv2.deploy.qat.quantize`` folds the projection BNs of the
     split blocks into the partial projections, so that the QAT model is int8 throughout), and
     the run goes to ``run_dir/qat_split`` and ``<job>_qat_split.tflite``.
+
+    ``scheme="keras"``: the Keras 3 QAT model (``keras_mnv2.deploy.keras_qat``) instead of the
+    TFMOT twin, fine-tuned by Keras 3 ``fit()`` with the same data, loss, optimizer, learning
+    rate and steps, into ``run_dir/qat_keras`` (``model.keras``, history.csv) and
+    ``<job>_qat_keras.tflite``.
     """
     from keras_mnv2.deploy import export, qat
 
+    if scheme not in qat.SCHEMES:
+        raise ValueError(f"scheme must be one of {qat.SCHEMES}, got {scheme!r}")
+    if scheme == "keras":
+        return _run_keras_qat(job, run_dir, epochs, learning_rate, steps_per_epoch, io_dtype,
+                              verbose, expansion_splits)
     run_dir = run_dir or f"runs/{job}"
     data = job_data(job, run_dir)
     model = load_model(job, run_dir)
@@ -415,16 +433,69 @@ def run_qat(job, run_dir=None, epochs=2, learning_rate=None, steps_per_epoch=Non
     return report
 
 
+def _keras_optimizer(name, learning_rate):
+    import keras
+
+    choices = {"adam": lambda: keras.optimizers.Adam(learning_rate),
+               "sgd": lambda: keras.optimizers.SGD(learning_rate, momentum=0.9),
+               "rmsprop": lambda: keras.optimizers.RMSprop(learning_rate, momentum=0.9)}
+    return choices.get(name, choices["adam"])()
+
+
+def _run_keras_qat(job, run_dir, epochs, learning_rate, steps_per_epoch, io_dtype, verbose,
+                   expansion_splits):
+    """``run_qat`` with ``scheme="keras"``: Keras 3 QAT, plain ``fit()``."""
+    import keras
+
+    from keras_mnv2.deploy import export, qat
+
+    run_dir = run_dir or f"runs/{job}"
+    data = job_data(job, run_dir)
+    model = load_model(job, run_dir)
+    learning_rate = learning_rate or QAT_LR_FACTOR * data.learning_rate
+    steps = steps_per_epoch or data.steps_per_epoch
+    print(f"Keras 3 QAT {job}: {epochs} epoch(s) of {steps} steps at learning rate "
+          f"{learning_rate:g}", flush=True)
+    split = expansion_splits is not None
+    if split:
+        model = _split_model(model, expansion_splits)
+    q = qat.quantize(model, calibration_data=data.train_ds, scheme="keras")
+    q.compile(optimizer=_keras_optimizer(getattr(data.recipe, "optimizer", "adam"),
+                                         learning_rate), loss=data.loss)
+    out_dir = os.path.join(run_dir, "qat_keras_split" if split else "qat_keras")
+    os.makedirs(out_dir, exist_ok=True)
+    callbacks = [keras.callbacks.TerminateOnNaN(),
+                 keras.callbacks.BackupAndRestore(os.path.join(out_dir, "backup"),
+                                                  delete_checkpoint=False),
+                 keras.callbacks.CSVLogger(os.path.join(out_dir, "history.csv"), append=True)]
+    start = time.time()
+    history = q.fit(data.train_ds, epochs=epochs, steps_per_epoch=steps, verbose=verbose,
+                    callbacks=callbacks)
+    losses = history.history.get("loss", [])
+    if losses and not np.isfinite(losses[-1]):
+        raise RuntimeError(f"Keras 3 QAT of {job} diverged (loss {losses[-1]}): lower "
+                           "--learning-rate")
+    model_file = os.path.join(out_dir, "model.keras")
+    q.save(model_file + ".part.keras")
+    os.replace(model_file + ".part.keras", model_file)
+    report = export.export_tflite(q, tflite_path(job, run_dir, "qat", split, "keras"),
+                                  mode="qat", io_dtype=io_dtype, **data.export_kwargs)
+    print(f"Keras 3 QAT done in {time.time() - start:.0f} s; {report.summary()}", flush=True)
+    return report
+
+
 # ---------------------------------------------------------------------------- export + eval
 
 
 def run_export(job, run_dir=None, modes=DEFAULT_MODES, io_dtype="float32",
-               expansion_splits=None, metadata="auto"):
+               expansion_splits=None, metadata="auto", quantizer="converter"):
     """Writes ``run_dir/tflite/<job>_<mode>.tflite`` for each of ``modes`` (float32, float16,
     dynamic, int8: post-training quantization calibrated on the training pipeline). Returns
     {mode: ExportReport}. With ``expansion_splits`` the model is split first
     (``parse_expansion_splits``) and the files are ``<job>_<mode>_split.tflite``. ``metadata``
-    as ``export_tflite``'s (the run's class names are the labels; False: no metadata)."""
+    as ``export_tflite``'s (the run's class names are the labels; False: no metadata).
+    ``quantizer="litert"``: int8 by LiteRT Quantizer, written to ``<job>_int8_litert.tflite``
+    (the other modes as usual)."""
     from keras_mnv2.deploy import export
 
     run_dir = run_dir or f"runs/{job}"
@@ -442,10 +513,12 @@ def run_export(job, run_dir=None, modes=DEFAULT_MODES, io_dtype="float32",
         kwargs.pop("labels", None)
     reports = {}
     for mode in modes:
+        litert = mode == "int8" and quantizer == "litert"
         report = export.export_tflite(
-            model, tflite_path(job, run_dir, mode, split), mode=mode,
-            representative_data=data.train_ds if mode == "int8" else None,
-            io_dtype=io_dtype if mode == "int8" else "float32", **kwargs)
+            model, tflite_path(job, run_dir, mode, split, "litert" if litert else None),
+            mode=mode, representative_data=data.train_ds if mode == "int8" else None,
+            io_dtype=io_dtype if mode == "int8" else "float32", quantizer=quantizer
+            if mode == "int8" else "converter", **kwargs)
         print(report.summary(), flush=True)
         reports[mode] = report
     return reports
@@ -486,18 +559,45 @@ def compare(job, run_dir=None, modes=None):
     for mode in modes or export.MODES:
         from keras_mnv2.deploy.tflite import size_breakdown
 
-        for split in (False, True):  # the split-expansion file, when there is one, beside
-            path = tflite_path(job, run_dir, mode, split)
+        variants = [None] + [v for (m, v) in VARIANTS if m == mode]
+        # the split-expansion file and the other quantizers' files, when present, beside
+        for split, variant in [(sp, v) for sp in (False, True) for v in variants]:
+            path = tflite_path(job, run_dir, mode, split, variant)
             if not os.path.exists(path):
-                if modes and not split:
+                if modes and not split and variant is None:
                     raise FileNotFoundError(f"{path} not found: export it first")
                 continue
-            label = {"int8": "TFLite PTQ int8", "qat": "TFLite QAT int8"}.get(
-                mode, f"TFLite {mode}") + (" split" if split else "")
+            label = VARIANTS.get((mode, variant)) or {
+                "int8": "TFLite PTQ int8", "qat": "TFLite QAT int8"}.get(mode, f"TFLite {mode}")
+            label += " split" if split else ""
             rows.append({"model": label, "file": path, "size_bytes": os.path.getsize(path),
-                         "size": size_breakdown(path), **data.evaluate_tflite(path)})
+                         "size": size_breakdown(path), **data.evaluate_tflite(path),
+                         "latency_ms": latency_ms(path)})
     write_table(job, rows, run_dir)
     return rows
+
+
+def latency_ms(path, runs=30, num_threads=1):
+    """Median wall time (ms) of one invocation of a .tflite file on one random input, at
+    ``num_threads`` threads (XNNPACK), after 3 warm-up runs."""
+    from keras_mnv2.deploy import tflite
+
+    interp = tflite.interpreter(path, num_threads=num_threads)
+    detail = interp.get_input_details()[0]
+    rng = np.random.RandomState(0)
+    if np.issubdtype(detail["dtype"], np.integer):
+        info = np.iinfo(detail["dtype"])
+        x = rng.randint(info.min, info.max + 1, detail["shape"]).astype(detail["dtype"])
+    else:
+        x = rng.uniform(-1, 1, detail["shape"]).astype(detail["dtype"])
+    times = []
+    for i in range(runs + 3):
+        interp.set_tensor(detail["index"], x)
+        start = time.perf_counter()
+        interp.invoke()
+        if i >= 3:
+            times.append(time.perf_counter() - start)
+    return float(np.median(times) * 1e3)
 
 
 def table_markdown(job, rows):
@@ -505,16 +605,20 @@ def table_markdown(job, rows):
     ``keras_mnv2.deploy.tflite.size_breakdown``)."""
     names = METRICS[job]
     reference = next((r for r in rows if r["model"] == "TFLite float32"), None)
+    timed = any(row.get("latency_ms") is not None for row in rows)
     head = ("| model | " + " | ".join(f"{n} x100" for n in names) + " | size (MB) |"
-            + (" size / float32 |" if reference else ""))
+            + (" size / float32 |" if reference else "") + (" latency (ms, 1 thread) |"
+                                                              if timed else ""))
     lines = [f"# {job}: float Keras vs TFLite", "", head,
-             "|" + "---|" * (len(names) + 2 + bool(reference))]
+             "|" + "---|" * (len(names) + 2 + bool(reference) + timed)]
     for row in rows:
         values = " | ".join("-" if row.get(n) is None else f"{100 * row[n]:.1f}" for n in names)
         line = f"| {row['model']} | {values} | {row['size_bytes'] / 1e6:.2f} |"
         if reference:
             line += (" - |" if row["model"].startswith("Keras")
                      else f" {row['size_bytes'] / reference['size_bytes']:.0%} |")
+        if timed:
+            line += (" - |" if row.get("latency_ms") is None else f" {row['latency_ms']:.2f} |")
         lines.append(line)
     notes = []
     float_weights = (reference or {}).get("size", {}).get("weights")

@@ -1,0 +1,228 @@
+"""Keras 3 quantization-aware training (keras_mnv2.deploy.keras_qat) and LiteRT Quantizer PTQ."""
+
+import keras
+import numpy as np
+import pytest
+
+import keras_mnv2
+from keras_mnv2.deploy import export, keras_qat, qat, tflite
+from keras_mnv2.segmentation.deeplab import DeepLabV3
+
+
+# The op list of the TFMOT path's QAT file of build("ssdlite") with the detection op
+# (qat.quantize(model, calibration_data=images(8)) then export_tflite(mode="qat"); not re-run
+# here: the tf_keras twin and TFMOT take minutes on the test machine).
+TFMOT_SSDLITE_OPS = {"QUANTIZE": 13, "CONV_2D": 55, "DEPTHWISE_CONV_2D": 33, "ADD": 10,
+                     "RESHAPE": 12, "CONCATENATION": 2, "DEQUANTIZE": 2, "SOFTMAX": 1,
+                     "TFLite_Detection_PostProcess": 1}
+
+
+def perturbed(model, seed=1):
+    """Batch-norm statistics of a trained-looking model (a fresh one gives near-zero outputs)."""
+    rng = np.random.RandomState(seed)
+    for layer in model.layers:
+        if type(layer).__name__ == "BatchNormalization":
+            n = layer.get_weights()[0].shape
+            layer.set_weights([rng.uniform(0.5, 1.5, n), rng.uniform(-0.3, 0.3, n),
+                               rng.uniform(-0.2, 0.2, n), rng.uniform(0.5, 1.5, n)])
+    return model
+
+
+def build(kind):
+    if kind == "classifier":
+        model = keras_mnv2.MobileNetV2(alpha=0.35, input_shape=(96, 96, 3), classes=10,
+                                       classifier_activation=None)
+    elif kind == "ssdlite":
+        model = keras_mnv2.SSDLite(num_classes=3, alpha=0.35, input_size=96)
+    else:
+        model = DeepLabV3(num_classes=4, alpha=0.35, input_shape=(96, 96, 3))
+    return perturbed(model)
+
+
+def first_output(outputs):
+    if isinstance(outputs, dict):
+        return np.asarray(outputs["classes"] if "classes" in outputs else
+                          next(iter(outputs.values())))
+    return np.asarray(outputs)
+
+
+def test_quantize_folds_bn_and_quantizes_weights_per_channel(images):
+    model = build("classifier")
+    x = images(8)
+    q = keras_qat.quantize_keras(model, calibration_data=x, log=None)
+    kinds = [type(layer).__name__ for layer in q.layers]
+    assert "BatchNormalization" not in kinds  # all 52 folded
+    assert kinds.count("QuantConv2D") == 35 and kinds.count("QuantDepthwiseConv2D") == 17
+    assert kinds.count("QuantDense") == 1
+    names = {layer.name for layer in q.layers}
+    # conv + BN + ReLU6 is one int8 op: quantized after the ReLU6 only; a linear projection
+    # and the residual add get their own quantizer; the input has one
+    assert "Conv1_relu_quant" in names and "Conv1_quant" not in names
+    assert {"block_2_project_quant", "block_2_add_quant", "input_quant"} <= names
+    assert keras_qat.uncalibrated(q) == []
+    # weights on the symmetric int8 grid of each output channel (depthwise too)
+    for name in ("block_3_expand", "block_3_depthwise", "predictions"):
+        layer = q.get_layer(name)
+        kernel = np.asarray(layer.quantized_kernel()).reshape(-1, layer._kernel_channels()) \
+            if layer.per_channel else np.asarray(layer.quantized_kernel())
+        codes = kernel / (np.asarray(layer.kernel_max) / 127.0)
+        assert np.allclose(codes, np.round(codes), atol=1e-3), name
+        assert np.abs(codes).max() <= 127.001
+    # the folded, fake-quantized model stays close to the float model, but is not it
+    expected, got = np.asarray(model(x, training=False)), np.asarray(q(x, training=False))
+    spread = expected.max() - expected.min()
+    assert 0 < np.abs(got - expected).max() < 0.05 * spread
+    # the folds are exact: without fake quantization the QAT model is the float model
+    with keras_qat.float_pass(q):
+        unquantized = np.asarray(q(x, training=False))
+    np.testing.assert_allclose(unquantized, expected, atol=1e-4 * spread)
+
+
+def test_quantize_rejects_bad_models():
+    model = build("classifier")
+    q = keras_qat.quantize_keras(model, log=None)
+    with pytest.raises(ValueError, match="already quantization-aware"):
+        keras_qat.quantize_keras(q, log=None)
+    with pytest.raises(ValueError, match="keep_float applies to scheme 'tfmot' only"):
+        qat.quantize(model, keep_float=("Conv1",), scheme="keras")
+    with pytest.raises(ValueError, match="scheme must be one of"):
+        qat.quantize(model, scheme="torch")
+    with pytest.raises(ValueError, match="must hold 0"):
+        keras_qat.ActivationQuantizer(init_min=1.0, init_max=6.0)
+    # a never-calibrated range of [0, 0] would quantize everything to 0: export refuses it
+    layer = q.get_layer("input_quant")
+    layer.range_min.assign(0.0)
+    layer.range_max.assign(0.0)
+    with pytest.raises(ValueError, match="input_quant"):
+        export.convert(q, mode="qat")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["classifier", "ssdlite", "deeplab"])
+def test_keras_qat_converts_to_int8_and_matches_its_tflite(kind, images, tmp_path):
+    model = build(kind)
+    x = images(8)
+    q = qat.quantize(model, calibration_data=x, scheme="keras", log=None)
+    report = export.export_tflite(q, tmp_path / "raw.tflite", mode="qat", output="raw")
+    assert report.float_ops == ()  # int8 from the input quantize to the output dequantize
+    assert {"CONV_2D", "DEPTHWISE_CONV_2D", "ADD"} <= set(report.ops)
+    got = first_output(tflite.run_signature(report.path, x[:4]))
+    expected = first_output(q(x[:4], training=False))
+    step = keras_qat.output_steps(q)[-1]  # classes (SSDLite), logits (the others)
+    assert step and step > 0
+    error = np.abs(got - expected) / step
+    # Integer kernels round differently from the float simulation (fixed-point multipliers,
+    # round half away from zero); the differences add up over a spatial output.
+    # Measured: classifier all within one step; SSDLite 99.94% (at most 2); DeepLabV3 89-95%
+    # (at most 3, its bilinear upsampling and image pooling add integer rounding of their own).
+    limits = {"classifier": (1.0, 1.0), "ssdlite": (0.999, 2.0), "deeplab": (0.85, 4.0)}
+    within, worst = limits[kind]
+    assert np.mean(error <= 1.0 + 1e-3) >= within, (kind, error.mean())
+    assert error.max() <= worst + 1e-3, (kind, error.max())
+    if kind == "ssdlite":  # the served form: the detection post-process op appended
+        served = export.export_tflite(q, tmp_path / "det.tflite", mode="qat")
+        assert served.ops[export.POSTPROCESS_OP] == 1
+        assert served.float_ops == (export.POSTPROCESS_OP,)
+        assert served.ops == TFMOT_SSDLITE_OPS
+
+
+@pytest.mark.slow
+def test_fit_trains_and_the_keras_file_round_trips(images, tmp_path):
+    model = keras_mnv2.MobileNetV2(alpha=0.35, input_shape=(96, 96, 3), classes=4)
+    perturbed(model)
+    x = images(16)
+    y = np.arange(16) % 4
+    q = qat.quantize(model, calibration_data=x, scheme="keras", log=None)
+    assert type(q.layers[-1]).__name__ == "Softmax"  # softmax head: its input is quantized
+    input_range = float(q.get_layer("input_quant").range_max.numpy())
+    # (a random net shrinks its signal layer by layer, so the gradient reaching Conv1 is ~1e-9:
+    # the top of the network is where fit() visibly moves weights)
+    kernel = q.get_layer("block_16_project").kernel.numpy().copy()
+    q.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy")
+    history = q.fit(0.5 * x, y, batch_size=8, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][-1])
+    assert np.abs(kernel - q.get_layer("block_16_project").kernel.numpy()).max() > 1e-4
+    # the moving average moved toward the new batch range (max ~0.5): 0.999^2 of the old
+    moved = float(q.get_layer("input_quant").range_max.numpy())
+    assert 0.5 < moved < input_range - 1e-4
+    path = tmp_path / "qat.keras"
+    q.save(path)
+    loaded = keras.saving.load_model(path)
+    assert keras_qat.is_keras_quantized(loaded)
+    assert float(loaded.get_layer("input_quant").range_max.numpy()) == pytest.approx(moved)
+    np.testing.assert_array_equal(np.asarray(loaded(x[:2], training=False)),
+                                  np.asarray(q(x[:2], training=False)))
+
+
+@pytest.mark.slow
+def test_litert_quantizer_int8_export(images, tmp_path):
+    model = build("classifier")
+    x = images(8)
+    report = export.export_tflite(model, tmp_path / "litert.tflite", mode="int8",
+                                  representative_data=x, quantizer="litert", output="logits")
+    float_file = export.export_tflite(model, tmp_path / "float.tflite", output="logits")
+    assert report.float_ops == ()
+    assert report.ops["CONV_2D"] == 35 and report.ops["DEPTHWISE_CONV_2D"] == 17
+    assert report.size_bytes < 0.45 * float_file.size_bytes
+    got = tflite.run_signature(report.path, x)["logits"]
+    expected = np.asarray(model(x, training=False))
+    spread = expected.max() - expected.min()
+    assert np.abs(got - expected).max() < 0.1 * spread
+    assert np.mean(np.argmax(got, -1) == np.argmax(expected, -1)) >= 0.75
+
+
+def test_litert_quantizer_settings_are_checked(images, tmp_path):
+    model = build("classifier")
+    with pytest.raises(ValueError, match="quantizer must be one of"):
+        export.export_tflite(model, tmp_path / "x.tflite", mode="int8",
+                             representative_data=images(2), quantizer="tflite")
+    with pytest.raises(ValueError, match="quantizes mode 'int8' with float32 I/O"):
+        export.export_tflite(model, tmp_path / "x.tflite", mode="float16", quantizer="litert")
+    with pytest.raises(ValueError, match="quantizes mode 'int8' with float32 I/O"):
+        export.export_tflite(model, tmp_path / "x.tflite", mode="int8", io_dtype="int8",
+                             representative_data=images(2), quantizer="litert")
+    with pytest.raises(ValueError, match="needs representative_data"):
+        export.export_tflite(model, tmp_path / "x.tflite", mode="int8", quantizer="litert")
+    assert not (tmp_path / "x.tflite").exists()
+
+
+def test_cli_takes_the_scheme_and_the_quantizer():
+    from pipelines import cli
+
+    parser = cli.build_parser()
+    assert parser.parse_args(["qat", "coco"]).scheme == "tfmot"
+    assert parser.parse_args(["qat", "coco", "--scheme", "keras"]).scheme == "keras"
+    assert parser.parse_args(["export", "voc"]).quantizer == "converter"
+    assert parser.parse_args(["export", "voc", "--quantizer", "litert"]).quantizer == "litert"
+    for bad in (["qat", "coco", "--scheme", "torch"], ["export", "voc", "--quantizer", "x"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args(bad)
+
+
+@pytest.mark.slow
+def test_coco_keras_qat_job_fine_tunes_and_exports(tmp_path):
+    import dataclasses
+    import os
+
+    from pipelines.jobs import deploy, detection
+    from pipelines.synthetic import coco as synthetic_coco
+
+    root = tmp_path / "coco"
+    synthetic_coco.generate(root, num_train=32, num_val=8, image_size=128, num_classes=3)
+    recipe = dataclasses.replace(detection.EMBEDDED, input_size=96, batch_size=16, epochs=1,
+                                 cache=False)
+    run_dir = str(tmp_path / "run")
+    detection.run(coco_dir=str(root), run_dir=run_dir, recipe=recipe, verbose=0)
+    report = deploy.run_qat("coco", run_dir, epochs=1, steps_per_epoch=1, verbose=0,
+                            scheme="keras")
+    assert report.path == deploy.tflite_path("coco", run_dir, "qat", variant="keras")
+    assert report.path.endswith("coco_qat_keras.tflite")
+    assert report.ops == TFMOT_SSDLITE_OPS  # same graph as the TFMOT path's file
+    assert report.float_ops == (export.POSTPROCESS_OP,)
+    history = open(os.path.join(run_dir, "qat_keras", "history.csv")).read().splitlines()
+    assert len(history) == 2 and np.isfinite(float(history[1].split(",")[1]))
+    loaded = keras.saving.load_model(os.path.join(run_dir, "qat_keras", "model.keras"),
+                                     compile=False)
+    assert keras_qat.is_keras_quantized(loaded)
+    result = deploy.evaluate_tflite("coco", report.path, run_dir, keras_metrics=False)
+    assert result["tflite"]["images"] == 8 and 0.0 <= result["tflite"]["AP50"] <= 1.0
