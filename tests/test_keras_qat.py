@@ -34,8 +34,9 @@ def build(kind):
                                        classifier_activation=None)
     elif kind == "ssdlite":
         model = keras_mnv2.SSDLite(num_classes=3, alpha=0.35, input_size=96)
-    else:
-        model = DeepLabV3(num_classes=4, alpha=0.35, input_shape=(96, 96, 3))
+    else:  # "deeplab": the official align_corners upsampling; "deeplab_half_pixel": Resizing
+        model = DeepLabV3(num_classes=4, alpha=0.35, input_shape=(96, 96, 3),
+                          align_corners=kind == "deeplab")
     return perturbed(model)
 
 
@@ -98,7 +99,7 @@ def test_quantize_rejects_bad_models():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", ["classifier", "ssdlite", "deeplab"])
+@pytest.mark.parametrize("kind", ["classifier", "ssdlite", "deeplab", "deeplab_half_pixel"])
 def test_keras_qat_converts_to_int8_and_matches_its_tflite(kind, images, tmp_path):
     model = build(kind)
     x = images(8)
@@ -113,9 +114,12 @@ def test_keras_qat_converts_to_int8_and_matches_its_tflite(kind, images, tmp_pat
     error = np.abs(got - expected) / step
     # Integer kernels round differently from the float simulation (fixed-point multipliers,
     # round half away from zero); the differences add up over a spatial output.
-    # Measured: classifier all within one step; SSDLite 99.94% (at most 2); DeepLabV3 89-95%
-    # (at most 3, its bilinear upsampling and image pooling add integer rounding of their own).
-    limits = {"classifier": (1.0, 1.0), "ssdlite": (0.999, 2.0), "deeplab": (0.85, 4.0)}
+    # Measured: classifier all within one step; SSDLite 99.94% (at most 2); DeepLabV3 with
+    # half-pixel Resizing 89-95% (at most 3, its bilinear upsampling and image pooling add
+    # integer rounding of their own); with the align_corners RESIZE_BILINEAR 69% (at most 4):
+    # TFLite's int8 align_corners kernel rounds the interpolation further from the float one.
+    limits = {"classifier": (1.0, 1.0), "ssdlite": (0.999, 2.0), "deeplab": (0.65, 4.0),
+              "deeplab_half_pixel": (0.85, 4.0)}
     within, worst = limits[kind]
     assert np.mean(error <= 1.0 + 1e-3) >= within, (kind, error.mean())
     assert error.max() <= worst + 1e-3, (kind, error.max())

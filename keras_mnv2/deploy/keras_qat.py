@@ -41,8 +41,8 @@ EMA_DECAY = 0.999
 _FOLDED = ("Conv2D", "DepthwiseConv2D")
 # Layers whose output TFLite requantizes in int8 (a new scale): an ActivationQuantizer follows.
 QUANTIZE_OUTPUT = ("ReLU", "Add", "Concatenate", "GlobalAveragePooling2D", "AveragePooling2D",
-                   "UpSampling2D", "Resizing", "Multiply", "Subtract", "Average", "Maximum",
-                   "Minimum", "Rescaling")
+                   "UpSampling2D", "Resizing", "BilinearResize", "Multiply", "Subtract",
+                   "Average", "Maximum", "Minimum", "Rescaling")
 # Layers that pass the quantized tensor on with its scale (TFLite: same int8 scale in and out).
 PASSTHROUGH = ("ZeroPadding2D", "Reshape", "Dropout", "Flatten", "MaxPooling2D", "Cropping2D",
                "SpatialDropout2D", "Identity")
