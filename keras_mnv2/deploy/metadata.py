@@ -511,9 +511,18 @@ def detector_options(anchors, num_classes, scale_factors=(10.0, 10.0, 5.0, 5.0))
 
 
 def _model_object(content):
+    """The flatbuffer's object form, with every buffer's bytes held inline: files that keep
+    constants after the flatbuffer (``offset``/``size``, as LiteRT Quantizer writes them) would
+    otherwise lose them when the object is serialized again."""
     from tensorflow.lite.tools import flatbuffer_utils
 
-    return flatbuffer_utils.convert_bytearray_to_object(bytearray(content))
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(content))
+    for buffer in model.buffers or []:
+        if getattr(buffer, "offset", 0) > 1:
+            buffer.data = np.frombuffer(content[buffer.offset:buffer.offset + buffer.size],
+                                        np.uint8)
+            buffer.offset, buffer.size = 0, 0
+    return model
 
 
 def output_names(content):
