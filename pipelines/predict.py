@@ -83,7 +83,8 @@ def _run_runner(python, request, timeout):
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(request, f)
     try:
-        env = dict(os.environ, GLOG_minloglevel="2", TF_CPP_MIN_LOG_LEVEL="2")
+        # MPLBACKEND: a Jupyter kernel sets its inline backend, which that environment lacks.
+        env = dict(os.environ, GLOG_minloglevel="2", TF_CPP_MIN_LOG_LEVEL="2", MPLBACKEND="Agg")
         return subprocess.run([python, str(RUNNER), f.name], capture_output=True, text=True,
                               timeout=timeout, env=env)
     finally:
