@@ -370,6 +370,19 @@ def load_folded(model, weights, drop_background=False):
     return len(loaded)
 
 
+def _drop_background(kind, kwargs, drop_background, source):
+    """With ``drop_background``, a 1001-class classifier is built with 1000 classes (the
+    background row is left out when the weights load); anything else is refused."""
+    if not drop_background:
+        return
+    if kind != "classifier":
+        raise ValueError("drop_background applies to 1001-class classifiers only")
+    if kwargs["classes"] != 1001:
+        raise ValueError(f"drop_background needs a 1001-class {source}, got "
+                         f"{kwargs['classes']} classes")
+    kwargs["classes"] = 1000
+
+
 def from_tflite(path, drop_background=False, name=None):
     """A keras_mnv2 model holding the weights of a MobileNetV2-family ``.tflite`` file.
 
@@ -389,13 +402,7 @@ def from_tflite(path, drop_background=False, name=None):
     kind, kwargs = describe(weights, facts["input_shape"])
     if kind == "classifier":
         kwargs["classifier_activation"] = "softmax" if facts["softmax"] else None
-        if drop_background:
-            if kwargs["classes"] != 1001:
-                raise ValueError(f"drop_background needs a 1001-class file, got "
-                                 f"{kwargs['classes']} classes")
-            kwargs["classes"] = 1000
-    elif drop_background:
-        raise ValueError("drop_background applies to 1001-class classifiers only")
+    _drop_background(kind, kwargs, drop_background, "file")
     model = build(kind, kwargs, name)
     load_folded(model, weights, drop_background)
     if kind == "ssdlite" and facts["anchors"] is not None:
@@ -519,14 +526,7 @@ def from_tf_checkpoint(path, input_size=None, output_stride=None, drop_backgroun
         kwargs["aspect_ratios"] = OD_API_ASPECT_RATIOS
     if kind == "deeplab" and output_stride is not None:
         kwargs["output_stride"] = output_stride
-    if kind == "classifier":
-        if drop_background:
-            if kwargs["classes"] != 1001:
-                raise ValueError(f"drop_background needs a 1001-class checkpoint, got "
-                                 f"{kwargs['classes']} classes")
-            kwargs["classes"] = 1000
-    elif drop_background:
-        raise ValueError("drop_background applies to 1001-class classifiers only")
+    _drop_background(kind, kwargs, drop_background, "checkpoint")
     model = build(kind, kwargs, name)
     load_unfolded(model, layers, drop_background, head_epsilon=(
         DEEPLAB_HEAD_EPSILON if kind == "deeplab" else BN_EPSILON))
