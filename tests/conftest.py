@@ -6,6 +6,15 @@ import numpy as np
 import pytest
 
 
+@pytest.fixture(autouse=True)
+def _seeded():
+    """Every test starts from the same random state (Python, NumPy and the Keras backend), so
+    a test's outcome does not depend on which tests ran before it in the process."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+
+
 @pytest.fixture
 def offline_keras_home(tmp_path, monkeypatch):
     """An empty Keras cache directory, so nothing cached by hand can make a test pass."""

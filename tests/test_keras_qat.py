@@ -28,7 +28,8 @@ def perturbed(model, seed=1):
     return model
 
 
-def build(kind):
+def build(kind, seed=0):
+    keras.utils.set_random_seed(seed)  # the rounding differences below depend on the weights
     if kind == "classifier":
         model = keras_mnv2.MobileNetV2(alpha=0.35, input_shape=(96, 96, 3), classes=10,
                                        classifier_activation=None)
@@ -113,13 +114,14 @@ def test_keras_qat_converts_to_int8_and_matches_its_tflite(kind, images, tmp_pat
     assert step and step > 0
     error = np.abs(got - expected) / step
     # Integer kernels round differently from the float simulation (fixed-point multipliers,
-    # round half away from zero); the differences add up over a spatial output.
-    # Measured: classifier all within one step; SSDLite 99.94% (at most 2); DeepLabV3 with
-    # half-pixel Resizing 89-95% (at most 3, its bilinear upsampling and image pooling add
-    # integer rounding of their own); with the align_corners RESIZE_BILINEAR 69% (at most 4):
-    # TFLite's int8 align_corners kernel rounds the interpolation further from the float one.
-    limits = {"classifier": (1.0, 1.0), "ssdlite": (0.999, 2.0), "deeplab": (0.65, 4.0),
-              "deeplab_half_pixel": (0.85, 4.0)}
+    # round half away from zero); the differences add up over a spatial output. They depend
+    # on the weights, so build() seeds them. Measured: classifier all within one step;
+    # SSDLite 99.94% (at most 2); DeepLabV3, over seeds 0-7 of build(kind, seed), 77-99.9%
+    # within one step, at most 4, for both upsamplings (its bilinear upsampling and
+    # image pooling add integer rounding of their own); seed 0 gives 81% (half-pixel) and 84%
+    # (align_corners). An unseeded CI run once drew weights giving 38% (at most 6 steps).
+    limits = {"classifier": (1.0, 1.0), "ssdlite": (0.999, 2.0), "deeplab": (0.8, 4.0),
+              "deeplab_half_pixel": (0.8, 4.0)}
     within, worst = limits[kind]
     assert np.mean(error <= 1.0 + 1e-3) >= within, (kind, error.mean())
     assert error.max() <= worst + 1e-3, (kind, error.max())
@@ -127,7 +129,12 @@ def test_keras_qat_converts_to_int8_and_matches_its_tflite(kind, images, tmp_pat
         served = export.export_tflite(q, tmp_path / "det.tflite", mode="qat")
         assert served.ops[export.POSTPROCESS_OP] == 1
         assert served.float_ops == (export.POSTPROCESS_OP,)
-        assert served.ops == TFMOT_SSDLITE_OPS
+        # QUANTIZE: the input's, and one requantization in front of the concatenations for
+        # each of the 12 heads whose calibrated range differs from the concatenation's (a
+        # head holding both ends of the concatenation's range needs none): it depends on the weights
+        others = {k: v for k, v in served.ops.items() if k != "QUANTIZE"}
+        assert others == {k: v for k, v in TFMOT_SSDLITE_OPS.items() if k != "QUANTIZE"}
+        assert 11 <= served.ops["QUANTIZE"] <= TFMOT_SSDLITE_OPS["QUANTIZE"]
 
 
 @pytest.mark.slow
