@@ -124,7 +124,9 @@ class _WeightQuantizing:
 
     _depthwise = False
 
-    def _build_ranges(self):
+    def build(self, input_shape):
+        _check_channels_last(self)
+        super().build(input_shape)
         shape = (self._kernel_channels(),) if self.per_channel else ()
         self.kernel_max = self.add_weight(name="kernel_max", shape=shape, trainable=False,
                                           initializer="zeros")
@@ -174,6 +176,11 @@ class _WeightQuantizing:
             quantized = _fake_quant(kernel, -high, high, narrow_range=True)
         return ops.reshape(quantized, self.kernel.shape)
 
+    def _bias_and_activation(self, outputs):
+        if self.use_bias:
+            outputs = ops.add(outputs, self.bias)
+        return outputs if self.activation is None else self.activation(outputs)
+
 
 def _check_channels_last(layer):
     if getattr(layer, "data_format", "channels_last") != "channels_last":
@@ -185,18 +192,9 @@ class QuantConv2D(_WeightQuantizing, keras.layers.Conv2D):
     """Conv2D with per-output-channel int8 fake-quantized weights (BN folded in by
     ``quantize_keras``)."""
 
-    def build(self, input_shape):
-        _check_channels_last(self)
-        super().build(input_shape)
-        self._build_ranges()
-
     def call(self, inputs, training=False):
-        outputs = self.convolution_op(inputs, self.quantized_kernel(training))
-        if self.use_bias:
-            outputs = ops.add(outputs, self.bias)
-        if self.activation is not None:
-            outputs = self.activation(outputs)
-        return outputs
+        return self._bias_and_activation(
+            self.convolution_op(inputs, self.quantized_kernel(training)))
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -206,21 +204,11 @@ class QuantDepthwiseConv2D(_WeightQuantizing, keras.layers.DepthwiseConv2D):
 
     _depthwise = True
 
-    def build(self, input_shape):
-        _check_channels_last(self)
-        super().build(input_shape)
-        self._build_ranges()
-
     def call(self, inputs, training=False):
-        outputs = ops.depthwise_conv(inputs, self.quantized_kernel(training),
-                                     strides=self.strides, padding=self.padding,
-                                     dilation_rate=self.dilation_rate,
-                                     data_format=self.data_format)
-        if self.use_bias:
-            outputs = ops.add(outputs, self.bias)
-        if self.activation is not None:
-            outputs = self.activation(outputs)
-        return outputs
+        return self._bias_and_activation(ops.depthwise_conv(
+            inputs, self.quantized_kernel(training), strides=self.strides,
+            padding=self.padding, dilation_rate=self.dilation_rate,
+            data_format=self.data_format))
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -229,17 +217,8 @@ class QuantDense(_WeightQuantizing, keras.layers.Dense):
 
     per_channel = False
 
-    def build(self, input_shape):
-        super().build(input_shape)
-        self._build_ranges()
-
     def call(self, inputs, training=False):
-        outputs = ops.matmul(inputs, self.quantized_kernel(training))
-        if self.use_bias:
-            outputs = ops.add(outputs, self.bias)
-        if self.activation is not None:
-            outputs = self.activation(outputs)
-        return outputs
+        return self._bias_and_activation(ops.matmul(inputs, self.quantized_kernel(training)))
 
 
 QUANT_LAYERS = (ActivationQuantizer, QuantConv2D, QuantDepthwiseConv2D, QuantDense)
