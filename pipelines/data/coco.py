@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+from pipelines.data import decode
 from pipelines.data.skips import SkipLog
 
 log = logging.getLogger(__name__)
@@ -302,36 +303,6 @@ def _is_number(v):
     return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
 
 
-def _decode(contents):
-    return tf.io.decode_image(contents, channels=3, expand_animations=False)
-
-
-def _decode_or_empty(contents):
-    """Decoded image, or a 0 x 0 x 3 image where decoding fails. All in graph, no Python.
-
-    tf.data's ignore_errors on a one-element dataset is the graph's only try/except.
-    """
-    attempt = tf.data.Dataset.from_tensors(contents).map(_decode).ignore_errors()
-    fallback = tf.data.Dataset.from_tensors(tf.zeros([0, 0, 3], tf.uint8))
-    return attempt.concatenate(fallback).take(1).get_single_element()
-
-
-def _skip_recorder(counter):
-    """A py_function body run only for failed images: count, log (with the reason), go on."""
-
-    def record(path, contents):
-        name = path.numpy().decode()
-        try:
-            _decode(contents)
-            reason = "decoded to an empty image"
-        except Exception as e:  # noqa: BLE001 - only to report why
-            reason = str(e).splitlines()[0].split("}} ")[-1].split(" [Op:")[0]
-        counter.add(name, f"undecodable image ({reason})")
-        return False
-
-    return record
-
-
 SIZE_MISMATCH = ("skip", "stop")
 
 
@@ -393,21 +364,17 @@ def coco_dataset(
     })
     if shuffle:
         ds = ds.shuffle(max(n, 1), seed=seed, reshuffle_each_iteration=True)
-    record_skip = _skip_recorder(index.skipped_images)
     record_mismatch = _size_mismatch_recorder(index.skipped_images, index.annotation_file.name,
                                               size_mismatch)
 
     def load(record):
         contents = tf.io.read_file(record["path"])
-        image = _decode_or_empty(contents)
+        image = decode.decode_or_empty(contents)
         ok = tf.size(image) > 0
-        ok = tf.cond(
-            ok,
-            lambda: ok,
-            lambda: tf.ensure_shape(
-                tf.py_function(record_skip, [record["path"], contents], tf.bool), []
-            ),
-        )
+        recorded = decode.record_skips(index.skipped_images,
+                                       tf.where(ok, "", record["path"])[None], contents[None])
+        with tf.control_dependencies([recorded]):
+            ok = tf.identity(ok)
         shape = tf.cast(tf.shape(image)[:2], tf.int64)
         same_size = tf.reduce_all(tf.equal(shape, tf.stack([record["height"], record["width"]])))
         ok = tf.cond(

@@ -30,7 +30,8 @@ are not JPEG (ImageNet has a PNG named .JPEG) fall back to ``tf.io.decode_image`
 without its end-of-image marker (truncated) is decoded in full, so that it fails every time
 rather than only when a crop reaches its missing part. Files that still do not decode are
 skipped and recorded in a ``skips.SkipLog`` (counted and named; ``classification.SkipReport``
-prints them at the end of each epoch).
+prints them at the end of each epoch) by the mechanism the three readers share
+(``decode.attempt_each``, ``decode.record_skips``).
 """
 
 import csv
@@ -44,6 +45,7 @@ from typing import Callable, Optional
 import numpy as np
 import tensorflow as tf
 
+from pipelines.data.decode import attempt_each, decode_image, record_skips
 from pipelines.data.skips import SkipLog
 
 log = logging.getLogger(__name__)
@@ -403,11 +405,6 @@ def _is_complete_jpeg(encoded):
         tf.equal(tf.strings.substr(encoded, -2, 2), b"\xff\xd9"))
 
 
-def _decode_full(encoded):
-    """Any supported format (JPEG incl. CMYK/grayscale, PNG, GIF, BMP, WebP) as RGB uint8."""
-    return tf.io.decode_image(encoded, channels=3, expand_animations=False)
-
-
 def decode_and_random_crop(encoded, seed, area_range=AREA_RANGE, aspect_range=ASPECT_RANGE,
                            max_attempts=10, fused=True):
     """An Inception random crop, uint8 [h, w, 3]; ``seed`` is a [2] int tensor.
@@ -431,7 +428,7 @@ def decode_and_random_crop(encoded, seed, area_range=AREA_RANGE, aspect_range=AS
         return tf.image.decode_and_crop_jpeg(encoded, crop, channels=3)
 
     def full_crop():
-        image = _decode_full(encoded)
+        image = decode_image(encoded)
         begin, size = window(tf.shape(image))
         return tf.slice(image, begin, tf.stack([size[0], size[1], 3]))
 
@@ -453,7 +450,7 @@ def decode_and_center_crop(encoded, fraction=CROP_FRACTION, fused=True):
         return tf.image.decode_and_crop_jpeg(encoded, tf.stack([y, x, side, side]), channels=3)
 
     def full_crop():
-        image = _decode_full(encoded)
+        image = decode_image(encoded)
         y, x, side = window(tf.shape(image))
         return image[y:y + side, x:x + side]
 
@@ -484,42 +481,7 @@ def eval_preprocess(encoded, image_size, crop_fraction=CROP_FRACTION, fused=True
     return image / 127.5 - 1.0
 
 
-def attempt_each(fn, args):
-    """``fn`` on each row of ``args`` (a tuple of tensors with a leading dimension n): the
-    results stacked, [n, ...], zeros where ``fn`` raised, and ok [n] (False there). All in graph.
-
-    ``ignore_errors`` on a small dataset over the rows is the graph's only try/except; unlike a
-    py_function it also runs on tf.data service workers. Its set-up costs about as much as
-    decoding a JPEG, so the pipelines call it once per group of ``GROUP`` images.
-    """
-    n = tf.shape(args[0])[0]
-    rows = tf.data.Dataset.from_tensor_slices((tf.range(n), args))
-    tried = rows.map(lambda i, a: (i, fn(*a))).ignore_errors().batch(tf.cast(n, tf.int64))
-    spec = tried.element_spec[1]
-    empty = tf.data.Dataset.from_tensors(
-        (tf.zeros([0], tf.int32), tf.zeros([0] + spec.shape[1:].as_list(), spec.dtype)))
-    index, values = tried.concatenate(empty).take(1).get_single_element()
-    index = index[:, None]
-    ok = tf.scatter_nd(index, tf.ones_like(index[:, 0], tf.bool), [n])
-    return tf.scatter_nd(index, values, tf.concat([[n], tf.shape(values)[1:]], 0)), ok
-
-
 GROUP = 16  # images decoded per attempt_each call
-
-
-# ----------------------------------------------------------------------------- skip log
-
-
-def _record_names(skip_log, names):
-    """Graph op: hands the (non-empty) ``names`` to ``skip_log``; returns a dummy int32."""
-
-    def record(values):
-        skip_log.add_all(n for n in values.numpy() if n)
-        return np.int32(0)
-
-    return tf.cond(tf.size(names) > 0,
-                   lambda: tf.py_function(record, [names], tf.int32),
-                   lambda: tf.constant(0))
 
 
 # ----------------------------------------------------------------------------- pipelines
@@ -620,7 +582,7 @@ def train_dataset(source, batch_size, image_size, *, seed=None, deterministic=Fa
 
     def record(images, labels, counts, names):
         names = tf.strings.split(tf.boolean_mask(names, counts > 0), "\n").flat_values
-        with tf.control_dependencies([_record_names(skip_log, names)]):
+        with tf.control_dependencies([record_skips(skip_log, names)]):
             images = tf.identity(images)
         if not repeat:  # remove the closing row
             real = labels >= 0
@@ -666,7 +628,7 @@ def eval_dataset(source, batch_size, image_size, *, crop_fraction=CROP_FRACTION,
     ds = ds.batch(batch_size, num_parallel_calls=AUTOTUNE).with_options(_options(True))
 
     def record(images, labels, weights, names):
-        with tf.control_dependencies([_record_names(
+        with tf.control_dependencies([record_skips(
                 skip_log, tf.boolean_mask(names, tf.equal(weights, 0)))]):
             images = tf.identity(images)
         if pad:  # padding rows have no name, so they are not counted as skipped

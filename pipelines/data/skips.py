@@ -1,7 +1,8 @@
 """Examples an input pipeline skipped (undecodable images, bad masks): counted and named.
 
 One ``SkipLog`` serves the COCO index (``CocoIndex.skipped_images``), the VOC index
-(``VocIndex.skipped``) and the ImageNet pipelines (``dataset.skip_log``).
+(``VocIndex.skipped``) and the ImageNet pipelines (``dataset.skip_log``); ``decode.py`` finds
+the undecodable images and hands their names here.
 """
 
 import logging

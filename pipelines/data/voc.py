@@ -370,7 +370,7 @@ def voc_dataset(source, split=None, *, sbd_dir=None, skip_bad=None, shuffle=Fals
     """
     import tensorflow as tf
 
-    from pipelines.data.coco import _decode_or_empty
+    from pipelines.data.decode import decode_or_empty
 
     if isinstance(source, VocIndex):
         index = source
@@ -393,7 +393,7 @@ def voc_dataset(source, split=None, *, sbd_dir=None, skip_bad=None, shuffle=Fals
         return load_example(image_path.decode(), mask_path.decode(), shape, num_classes, skipped)
 
     def load(record):
-        image = _decode_or_empty(tf.io.read_file(record["image_path"]))
+        image = decode_or_empty(tf.io.read_file(record["image_path"]))
         label, ok = tf.numpy_function(
             read, [record["image_path"], record["mask_path"], tf.shape(image)],
             [tf.uint8, tf.bool], stateful=False,

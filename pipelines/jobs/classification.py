@@ -33,7 +33,8 @@ class ImagenetRecipe:
     ``opt_epsilon``, inside the square root as in Keras), lr 0.045 for a batch of 96 (scaled
     linearly with ``batch_size``) decayed by 0.98 per epoch (TF-slim's README: every 2.5 epochs,
     ``--lr-decay-epochs 2.5``), L2 weight decay 4e-5 on the convolution and logits kernels
-    (TF-slim's ``l2_regularizer(4e-5)`` = 4e-5 * sum(w^2) / 2; none on depthwise kernels,
+    (TF-slim's ``l2_regularizer(4e-5)`` = 4e-5 * sum(w^2) / 2, the rule all jobs share in
+    ``pipelines.jobs.weight_decay``; none on depthwise kernels,
     biases or batch norm), label smoothing 0.1, weight EMA 0.9999, dropout 0.2 before the
     logits, batch-norm decay 0.997 (TF-slim's mobilenet ``training_scope``). The paper gives no
     epoch count; 300 epochs take the lr down ~400-fold.
@@ -175,32 +176,28 @@ class Warmup(keras.optimizers.schedules.LearningRateSchedule):
 
 
 def build_model(recipe, num_classes, weights=None):
-    """MobileNetV2 with logits out; L2 weight decay and synchronized batch norm as the recipe
-    says (set in a clone of the builder's model, which keeps its layer names)."""
+    """MobileNetV2 with logits out; the shared weight decay (L2 on the conv and logits kernels,
+    ``pipelines.jobs.weight_decay``) and synchronized batch norm as the recipe says (set in a
+    clone of the builder's model, which keeps its layer names)."""
     from keras_mnv2 import MobileNetV2
+    from pipelines.jobs.weight_decay import add_weight_decay
 
     size = recipe.resolution
     model = MobileNetV2(alpha=recipe.alpha, input_shape=(size, size, 3), classes=num_classes,
                         classifier_activation=None, dropout_rate=recipe.dropout,
                         bn_momentum=recipe.bn_momentum, weights=weights)
-    if not recipe.weight_decay and not recipe.sync_bn:
-        return model
-    l2 = recipe.weight_decay / 2  # TF-slim's l2_regularizer(wd) is wd * sum(w^2) / 2
+    if recipe.sync_bn:
+        def configure(layer):
+            config = layer.get_config()
+            if isinstance(layer, keras.layers.BatchNormalization):
+                config["synchronized"] = True
+            return layer.__class__.from_config(config)
 
-    def configure(layer):
-        config = layer.get_config()
-        if isinstance(layer, keras.layers.DepthwiseConv2D):
-            pass  # TF-slim puts no weight decay on depthwise kernels
-        elif isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense)) and l2:
-            config["kernel_regularizer"] = keras.regularizers.L2(l2)
-        elif isinstance(layer, keras.layers.BatchNormalization) and recipe.sync_bn:
-            config["synchronized"] = True
-        return layer.__class__.from_config(config)
-
-    inputs = keras.Input(model.input_shape[1:], name=model.layers[0].name)
-    clone = keras.models.clone_model(model, input_tensors=inputs, clone_function=configure)
-    clone.set_weights(model.get_weights())
-    return clone
+        inputs = keras.Input(model.input_shape[1:], name=model.layers[0].name)
+        clone = keras.models.clone_model(model, input_tensors=inputs, clone_function=configure)
+        clone.set_weights(model.get_weights())
+        model = clone
+    return add_weight_decay(model, recipe.weight_decay)
 
 
 def peak_learning_rate(recipe):

@@ -19,7 +19,8 @@ AUTOTUNE = tf.data.AUTOTUNE
 @dataclasses.dataclass(frozen=True)
 class CocoRecipe:
     """Training recipe. PAPER follows the TF Object Detection API ssdlite_mobilenet_v2_coco config
-    (320 px, batch 24, RMSProp 0.004 momentum 0.9 decay 0.9, L2 4e-5, 3:1 hard negatives)."""
+    (320 px, batch 24, RMSProp 0.004 momentum 0.9 decay 0.9, L2 4e-5, 3:1 hard negatives).
+    ``weight_decay`` is the shared rule of ``pipelines.jobs.weight_decay`` (L2 on conv kernels)."""
 
     alpha: float = 1.0
     input_size: int = 320
@@ -127,6 +128,17 @@ def eval_dataset(source, recipe):
     return source.map(prepare, num_parallel_calls=AUTOTUNE).batch(recipe.batch_size)
 
 
+def build_model(recipe, num_classes, backbone_weights=None):
+    """The recipe's SSDLite with its weight decay (L2 on the conv kernels)."""
+    from keras_mnv2.detection.ssdlite import SSDLite
+    from pipelines.jobs.weight_decay import add_weight_decay
+
+    model = SSDLite(num_classes, alpha=recipe.alpha, input_size=recipe.input_size,
+                    backbone_weights=backbone_weights, background_prior=recipe.background_prior,
+                    bn_momentum=recipe.bn_momentum)
+    return add_weight_decay(model, recipe.weight_decay)
+
+
 def make_optimizer(recipe, steps_per_epoch):
     import keras
 
@@ -136,13 +148,13 @@ def make_optimizer(recipe, steps_per_epoch):
         0.0 if warmup else recipe.learning_rate, total - warmup, alpha=0.01,
         warmup_target=recipe.learning_rate if warmup else None, warmup_steps=warmup,
     )
-    kwargs = dict(learning_rate=schedule, weight_decay=recipe.weight_decay or None)
+    # weight decay is in the model's losses (weight_decay.add_weight_decay), not here
     if recipe.optimizer == "rmsprop":
-        return keras.optimizers.RMSprop(rho=0.9, momentum=0.9, epsilon=1.0, **kwargs)
+        return keras.optimizers.RMSprop(schedule, rho=0.9, momentum=0.9, epsilon=1.0)
     if recipe.optimizer == "adam":
-        return keras.optimizers.Adam(**kwargs)
+        return keras.optimizers.Adam(schedule)
     if recipe.optimizer == "sgd":
-        return keras.optimizers.SGD(momentum=0.9, **kwargs)
+        return keras.optimizers.SGD(schedule, momentum=0.9)
     raise ValueError(f"optimizer must be rmsprop, adam or sgd, got {recipe.optimizer!r}")
 
 
@@ -253,7 +265,6 @@ def run(coco_dir=None, tfds_data_dir=None, run_dir="runs/coco", recipe=None,
     its weights where names and shapes match (``keras_mnv2.convert.init_from``; ``freeze_bn``
     freezes batch norm)."""
     from keras_mnv2.detection.losses import ssd_losses
-    from keras_mnv2.detection.ssdlite import SSDLite
     from pipelines.data import coco
     from pipelines.jobs import driver
     from pipelines.synthetic import coco as synthetic_coco
@@ -288,9 +299,7 @@ def run(coco_dir=None, tfds_data_dir=None, run_dir="runs/coco", recipe=None,
         val_source = coco.coco_dataset(val, size_mismatch=recipe.size_mismatch)
         skipped = (train.skipped_images, val.skipped_images)
 
-    model = SSDLite(num_classes, alpha=recipe.alpha, input_size=recipe.input_size,
-                    backbone_weights=backbone_weights, background_prior=recipe.background_prior,
-                    bn_momentum=recipe.bn_momentum)
+    model = build_model(recipe, num_classes, backbone_weights)
     if init is not None:
         from keras_mnv2.convert import init_from
 

@@ -38,7 +38,7 @@ class VocRecipe:
     schedule: str = "poly"  # "poly" or "cosine"
     poly_power: float = 0.9
     warmup_epochs: float = 0.0  # cosine only
-    weight_decay: float = 4e-5  # decoupled, on conv kernels (not BN, not biases)
+    weight_decay: float = 4e-5  # L2 on conv kernels (pipelines.jobs.weight_decay)
     bn_momentum: float = 0.9997
     min_scale: float = 0.5
     max_scale: float = 2.0
@@ -158,23 +158,22 @@ def make_optimizer(recipe, steps_per_epoch):
             0.0 if warmup else recipe.learning_rate, max(1, total - warmup), alpha=0.01,
             warmup_target=recipe.learning_rate if warmup else None, warmup_steps=warmup,
         )
-    kwargs = dict(learning_rate=schedule, weight_decay=recipe.weight_decay or None)
+    # weight decay is in the model's losses (build_model), not here
     if recipe.optimizer == "sgd":
-        optimizer = keras.optimizers.SGD(momentum=0.9, **kwargs)
-    else:
-        optimizer = keras.optimizers.Adam(**kwargs)
-    if recipe.weight_decay:
-        optimizer.exclude_from_weight_decay(var_names=["gamma", "beta", "bias"])
-    return optimizer
+        return keras.optimizers.SGD(schedule, momentum=0.9)
+    return keras.optimizers.Adam(schedule)
 
 
 def build_model(recipe, num_classes, size, backbone_weights=None):
+    """The recipe's DeepLabV3 with its weight decay (L2 on the conv kernels)."""
     from keras_mnv2.segmentation.deeplab import DeepLabV3
+    from pipelines.jobs.weight_decay import add_weight_decay
 
-    return DeepLabV3(num_classes, alpha=recipe.alpha, input_shape=(size, size, 3),
-                     output_stride=recipe.output_stride, aspp=recipe.aspp,
-                     backbone_weights=backbone_weights, dropout_rate=recipe.dropout_rate,
-                     bn_momentum=recipe.bn_momentum)
+    model = DeepLabV3(num_classes, alpha=recipe.alpha, input_shape=(size, size, 3),
+                      output_stride=recipe.output_stride, aspp=recipe.aspp,
+                      backbone_weights=backbone_weights, dropout_rate=recipe.dropout_rate,
+                      bn_momentum=recipe.bn_momentum)
+    return add_weight_decay(model, recipe.weight_decay)
 
 
 def resized_model_builder(model, recipe, num_classes):
