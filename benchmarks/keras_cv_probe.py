@@ -1,6 +1,6 @@
 """What keras-cv 0.9 does here, offline, under Keras 3.15 / TF 2.21 (README, Notes: keras-cv).
 
-``python -m benchmarks.keras_cv_probe`` (needs ``pip install -e ".[peer]"``; not in ``make bench``)
+``python -m benchmarks.keras_cv_probe`` (not in ``make bench``)
 builds keras-cv's YOLOV8Detector and RetinaNet on a MobileNetV3-Small backbone given by its
 arguments (keras-cv's presets are fetched from Kaggle, which a run here cannot reach), prints
 their parameter counts, fits YOLOV8 for two one-batch steps with boxes in pixel ``xyxy`` and in
