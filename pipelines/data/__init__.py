@@ -1,0 +1,1 @@
+"""Input pipelines that read the real on-disk formats: COCO, PASCAL VOC, ImageNet."""
