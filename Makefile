@@ -29,11 +29,17 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -e ".[test]"
 	touch $(STAMP)
 
+# Two pytest workers (pytest-xdist), a test file per worker so module fixtures are built once:
+# much of a test's time is single-threaded Python (building Keras graphs, the converter).
+# PYTEST_WORKERS=0 runs in one process.
+PYTEST_WORKERS ?= 2
+XDIST := $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadfile)
+
 test: $(STAMP) $(MP_STAMP)
-	$(PY) -m pytest -ra --durations=15 $(PYTEST_ARGS)
+	$(PY) -m pytest -ra --durations=15 $(XDIST) $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -ra -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -ra -m "not slow" $(XDIST) $(PYTEST_ARGS)
 
 # The three-backend checks with torch too (tests/test_backends.py skips torch where it is not
 # installed): the torch extra is ~5.6 GB installed (CUDA libraries from PyPI's default wheel).
