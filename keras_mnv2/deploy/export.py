@@ -158,8 +158,9 @@ def _output_layer(model):
 def _activation_name(activation):
     """A layer config's activation as a name: TFMOT's wrapper replaces a Dense's activation by
     a ``QuantizeAwareActivation``, whose config holds the original one."""
-    while isinstance(activation, dict):
-        activation = activation.get("config", {}).get("activation")
+    while isinstance(activation, dict):  # (a Keras 3 serialized function: config is its name)
+        config = activation.get("config")
+        activation = config.get("activation") if isinstance(config, dict) else config
     return activation
 
 
