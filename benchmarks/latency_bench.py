@@ -3,8 +3,11 @@
 Paper section 6 reports every model with its multiply-adds and its mobile CPU latency; this is
 that table for TFLite on the machine at hand. Each model is converted with
 ``keras_mnv2.deploy.export.convert`` in modes float32, float16, dynamic and int8 (full-integer
-post-training quantization calibrated on a few random images: right for speed, not for
-accuracy), float32 input and outputs; ``keras.applications.MobileNetV2`` (weights=None) goes
+post-training quantization by the TFLite converter, calibrated on a few random images: right for
+speed, not for accuracy), int8_litert (the float32 file quantized by LiteRT Quantizer's static
+int8 recipe, ``export.litert_quantize``, on the same images) and, for keras_mnv2's models,
+qat_keras (``keras_qat.quantize_keras`` calibrated on the same images, untrained, exported in
+mode qat: the file a Keras 3 QAT run gives), float32 input and outputs; ``keras.applications.MobileNetV2`` (weights=None) goes
 through the very same converter path (``export.convert`` takes any single-output Keras
 classifier: its softmax output is exported as "probabilities", as ours), both with the same
 random weights (``keras_mnv2.copy_weights``), so that only the graphs differ, not the values
@@ -38,7 +41,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
 
-MODES = ("float32", "float16", "dynamic", "int8")
+MODES = ("float32", "float16", "dynamic", "int8", "int8_litert")
+QAT_MODE = "qat_keras"  # keras_mnv2 models only (keras_qat rewrites keras_mnv2's layer patterns)
+ALL_MODES = MODES + (QAT_MODE,)
+INT8_MODES = ("int8", "int8_litert", QAT_MODE)
 THREADS = (1, 2)
 INT8_TARGET = 0.6  # int8 latency / float32 latency at 1 thread
 OURS, THEIRS = "keras_mnv2", "keras.applications"
@@ -70,6 +76,7 @@ class LatencyRow:
     delegates: int  # XNNPACK partitions
     outside: dict  # op name -> count of the ops XNNPACK left to the built-in kernels
     ops: tuple  # the flatbuffer's op names in execution order (without delegates)
+    builtin_error: str = ""  # why the built-in kernels refuse the file ("": they run it)
 
     def ms(self, threads=1):
         return self.timings[threads].wall_ms
@@ -128,18 +135,17 @@ def latency_rows(group, candidates, threads=THREADS, repeats=50, rounds=5, calib
     """
     import keras_mnv2
     from benchmarks.timing import tflite_timings
-    from keras_mnv2.deploy import export, tflite
 
     names = [c.name for c in candidates]
     if len(set(names)) != len(names):
         raise ValueError(f"candidate names must be distinct, got {names}")
     for candidate in candidates:
-        unknown = set(candidate.modes) - set(MODES)
+        unknown = set(candidate.modes) - set(ALL_MODES)
         if unknown:
             raise ValueError(f"{candidate.name}: unknown modes {sorted(unknown)}; choose from "
-                             f"{MODES}")
+                             f"{ALL_MODES}")
     madds, contents, converted = {}, {}, {}
-    for mode in MODES:
+    for mode in ALL_MODES:
         for candidate in candidates:
             if mode not in candidate.modes:
                 continue
@@ -147,12 +153,11 @@ def latency_rows(group, candidates, threads=THREADS, repeats=50, rounds=5, calib
             if id(model) not in madds:
                 madds[id(model)] = keras_mnv2.profile(model).madds
             samples = None
-            if mode == "int8":
+            if mode in INT8_MODES:
                 shape = tuple(model.input_shape[1:])
                 samples = np.random.RandomState(0).uniform(-1, 1, (calibration, *shape))
             start = time.perf_counter()
-            content = export.convert(model, mode=mode, representative_data=samples,
-                                     output=candidate.output)
+            content = _convert(model, mode, samples, candidate.output)
             seconds = time.perf_counter() - start
             if log:
                 log(f"  converted {group} {candidate.name} {mode} in {seconds:.0f} s")
@@ -174,12 +179,50 @@ def latency_rows(group, candidates, threads=THREADS, repeats=50, rounds=5, calib
     for key, content in contents.items():
         candidate, seconds = converted[key]
         delegates, outside = xnnpack_partitions(content)
+        ops, builtin_error = _op_names(content)
         rows.append(LatencyRow(group=group, name=candidate.name, mode=key[1],
                                output=candidate.output, madds=madds[id(candidate.model)],
                                size_bytes=len(content), convert_s=seconds, timings=timings[key],
-                               delegates=delegates, outside=outside,
-                               ops=tuple(op for op, _ in tflite.op_details(content))))
+                               delegates=delegates, outside=outside, ops=ops,
+                               builtin_error=builtin_error))
     return rows
+
+
+def _convert(model, mode, samples, output):
+    from keras_mnv2.deploy import export
+
+    if mode == "int8_litert":
+        content = export.convert(model, mode="float32", output=output)
+        return export.litert_quantize(content, samples.astype("float32")[:, None],
+                                      input_name=_signature_input(content))
+    if mode == QAT_MODE:
+        from keras_mnv2.deploy import keras_qat
+
+        qat_model = keras_qat.quantize_keras(model, calibration_data=samples.astype("float32"),
+                                             log=None)
+        return export.convert(qat_model, mode="qat", output=output)
+    return export.convert(model, mode=mode, representative_data=samples, output=output)
+
+
+def _op_names(content):
+    """(op names in execution order, "" or why the built-in kernels refuse the file). LiteRT
+    Quantizer's file of an untrained model can hold scales that the built-in int8 kernels reject
+    (XNNPACK runs it): its op names then come from the delegated interpreter's original nodes."""
+    from keras_mnv2.deploy import tflite
+
+    try:
+        return tuple(op for op, _ in tflite.op_details(content)), ""
+    except RuntimeError as err:
+        ops = tflite.interpreter(content)._get_ops_details()
+        return (tuple(op["op_name"] for op in ops if op["op_name"] != "DELEGATE"),
+                str(err).strip().splitlines()[0])
+
+
+def _signature_input(content):
+    from keras_mnv2.deploy import tflite
+
+    (name,) = tflite.interpreter(content).get_signature_list()["serving_default"]["inputs"]
+    return name
 
 
 # ----------------------------------------------------------------------------------------------
@@ -200,13 +243,13 @@ def _ratio_text(ratio, limit):
     return f"{ratio:.2f}x {'holds' if ratio <= limit else 'FAILS'}"
 
 
-def int8_checks(rows, limit=INT8_TARGET):
-    """[(group, name, wall ratio, cpu ratio)]: int8 / float32 median latency at 1 thread, for
-    every model converted in both modes."""
+def int8_checks(rows, limit=INT8_TARGET, mode="int8"):
+    """[(group, name, wall ratio, cpu ratio)]: ``mode`` / float32 median latency at 1 thread,
+    for every model converted in both modes (the target is on the converter's int8)."""
     by_key = {(r.group, r.name, r.mode): r for r in rows}
     checks = []
     for r in rows:
-        if r.mode == "int8" and (r.group, r.name, "float32") in by_key:
+        if r.mode == mode and (r.group, r.name, "float32") in by_key:
             base = by_key[(r.group, r.name, "float32")]
             checks.append((r.group, r.name, r.ms(1) / base.ms(1), r.cpu_ms(1) / base.cpu_ms(1)))
     return checks
@@ -292,25 +335,30 @@ def target_lines(rows, limit=INT8_TARGET):
 
 def table_lines(rows, threads=THREADS):
     """The rows as a text table (one line per model and mode)."""
-    int8 = {(g, n): wall for g, n, wall, _ in int8_checks(rows)}
+    int8 = {(g, n, m): wall for m in INT8_MODES
+            for g, n, wall, _ in int8_checks(rows, mode=m)}
     times = "".join(f" {f'{n}T ms':>8} {f'{n}T cpu':>8}" for n in threads)
     rates = "".join(f" {f'G/s {n}T':>8}" for n in threads) + f" {'G/s cpu':>8}"
-    header = (f"{'model':<20} {'mode':<8} {'MAdds':>7} {'MB':>6} {'XNNPACK':>8}{times}{rates} "
+    header = (f"{'model':<20} {'mode':<11} {'MAdds':>7} {'MB':>6} {'XNNPACK':>8}{times}{rates} "
               f"{'int8/f32':>8}")
     lines = [header, "-" * len(header)]
     for r in rows:
         cells = "".join(f" {r.ms(n):>8.2f} {r.cpu_ms(n):>8.2f}" for n in threads)
         cells += "".join(f" {r.madds_per_s(n) / 1e9:>8.1f}" for n in threads)
         cells += f" {r.madds_per_s(threads[0], cpu=True) / 1e9:>8.1f}"
-        ratio = int8.get((r.group, r.name)) if r.mode == "int8" else None
+        ratio = int8.get((r.group, r.name, r.mode))
         xnn = f"{r.delegates}/{sum(r.outside.values())}"
-        lines.append(f"{r.name:<20} {r.mode:<8} {r.madds / 1e6:>6.0f}M "
+        lines.append(f"{r.name:<20} {r.mode:<11} {r.madds / 1e6:>6.0f}M "
                      f"{r.size_bytes / 1e6:>6.2f} {xnn:>8}{cells} "
                      f"{'' if ratio is None else f'{ratio:.2f}x':>8}")
     outside = [(r, ", ".join(f"{op} x{k}" for op, k in sorted(r.outside.items())))
                for r in rows if r.outside]
     for r, ops in outside:
         lines.append(f"  {r.name} {r.mode}: not delegated: {ops}")
+    for r in rows:
+        if r.builtin_error:
+            lines.append(f"  {r.name} {r.mode}: the built-in kernels refuse it (timed with "
+                         f"XNNPACK): {r.builtin_error}")
     return lines
 
 
@@ -326,19 +374,19 @@ def _groups(selected, deeplab_size):
             theirs = keras.applications.MobileNetV2(alpha=alpha, input_shape=shape, weights=None)
             ours = keras_mnv2.MobileNetV2(alpha=alpha, input_shape=shape)
             keras_mnv2.copy_weights(theirs, ours)  # the same values: only the graphs differ
-            return [Candidate(OURS, ours), Candidate(THEIRS, theirs)]
+            return [Candidate(OURS, ours, modes=ALL_MODES), Candidate(THEIRS, theirs)]
         return build
 
     def ssdlite():
         model = keras_mnv2.SSDLite(80, alpha=1.0, input_size=320)
-        return [Candidate(f"{OURS} raw", model, output="raw"),
+        return [Candidate(f"{OURS} raw", model, output="raw", modes=ALL_MODES),
                 Candidate(f"{OURS} +NMS", model, output="detections",
-                          modes=("float32", "int8"))]
+                          modes=("float32", "int8", "int8_litert", QAT_MODE))]
 
     def deeplab():
         model = keras_mnv2.DeepLabV3(21, alpha=1.0, input_shape=(deeplab_size, deeplab_size, 3),
                                      output_stride=16, aspp=False)
-        return [Candidate(OURS, model)]
+        return [Candidate(OURS, model, modes=ALL_MODES)]
 
     table = {
         "mobilenet": ("MobileNetV2 1.0/224", mobilenets(1.0, 224)),

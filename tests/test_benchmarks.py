@@ -52,6 +52,10 @@ def test_targets_are_computed_from_the_rows():
     slow = [_row(lb.OURS, "float32", 10.0), _row(lb.OURS, "int8", 7.0)]
     assert "wall 0.70x FAILS" in "\n".join(lb.target_lines(slow))
     assert not lb.pair_checks(slow)
+    # the LiteRT Quantizer and Keras QAT files get their ratio to float32 in the table
+    lines = lb.table_lines(slow + [_row(lb.OURS, "int8_litert", 6.0),
+                                   _row(lb.OURS, lb.QAT_MODE, 5.5)])
+    assert [line.split()[-1] for line in lines[-3:]] == ["0.70x", "0.60x", "0.55x"]
 
 
 def test_sign_test():
@@ -114,7 +118,8 @@ def test_latency_rows_on_tiny_models(tiny):
         assert r.delegates >= 1
         # int8 and dynamic store int8 weights, float16 half-width ones.
         ratio = r.size_bytes / by_key[(r.name, "float32")].size_bytes
-        assert ratio < {"float32": 1.01, "float16": 0.55, "dynamic": 0.35, "int8": 0.35}[r.mode]
+        assert ratio < {"float32": 1.01, "float16": 0.55, "dynamic": 0.35, "int8": 0.35,
+                         "int8_litert": 0.35}[r.mode]
     # The float32 model runs in one XNNPACK partition, nothing left outside.
     assert (by_key[(lb.OURS, "float32")].delegates, by_key[(lb.OURS, "float32")].outside) \
         == (1, {})

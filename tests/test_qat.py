@@ -172,6 +172,21 @@ def test_quantization_plan_annotates_or_lists_every_layer():
     assert correlation > 0.999  # same weights, fake-quantized with calibrated ranges
 
 
+def test_a_softmax_head_exports_one_softmax():
+    # TFMOT swaps the Dense's softmax for a QuantizeAwareActivation: the export must still see it
+    # and not append a second one
+    layers = tf_keras.layers
+    inputs = layers.Input((8, 8, 3), name="image")
+    x = layers.Conv2D(4, 3, name="conv")(inputs)
+    x = layers.GlobalAveragePooling2D(name="pool")(x)
+    model = tf_keras.Model(inputs, layers.Dense(3, activation="softmax", name="head")(x))
+    x = np.random.RandomState(0).uniform(-1, 1, (4, 8, 8, 3)).astype("float32")
+    qat_model = qat.quantize(model, calibration_data=x, log=None)
+    assert export._ends_in_softmax(qat_model)
+    ops = tflite.op_counts(export.convert(qat_model, mode="qat"))
+    assert ops["SOFTMAX"] == 1 and ops["FULLY_CONNECTED"] == 1
+
+
 def test_the_heads_of_ssdlite_and_deeplab_are_quantized():
     ssd = keras_mnv2.SSDLite(num_classes=3, alpha=0.35, input_size=96, framework="tf_keras")
     plan = qat.quantization_plan(ssd)

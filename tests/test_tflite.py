@@ -53,3 +53,26 @@ def test_size_breakdown_counts_weights_and_per_channel_parameters():
     # a float32 scale and an int64 zero point per channel, plus per-tensor activation params
     assert int8["quantization"] >= 12 * int8["channels"]
     assert int8["weights"] + int8["quantization"] + int8["other"] == int8["total"]
+
+
+def test_size_breakdown_reads_litert_quantizer_buffers():
+    import keras
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    from keras_mnv2.deploy import export
+
+    # LiteRT Quantizer stores buffers of 1 KB or more after the flatbuffer (offset + size) once
+    # they add up to 256 KB: one 3x3 conv 64 -> 512 is past both
+    inputs = keras.Input((4, 4, 64))
+    model = keras.Model(inputs, keras.layers.Conv2D(512, 3, padding="same")(inputs))
+    rng = np.random.RandomState(1)
+    model.set_weights([rng.uniform(-1, 1, w.shape) for w in model.get_weights()])
+    samples = rng.uniform(-1, 1, (2, 1, 4, 4, 64)).astype("float32")
+    content = export.litert_quantize(tflite.convert_float(model), samples,
+                                     input_name=model.inputs[0].name)
+    buffers = flatbuffer_utils.convert_bytearray_to_object(bytearray(content)).buffers
+    assert any(b.offset > 1 for b in buffers)  # the case under test
+    sizes = tflite.size_breakdown(content)
+    assert sizes["weights"] == 3 * 3 * 64 * 512 * 1 + 512 * 4  # int8 kernel, int32 bias
+    assert sizes["channels"] == 2 * 512  # kernel and bias, per channel
+    assert sizes["weights"] + sizes["quantization"] + sizes["other"] == sizes["total"]

@@ -155,11 +155,20 @@ def _output_layer(model):
     return getattr(layer, "layer", layer)  # a QAT wrapper's inner layer
 
 
+def _activation_name(activation):
+    """A layer config's activation as a name: TFMOT's wrapper replaces a Dense's activation by
+    a ``QuantizeAwareActivation``, whose config holds the original one."""
+    while isinstance(activation, dict):  # (a Keras 3 serialized function: config is its name)
+        config = activation.get("config")
+        activation = config.get("activation") if isinstance(config, dict) else config
+    return activation
+
+
 def _ends_in_softmax(model):
     layer = _output_layer(model)
     if type(layer).__name__ == "Softmax":
         return True
-    return layer.get_config().get("activation") == "softmax"
+    return _activation_name(layer.get_config().get("activation")) == "softmax"
 
 
 def _detector_outputs(outputs, model):

@@ -118,6 +118,18 @@ def float_ops(model_content):
             and any(d in ("float32", "float16") for d in dtypes)]
 
 
+def _buffer_size(model, index):
+    """Bytes of constant data in buffer ``index``: inline (``data``) or, as LiteRT Quantizer
+    writes them, after the flatbuffer (``offset`` > 1 into the file, ``size`` bytes; 0 and 1
+    mean no offset)."""
+    if index >= len(model.buffers):
+        return 0
+    buffer = model.buffers[index]
+    if buffer.data is not None and len(buffer.data):
+        return len(buffer.data)
+    return int(buffer.size) if buffer.offset > 1 else 0
+
+
 def size_breakdown(model_content):
     """Where the bytes of a .tflite file go: {"weights": constant tensor data, "quantization":
     the per-tensor and per-channel quantization parameters, "other": the rest (graph,
@@ -135,13 +147,13 @@ def size_breakdown(model_content):
         with open(model_content, "rb") as f:
             model_content = f.read()
     model = flatbuffer_utils.convert_bytearray_to_object(bytearray(model_content))
-    constant = set()
+    constant = {}  # buffer index -> bytes of data (a buffer shared by tensors counts once)
     quantization = channels = 0
     for subgraph in model.subgraphs:
         for tensor in subgraph.tensors:
-            buffer = model.buffers[tensor.buffer] if tensor.buffer < len(model.buffers) else None
-            if buffer is not None and buffer.data is not None and len(buffer.data):
-                constant.add(tensor.buffer)
+            size = _buffer_size(model, tensor.buffer)
+            if size:
+                constant[tensor.buffer] = size
             q = tensor.quantization
             if q is None:
                 continue
@@ -149,8 +161,7 @@ def size_breakdown(model_content):
                 quantization += 0 if values is None else len(values) * width
             if q.scale is not None and len(q.scale) > 1:
                 channels += len(q.scale)
-    weights = sum(len(model.buffers[b].data) for b in constant)
-    # Buffers may also live past the 2 GB flatbuffer limit as offsets; not produced here.
+    weights = sum(constant.values())
     total = len(model_content)
     return {"weights": weights, "quantization": quantization,
             "other": total - weights - quantization, "total": total, "channels": channels}
