@@ -24,6 +24,7 @@ import functools
 import importlib
 import inspect
 import numbers
+import os
 
 import keras
 import numpy as np
@@ -173,6 +174,18 @@ class BuiltModel(keras.Model):
         builder = resolve_builder(config["builder"])
         arguments = _plain(config.get("arguments") or {})
         return builder(**arguments)
+
+
+def load_keras_model(path):
+    """A Keras 3 model from a .keras file (as the training driver writes), without compiling."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"model file not found: {path}")
+    if not path.endswith(".keras"):
+        raise ValueError(f"expected a .keras model file, got {os.path.basename(path)}")
+    import keras_mnv2.detection.losses  # noqa: F401  (registers the SSD losses a compiled model names)
+
+    return keras.saving.load_model(path, compile=False)
 
 
 def read_record(path):

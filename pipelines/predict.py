@@ -182,7 +182,7 @@ class KerasRunner:
         outputs = self.model(x, training=False)
         h, w = pixels.shape[:2]
         if self.kind == "classifier":
-            from keras_mnv2.deploy.export import _ends_in_softmax
+            from keras_mnv2.deploy.outputs import _ends_in_softmax
 
             scores = np.asarray(outputs)[0]
             if not _ends_in_softmax(self.model):

@@ -48,6 +48,10 @@ import warnings
 
 import numpy as np
 
+from keras_mnv2.deploy.calibration import calibration_images
+from keras_mnv2.deploy.outputs import (  # noqa: F401  (export.model_kind stays public)
+    _detector_outputs, _ends_in_softmax, _strip, model_kind)
+
 MODES = ("float32", "float16", "dynamic", "int8", "qat")
 # Who quantizes mode int8: the TFLite converter's post-training quantization, or LiteRT Quantizer
 # (ai-edge-quantizer: a float32 file, then its static int8 recipe, calibrated on the same images).
@@ -121,62 +125,6 @@ class ExportReport:
                 f"{self.size_bytes / 1e6:.2f} MB, {sum(self.ops.values())} ops"
                 + (f"; float ops: {', '.join(floats)}" if self.mode in ("int8", "qat") and floats
                    else ""))
-
-
-# ----------------------------------------------------------------------------------------------
-# What the model is and what it exports
-
-
-def model_kind(model):
-    """"detector" (SSDLite's {"boxes", "classes"} outputs), "segmenter" (one 4-D output),
-    "classifier" (one 2-D output) or "other"."""
-    names = getattr(model, "output_names", None) or []
-    outputs = model.outputs
-    if len(outputs) == 2 and {_strip(n) for n in names} == {"boxes", "classes"}:
-        return "detector"
-    if len(outputs) == 1:
-        rank = len(outputs[0].shape)
-        if rank == 4:
-            return "segmenter"
-        if rank == 2:
-            return "classifier"
-    return "other"
-
-
-def _strip(name):
-    """An output's name without the QAT wrappers' marks (TFMOT's ``quant_<name>``, the Keras 3
-    QAT output quantizer's ``<name>_quant``)."""
-    name = name[len("quant_"):] if name.startswith("quant_") else name
-    return name[:-len("_quant")] if name.endswith("_quant") else name
-
-
-def _output_layer(model):
-    layer = model.layers[-1]
-    return getattr(layer, "layer", layer)  # a QAT wrapper's inner layer
-
-
-def _activation_name(activation):
-    """A layer config's activation as a name: TFMOT's wrapper replaces a Dense's activation by
-    a ``QuantizeAwareActivation``, whose config holds the original one."""
-    while isinstance(activation, dict):  # (a Keras 3 serialized function: config is its name)
-        config = activation.get("config")
-        activation = config.get("activation") if isinstance(config, dict) else config
-    return activation
-
-
-def _ends_in_softmax(model):
-    layer = _output_layer(model)
-    if type(layer).__name__ == "Softmax":
-        return True
-    return _activation_name(layer.get_config().get("activation")) == "softmax"
-
-
-def _detector_outputs(outputs, model):
-    if isinstance(outputs, dict):
-        return outputs["boxes"] if "boxes" in outputs else outputs["quant_boxes"], \
-            outputs["classes"] if "classes" in outputs else outputs["quant_classes"]
-    names = [_strip(n) for n in model.output_names]
-    return outputs[names.index("boxes")], outputs[names.index("classes")]
 
 
 def _postprocess_function(num_classes, nms):
@@ -276,58 +224,6 @@ def serving_function(model, output="auto", anchors=None, nms=NMS()):
         return {output: outputs}
 
     return serve, kind, output
-
-
-# ----------------------------------------------------------------------------------------------
-# Calibration data
-
-
-def _examples(element):
-    """Single images [1, H, W, C] from one dataset element (image, (image, target), dict)."""
-    if isinstance(element, dict):
-        if "image" not in element:
-            raise ValueError("representative_data yields dicts without an 'image' key: "
-                             f"keys {sorted(element)}")
-        element = element["image"]
-    elif isinstance(element, (tuple, list)):
-        if not len(element):
-            raise ValueError("representative_data yields an empty tuple")
-        element = element[0]
-    x = np.asarray(element, dtype=np.float32)
-    if x.ndim == 3:
-        x = x[None]
-    if x.ndim != 4:
-        raise ValueError(f"representative_data yields arrays of shape {x.shape}: expected an "
-                         "image [H, W, C] or a batch [B, H, W, C]")
-    return [x[i:i + 1] for i in range(x.shape[0])]
-
-
-def calibration_images(data, input_shape, limit=100):
-    """Up to ``limit`` images [1, H, W, C] float32 from ``data``: an array (or tensor) of
-    images, a tf.data.Dataset (of images, (image, target) pairs or dicts with "image", batched or
-    not) or a callable returning an iterable of those (the converter's convention)."""
-    import tensorflow as tf
-
-    if data is None:
-        raise ValueError("representative_data is None")
-    if callable(data) and not isinstance(data, tf.data.Dataset):
-        data = data()
-    if isinstance(data, (np.ndarray, tf.Tensor)):
-        data = [np.asarray(data, dtype=np.float32)] if np.ndim(data) == 4 else [data]
-    images = []
-    for element in data:
-        for x in _examples(element):
-            if tuple(x.shape[1:]) != tuple(input_shape):
-                raise ValueError(f"representative_data image shape {tuple(x.shape[1:])} != model "
-                                 f"input shape {tuple(input_shape)}")
-            if not np.all(np.isfinite(x)):
-                raise ValueError("representative_data holds NaN or infinite values")
-            images.append(x)
-            if len(images) >= limit:
-                return images
-    if not images:
-        raise ValueError("representative_data is empty")
-    return images
 
 
 # ----------------------------------------------------------------------------------------------

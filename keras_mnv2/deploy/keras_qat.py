@@ -323,7 +323,7 @@ def quantize_keras(model, calibration_data=None, num_calibration_images=100, log
         model: a Keras 3 functional model (a keras_mnv2 builder's, trained or loaded from a
             .keras file), or the path of a .keras file.
         calibration_data: images (array, tf.data.Dataset or generator function, as
-            ``keras_mnv2.deploy.export.calibration_images`` takes) to start the activation
+            ``keras_mnv2.deploy.calibration.calibration_images`` takes) to start the activation
             ranges from (``calibrate``); without it they start at TFMOT's [-6, 6] ([0, 6] after
             a ReLU6) and need about a thousand training steps (decay 0.999) to settle.
         log: called with one line: how many layers were quantized and which stay float.
@@ -333,7 +333,7 @@ def quantize_keras(model, calibration_data=None, num_calibration_images=100, log
     ``anchors`` carry over. Raises ValueError for a model that is not functional, not Keras 3,
     or already quantized.
     """
-    from keras_mnv2.deploy.qat import load_keras_model
+    from keras_mnv2.record import load_keras_model
     from keras_mnv2.frameworks import framework_of
     from keras_mnv2.profiler import _node_inputs, _node_layer, _node_outputs, _nodes_in_order
     from keras_mnv2.split import _replay
@@ -523,7 +523,7 @@ def calibrate(qat_model, data, limit=100, batch_size=16):
                              f"shape {tuple(qat_model.input_shape[1:])}")
         images = data[:limit].astype("float32")
     else:
-        from keras_mnv2.deploy.export import calibration_images
+        from keras_mnv2.deploy.calibration import calibration_images
 
         images = np.concatenate(calibration_images(data, qat_model.input_shape[1:], limit))
     quantizers = activation_quantizers(qat_model)

@@ -433,7 +433,7 @@ def describe(kind, output, input_shape, num_classes, input_dtype="float32", labe
     """The metadata of one export: (ModelMetadata description, {file name: bytes}).
 
     Args:
-        kind: "classifier", "detector" or "segmenter" (``keras_mnv2.deploy.export.model_kind``).
+        kind: "classifier", "detector" or "segmenter" (``keras_mnv2.deploy.outputs.model_kind``).
         output: the export's output ("probabilities", "logits", "detections", "tasks", ...).
         input_shape: (H, W, C) of the model input.
         num_classes: the number of class columns of the model's output (the detector's
@@ -699,7 +699,7 @@ def check(model, kind, output, io_dtype, metadata, labels=None):
 
 def _detector_classes(model):
     """The class-logits output of an SSDLite (Keras 3, tf_keras or its QAT form)."""
-    from keras_mnv2.deploy.export import _detector_outputs, _strip
+    from keras_mnv2.deploy.outputs import _detector_outputs, _strip
 
     return _detector_outputs({_strip(n): t for n, t in zip(model.output_names, model.outputs)},
                              model)[1]

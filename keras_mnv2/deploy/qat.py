@@ -23,6 +23,7 @@ import os
 import numpy as np
 
 from keras_mnv2.frameworks import framework_of, get_keras
+from keras_mnv2.record import load_keras_model
 
 # Layers the default 8-bit registry does not know but that TFLite runs in int8: annotated so their
 # output gets a fake-quant (and the TFLite op reads and writes int8).
@@ -65,20 +66,6 @@ def _get(model, name):
 
 # ----------------------------------------------------------------------------------------------
 # The twin
-
-
-def load_keras_model(path):
-    """A Keras 3 model from a .keras file (as the training driver writes), without compiling."""
-    import keras
-
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"model file not found: {path}")
-    if not path.endswith(".keras"):
-        raise ValueError(f"expected a .keras model file, got {os.path.basename(path)}")
-    import keras_mnv2.detection.losses  # noqa: F401  (registers the SSD losses a compiled model names)
-
-    return keras.saving.load_model(path, compile=False)
 
 
 def tf_keras_twin(model, builder=None, check=True, **kwargs):
@@ -344,7 +331,7 @@ def calibrate_ranges(qat_model, float_model, data, limit=100, batch_size=16):
     0) of the matching layer's output in ``float_model`` (the twin or the Keras 3 model) over
     up to ``limit`` images of ``data``. Returns the number of activation ranges set.
     """
-    from keras_mnv2.deploy.export import calibration_images
+    from keras_mnv2.deploy.calibration import calibration_images
 
     images = np.concatenate(calibration_images(data, float_model.input_shape[1:], limit))
     norms = [layer.layer for layer in qat_model.layers
