@@ -148,6 +148,7 @@ def test_coco_qat_fine_tunes_and_exports(tmp_path):
     result = deploy.evaluate_tflite("coco", report.path, run_dir, keras_metrics=False)
     assert result["keras"] is None and result["tflite"]["images"] == 8
     assert 0.0 <= result["tflite"]["AP50"] <= 1.0
+    print("MEASURE qat AP50", result["tflite"]["AP50"])
 
 
 def test_expansion_splits_flag():

@@ -204,6 +204,7 @@ def test_voc_job_end_to_end(tmp_path):
                           "train_images", "val_images", "skipped", "seconds"}
     assert list(saved["per_class_iou"]) == ["background", "circle", "square", "triangle"]
     assert 0.0 <= saved["mean_iou"] <= 1.0
+    print("MEASURE seg mIoU", saved["mean_iou"], saved["per_class_iou"])
     assert saved["train_images"] == 16 and saved["val_images"] == 4
     assert saved["skipped"] == {"train": 0, "val": 0, "files": {}}
     assert saved["eval_scales"] == [0.75, 1.0] and saved["eval_flip"] is True
