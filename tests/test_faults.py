@@ -447,6 +447,13 @@ def test_tflite_checked_against_the_run_before_evaluating(tmp_path):
     message = str(info.value)
     assert "its input is 32x32x3 but the run's images are 48x48x3" in message
     assert "has 3 classes but the run has 5" in message and "keras-mnv2 export" in message
+    inputs = keras.Input((32, 32, 3), dtype="int32")  # an input type no export writes
+    pooled = keras.layers.GlobalAveragePooling2D()(keras.ops.cast(inputs, "float32"))
+    other = tmp_path / "int32.tflite"
+    other.write_bytes(tflite.convert_float(keras.Model(inputs, keras.layers.Dense(3)(pooled))))
+    with pytest.raises(ValueError, match="its input type is int32 .expected float32, int8 or "
+                                         "uint8."):
+        deploy.check_tflite(str(other), images, 3, "*")
     garbage = tmp_path / "garbage.tflite"
     garbage.write_bytes(b"\0" * 64)
     with pytest.raises(ValueError, match="garbage.tflite cannot be read as a TFLite model"):
