@@ -45,7 +45,6 @@ def test_coco_job_end_to_end(tmp_path):
     saved = json.loads((run_dir / "metrics.json").read_text())
     assert set(saved) >= {"AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large"}
     assert 0.0 <= saved["AP50"] <= 1.0
-    print("MEASURE detection AP50", saved["AP50"], saved["AP"])
     assert saved["train_images"] == 48 and saved["val_images"] == 12
     assert saved["skipped_images"] == {"train": 0, "val": 0}
     assert metrics["recipe"]["input_size"] == 96
