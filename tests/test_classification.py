@@ -279,7 +279,6 @@ def test_run_killed_and_restarted_continues(tmp_path):
     assert history["epoch"] == [0.0, 1.0, 2.0]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["val_images"] == 6 and 0 <= metrics["top1"] <= metrics["top5"] <= 1
-    print("MEASURE cls", metrics["top1"], metrics["top5"])
     assert metrics["skipped_images"]["val"] == 0 and metrics["num_classes"] == 3
     for name in ("curves.png", "model.keras", "last.keras", "history.csv"):
         assert (run_dir / name).exists(), name
