@@ -59,52 +59,69 @@ if job == "imagenet":  # the kill test's run (test_classification.py), top-1 bef
                            recipe=recipe, verbose=0, callbacks=[Untrained()])
     print(f"MEASURE imagenet trained top1 {m['top1']:.4f} t={time.time() - t0:.0f}s")
     sys.exit(0)
-elif job == "voc":
+elif job == "voc":  # test_voc_job_end_to_end's run
+    from pipelines.data import voc
     from pipelines.jobs import segmentation
     from pipelines.synthetic import voc as synthetic_voc
-    from pipelines.data import voc
-    ntrain = int(extra.get("ntrain", 16))
-    root = synthetic_voc.generate(os.path.join(tmp, "voc"), num_train=ntrain, num_val=4, image_size=64, num_classes=3)
+
+    root = synthetic_voc.generate(os.path.join(tmp, "voc"), num_train=int(extra.get("ntrain", 16)),
+                                  num_val=4, image_size=64, num_classes=3)
     recipe = dataclasses.replace(segmentation.EMBEDDED, alpha=0.35, crop_size=64, eval_size=64,
                                  output_stride=16, batch_size=8, epochs=epochs,
                                  eval_scales="0.75,1.0", eval_flip=True,
                                  learning_rate=float(extra.get("lr", 2e-3)))
     val = voc.load_voc(root, "val", class_names=synthetic_voc.class_names(3))
+
     def metric(model):
-        r = segmentation.evaluate(model, segmentation.eval_dataset(val, 64, 8), 4)
-        return r["mean_iou"]
-    run = lambda: segmentation.run(voc_dir=str(root), run_dir=os.path.join(tmp, "run"), recipe=recipe, verbose=0)
+        return segmentation.evaluate(model, segmentation.eval_dataset(val, 64, 8), 4)["mean_iou"]
+
+    def run():
+        return segmentation.run(voc_dir=str(root), run_dir=os.path.join(tmp, "run"),
+                                recipe=recipe, verbose=0)
+
     key = "mean_iou"
-else:
+else:  # "coco": test_coco_job_end_to_end's run
+    from pipelines.data import coco, coco_eval
     from pipelines.jobs import detection
     from pipelines.synthetic import coco as synthetic_coco
-    from pipelines.data import coco, coco_eval
-    ntrain = int(extra.get("ntrain", 48))
+
     root = os.path.join(tmp, "coco")
-    synthetic_coco.generate(root, num_train=ntrain, num_val=12, image_size=128, num_classes=3)
+    synthetic_coco.generate(root, num_train=int(extra.get("ntrain", 48)), num_val=12,
+                            image_size=128, num_classes=3)
     recipe = dataclasses.replace(detection.EMBEDDED, input_size=96, batch_size=16, epochs=epochs,
                                  augment=extra.get("augment", "ssd"), cache=False,
                                  learning_rate=float(extra.get("lr", 3e-3)))
     val = coco.load_coco(root, "val")
-    src = coco.coco_dataset(val)
+    source = coco.coco_dataset(val)
+
     def metric(model):
-        d = detection.predict_detections(model, detection.eval_dataset(src, recipe), model.anchors, recipe)
-        s = coco_eval.coco_evaluate(val.coco, d, val.label_to_category, results_path=os.path.join(tmp, "r.json"))
-        return s["AP50"]
-    run = lambda: detection.run(coco_dir=root, run_dir=os.path.join(tmp, "run"), recipe=recipe, verbose=0)
+        found = detection.predict_detections(model, detection.eval_dataset(source, recipe),
+                                             model.anchors, recipe)
+        return coco_eval.coco_evaluate(val.coco, found, val.label_to_category,
+                                       results_path=os.path.join(tmp, "r.json"))["AP50"]
+
+    def run():
+        return detection.run(coco_dir=root, run_dir=os.path.join(tmp, "run"), recipe=recipe,
+                             verbose=0)
+
     key = "AP50"
+
 
 class Eval(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
-        print(f"MEASURE {job} epoch 0 (untrained) metric {metric(self.model):.4f} t={time.time()-t0:.0f}s", flush=True)
-    def on_epoch_end(self, epoch, logs=None):
-        print(f"MEASURE {job} epoch {epoch+1} metric {metric(self.model):.4f} loss {logs.get('loss'):.3f} t={time.time()-t0:.0f}s", flush=True)
+        print(f"MEASURE {job} epoch 0 (untrained) metric {metric(self.model):.4f} "
+              f"t={time.time() - t0:.0f}s", flush=True)
 
-def fit(*a, **k):
-    if os.environ.get("NOEVAL"):
-        return orig_fit(*a, **k)
-    k["extra_callbacks"] = [Eval()]
-    return orig_fit(*a, **k)
+    def on_epoch_end(self, epoch, logs=None):
+        print(f"MEASURE {job} epoch {epoch + 1} metric {metric(self.model):.4f} loss "
+              f"{logs.get('loss'):.3f} t={time.time() - t0:.0f}s", flush=True)
+
+
+def fit(*args, **kwargs):
+    kwargs["extra_callbacks"] = [Eval()]
+    return orig_fit(*args, **kwargs)
+
+
 driver.fit = fit
 m = run()
-print(f"MEASURE {job} final job metric {m[key]:.4f} total t={time.time()-t0:.0f}s", flush=True)
+print(f"MEASURE {job} final job metric {m[key]:.4f} total t={time.time() - t0:.0f}s", flush=True)

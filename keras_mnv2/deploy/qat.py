@@ -600,7 +600,8 @@ def _callback_classes():
                     row[key] = repr(float(value))
                 except (TypeError, ValueError):
                     row[key] = str(value)
-            _write_history(self.path, header, rows + [row], lambda: _kill_point("qat-history", epoch))
+            _write_history(self.path, header, rows + [row],
+                           lambda: _kill_point("qat-history", epoch))
 
 
     class _QatWeights(tf_keras.callbacks.Callback):
@@ -633,7 +634,8 @@ def _callback_classes():
         def _broken(self, path, err):
             reason = str(err).splitlines()[0] if str(err) else type(err).__name__
             return RuntimeError(
-                f"the QAT resume state {path} cannot be read ({reason}): to start the QAT run over, "
+                f"the QAT resume state {path} cannot be read ({reason}): to start the QAT run "
+                "over, "
                 f"rm -r {self.backup_dir} {os.path.join(self.run_dir, 'history.csv')} and run the "
                 "same command again")
 
