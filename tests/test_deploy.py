@@ -114,7 +114,9 @@ def test_voc_export_evaluates_like_keras_and_tabulates(voc_run):
     keras_iou, tflite_iou = result["keras"]["mean_iou"], result["tflite"]["mean_iou"]
     print(f"VOC mean IoU: Keras {keras_iou:.4f}, TFLite float32 {tflite_iou:.4f}")
     assert result["tflite"]["images"] == result["keras"]["images"] == 6
-    # an all-background model gets at most 0.25 (4 classes)
+    # An all-background model gets at most 0.25 (4 classes); the untrained one 0.22 on the VOC
+    # job test's val images. This run printed Keras 0.3181, TFLite float32 0.3181, PTQ int8
+    # 0.3248 (`pytest -s` of this test; the old 1-epoch fixture trained 3 steps).
     assert 0.27 < keras_iou < 1.0, f"Keras mean IoU {keras_iou:.4f}"
     assert tflite_iou == pytest.approx(keras_iou, abs=0.005)
     assert result["tflite"]["pixel_accuracy"] == pytest.approx(
