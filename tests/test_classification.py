@@ -278,6 +278,10 @@ def test_run_killed_and_restarted_continues(tmp_path):
     history = driver.read_history(str(run_dir))
     assert history["epoch"] == [0.0, 1.0, 2.0]
     metrics = json.loads((run_dir / "metrics.json").read_text())
+    # No top-1 floor yet (issue 14 asks for one): `python tests/measure_floors.py imagenet 3`
+    # printed top-1 0.333 untrained and 0.333 after this run; with Adam 0.01, BN momentum 0.5
+    # and EMA 0.5 still 0.333, without EMA and label smoothing 0.000. (Probably the solid-colour
+    # images: no variance within an image, odd for batch norm; textured ones are the next try.)
     assert metrics["val_images"] == 6 and 0 <= metrics["top1"] <= metrics["top5"] <= 1
     assert metrics["skipped_images"]["val"] == 0 and metrics["num_classes"] == 3
     for name in ("curves.png", "model.keras", "last.keras", "history.csv"):

@@ -91,12 +91,13 @@ def test_cli_parses_the_deploy_commands():
 
 @pytest.fixture(scope="module")
 def voc_run(tmp_path_factory):
-    """A tiny VOC run: DeepLabV3 0.35 at 64 px, one epoch on 24 synthetic images."""
+    """A tiny VOC run: DeepLabV3 0.35 at 64 px, trained as test_voc_job_end_to_end (16 epochs of
+    6 steps at 6e-3, enough to segment some foreground, see the figures there)."""
     tmp = tmp_path_factory.mktemp("deploy_voc")
-    root = synthetic_voc.generate(tmp / "voc", num_train=24, num_val=6, image_size=64,
+    root = synthetic_voc.generate(tmp / "voc", num_train=48, num_val=6, image_size=64,
                                   num_classes=3)
     recipe = dataclasses.replace(segmentation.EMBEDDED, crop_size=64, eval_size=64,
-                                 output_stride=16, batch_size=8, epochs=1)
+                                 output_stride=16, batch_size=8, epochs=16, learning_rate=6e-3)
     run_dir = tmp / "run"
     segmentation.run(voc_dir=str(root), run_dir=str(run_dir), recipe=recipe, verbose=0)
     return str(run_dir)
@@ -113,7 +114,10 @@ def test_voc_export_evaluates_like_keras_and_tabulates(voc_run):
     keras_iou, tflite_iou = result["keras"]["mean_iou"], result["tflite"]["mean_iou"]
     print(f"VOC mean IoU: Keras {keras_iou:.4f}, TFLite float32 {tflite_iou:.4f}")
     assert result["tflite"]["images"] == result["keras"]["images"] == 6
-    assert 0.01 < keras_iou < 1.0
+    # An all-background model gets at most 0.25 (4 classes); the untrained one 0.22 on the VOC
+    # job test's val images. This run printed Keras 0.3181, TFLite float32 0.3181, PTQ int8
+    # 0.3248 (`pytest -s` of this test; the old 1-epoch fixture trained 3 steps).
+    assert 0.27 < keras_iou < 1.0, f"Keras mean IoU {keras_iou:.4f}"
     assert tflite_iou == pytest.approx(keras_iou, abs=0.005)
     assert result["tflite"]["pixel_accuracy"] == pytest.approx(
         result["keras"]["pixel_accuracy"], abs=0.005)
@@ -123,7 +127,9 @@ def test_voc_export_evaluates_like_keras_and_tabulates(voc_run):
     rows = deploy.compare("voc", voc_run)
     assert [r["model"] for r in rows] == ["Keras float32", "TFLite float32", "TFLite PTQ int8"]
     assert rows[1]["mean_iou"] == pytest.approx(tflite_iou, abs=1e-6)
-    assert abs(rows[2]["mean_iou"] - keras_iou) < 0.2
+    int8_iou = rows[2]["mean_iou"]
+    print(f"VOC mean IoU: TFLite PTQ int8 {int8_iou:.4f}")
+    assert abs(int8_iou - keras_iou) < 0.2 and int8_iou > 0.26, f"int8 mean IoU {int8_iou:.4f}"
     table = open(os.path.join(voc_run, "deploy.md")).read()
     assert f"| TFLite float32 | {100 * tflite_iou:.1f} |" in table
     assert os.path.getsize(os.path.join(voc_run, "deploy.png")) > 1000

@@ -44,6 +44,10 @@ def test_coco_job_end_to_end(tmp_path):
         assert (run_dir / name).exists(), name
     saved = json.loads((run_dir / "metrics.json").read_text())
     assert set(saved) >= {"AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large"}
+    # No AP50 floor yet (issue 14 asks for one): this run learns nothing measurable. Measured by
+    # `python tests/measure_floors.py coco 10 ntrain=96 augment=flip` (2 loaded cores): AP50
+    # 0.000 untrained, 0.001 after 60 steps; `... coco 15 ntrain=192 augment=flip`: 0.005 after
+    # 180 steps (the embedded recipe's 744 steps at 160 px reach 0.882, README).
     assert 0.0 <= saved["AP50"] <= 1.0
     assert saved["train_images"] == 48 and saved["val_images"] == 12
     assert saved["skipped_images"] == {"train": 0, "val": 0}

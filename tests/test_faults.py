@@ -132,6 +132,93 @@ def test_history_is_cut_back_to_the_resume_state(tmp_path):
     assert _history_epochs(str(run_dir)) == [0, 1]
 
 
+class _Killed(Exception):
+    pass
+
+
+@pytest.mark.slow
+def test_qat_fit_killed_mid_write_keeps_whole_files_and_resumes(tmp_path, monkeypatch):
+    """QAT (the TFMOT tf_keras path): a kill with a file's new content written but not renamed
+    leaves the old file whole, and the rerun resumes from the last committed epoch with no
+    history row lost or repeated. (The old tf_keras CSVLogger / ModelCheckpoint /
+    BackupAndRestore wrote in place and had no order: a kill between them lost or repeated
+    rows.)"""
+    import tensorflow as tf
+    import tf_keras
+
+    from keras_mnv2.deploy import qat
+
+    layers = tf_keras.layers
+    inputs = layers.Input((8, 8, 3))
+    x = layers.Conv2D(4, 3, use_bias=False, name="conv")(inputs)
+    x = layers.BatchNormalization(name="bn")(x)
+    x = layers.ReLU(6.0, name="relu")(x)
+    x = layers.GlobalAveragePooling2D(name="pool")(x)
+    model = qat.quantize(tf_keras.Model(inputs, layers.Dense(2, name="head")(x)), log=None)
+    initial = model.get_weights()
+
+    def quantized():  # the model as a restarted process builds it (a new optimizer too)
+        model.set_weights(initial)
+        model.compile(tf_keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy",
+                      run_eagerly=True)  # one step an epoch: quicker than tracing it
+        return model
+
+    rng = np.random.RandomState(0)
+    data = tf.data.Dataset.from_tensor_slices(
+        (rng.uniform(-1, 1, (4, 8, 8, 3)).astype("float32"), np.array([0, 1, 0, 1]))).batch(4)
+    run_dir = str(tmp_path / "qat")
+
+    def fit(model, epochs, kill_at=None):
+        def kill(point, epoch):
+            if f"{point}@{epoch}" == kill_at:
+                raise _Killed(kill_at)
+
+        monkeypatch.setattr(qat, "_kill_point", kill)
+        return qat.qat_fit(model, data.repeat(), epochs, run_dir=run_dir, steps_per_epoch=1,
+                           verbose=0)
+
+    state = os.path.join(run_dir, "backup", "state.json")
+    with pytest.raises(_Killed):  # epoch 2's history row written under the temporary name only
+        fit(quantized(), 3, "qat-history@1")
+    assert _history_epochs(run_dir) == [0]
+    assert os.path.exists(os.path.join(run_dir, ".history.tmp.csv"))
+    assert json.load(open(state))["epoch"] == 1
+    # the state restores the model and optimizer of epoch 1, as last.weights.h5 holds them
+    restored = quantized()
+    assert qat._callback_classes()[2](run_dir).restore(restored) == 1  # every value consumed
+    after_restore = restored.get_weights()
+    restored.load_weights(os.path.join(run_dir, "last.weights.h5"))
+    for got, want in zip(after_restore, restored.get_weights()):
+        np.testing.assert_array_equal(got, want)
+    assert int(restored.optimizer.iterations) == 1
+
+    with pytest.raises(_Killed):  # resumed at epoch 2; killed with last.weights.h5 not renamed
+        fit(quantized(), 3, "qat-weights@2")
+    assert _history_epochs(run_dir) == [0, 1, 2]
+    assert os.path.exists(os.path.join(run_dir, ".last.tmp.weights.h5"))
+    assert json.load(open(state))["epoch"] == 2
+    with pytest.raises(_Killed):  # history and weights of epoch 3 in place, the state not
+        fit(quantized(), 3, "qat-state@2")
+    assert json.load(open(state))["epoch"] == 2
+    model = quantized()
+    history = fit(model, 3)  # epoch 3 again, its history row replaced, not repeated
+    assert history.epoch == [2]
+    assert _history_epochs(run_dir) == [0, 1, 2]
+    assert json.load(open(state))["epoch"] == 3 and int(model.optimizer.iterations) == 3
+    assert sorted(os.listdir(os.path.join(run_dir, "backup"))) == [
+        "epoch-3.data-00000-of-00001", "epoch-3.index", "state.json"]
+    trained = model.get_weights()
+    model.load_weights(os.path.join(run_dir, "last.weights.h5"))
+    for got, want in zip(trained, model.get_weights()):
+        np.testing.assert_array_equal(got, want)
+    assert fit(quantized(), 3).epoch == []  # a finished run is not trained again
+    with open(state, "w") as f:  # a state cut short: one line saying how to start over
+        f.write('{"epoch": 3, "chec')
+    with pytest.raises(RuntimeError, match=r"QAT resume state .*state\.json cannot be read .*"
+                                           r"rm -r .*backup .*history\.csv"):
+        fit(quantized(), 3)
+
+
 def test_zero_trained_steps_stop_and_record_nothing(tmp_path):
     import tensorflow as tf
 
@@ -360,6 +447,13 @@ def test_tflite_checked_against_the_run_before_evaluating(tmp_path):
     message = str(info.value)
     assert "its input is 32x32x3 but the run's images are 48x48x3" in message
     assert "has 3 classes but the run has 5" in message and "keras-mnv2 export" in message
+    inputs = keras.Input((32, 32, 3), dtype="int32")  # an input type no export writes
+    pooled = keras.layers.GlobalAveragePooling2D()(keras.ops.cast(inputs, "float32"))
+    other = tmp_path / "int32.tflite"
+    other.write_bytes(tflite.convert_float(keras.Model(inputs, keras.layers.Dense(3)(pooled))))
+    with pytest.raises(ValueError, match="its input type is int32 .expected float32, int8 or "
+                                         "uint8."):
+        deploy.check_tflite(str(other), images, 3, "*")
     garbage = tmp_path / "garbage.tflite"
     garbage.write_bytes(b"\0" * 64)
     with pytest.raises(ValueError, match="garbage.tflite cannot be read as a TFLite model"):

@@ -18,6 +18,7 @@ reloaded model needs no side file; pass ``builder=`` and its keyword arguments t
 ``tf_keras_twin`` for a model without one.
 """
 
+import functools
 import os
 
 import numpy as np
@@ -454,8 +455,9 @@ def qat_fit(qat_model, train_data, epochs, loss=None, learning_rate=1e-4, optimi
             None keeps the model's compiled loss (the model must then be compiled).
         optimizer: "adam", "sgd" (momentum 0.9), "rmsprop" or a tf_keras optimizer.
         run_dir: where the QAT run writes ``backup/`` (a killed run restarted with the same call
-            resumes from the last finished epoch), ``history.csv`` and ``last.weights.h5``;
-            None writes nothing.
+            resumes from the last finished epoch), ``history.csv`` and ``last.weights.h5``,
+            each through a temporary file and a rename (a kill leaves the old or the new
+            content); None writes nothing.
     Returns the tf_keras History.
     """
     import tf_keras
@@ -478,18 +480,216 @@ def qat_fit(qat_model, train_data, epochs, loss=None, learning_rate=1e-4, optimi
     elif qat_model.optimizer is None:
         raise ValueError("pass loss= (the model is not compiled)")
     cbs = [tf_keras.callbacks.TerminateOnNaN()]
+    initial_epoch = 0
     if run_dir is not None:
         os.makedirs(run_dir, exist_ok=True)
-        cbs += [
-            tf_keras.callbacks.BackupAndRestore(os.path.join(run_dir, "backup"),
-                                                delete_checkpoint=False),
-            tf_keras.callbacks.CSVLogger(os.path.join(run_dir, "history.csv"), append=True),
-            tf_keras.callbacks.ModelCheckpoint(os.path.join(run_dir, "last.weights.h5"),
-                                               save_weights_only=True),
-        ]
-    return qat_model.fit(train_data, epochs=epochs, steps_per_epoch=steps_per_epoch,
-                         validation_data=validation_data, verbose=verbose,
-                         callbacks=cbs + list(callbacks))
+        history_cb, weights_cb, state_cb = _callback_classes()
+        state = state_cb(run_dir)
+        initial_epoch = state.restore(qat_model)
+        if initial_epoch >= epochs:
+            print(f"QAT run {run_dir}: {initial_epoch} epoch(s) already done, nothing to train",
+                  flush=True)
+        elif initial_epoch:
+            print(f"QAT run {run_dir}: resuming after epoch {initial_epoch} of {epochs}",
+                  flush=True)
+        # order at each epoch end: the history row, last.weights.h5, then the resume state
+        cbs += [history_cb(os.path.join(run_dir, "history.csv")),
+                weights_cb(os.path.join(run_dir, "last.weights.h5")), state]
+    return qat_model.fit(train_data, epochs=epochs, initial_epoch=min(initial_epoch, epochs),
+                         steps_per_epoch=steps_per_epoch, validation_data=validation_data,
+                         verbose=verbose, callbacks=cbs + list(callbacks))
+
+
+# ----------------------------------------------------------------------------------------------
+# Crash-safe QAT run files: each written under a temporary name and renamed into place, so a kill
+# leaves every file with either its old or its new content.
+
+# "<point>@<epoch>" (0-based epoch) makes the process SIGKILL itself with the new content of a file
+# written under the temporary name, not yet renamed: "qat-history", "qat-weights",
+# "qat-state" (the checkpoint written, its metadata not yet); the tests replace _kill_point.
+KILL_AT_ENV = "KERAS_MNV2_KILL_AT"
+
+
+def _kill_point(point, epoch):
+    if os.environ.get(KILL_AT_ENV) == f"{point}@{epoch}":
+        import signal
+
+        print(f"\n{KILL_AT_ENV}: killing the process at {point}, epoch {epoch + 1}", flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _temporary(path):
+    folder, name = os.path.split(path)
+    stem, dot, suffix = name.partition(".")
+    return os.path.join(folder, f".{stem}.tmp{dot}{suffix}")
+
+
+def _write_text_atomic(path, text, before_rename=None):
+    tmp = _temporary(path)
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    if before_rename is not None:
+        before_rename()
+    os.replace(tmp, path)
+
+
+def _history_rows(path):
+    """(header, rows) of a QAT history.csv, whole lines only; (["epoch"], []) for none."""
+    import csv
+    import io
+
+    if not os.path.exists(path):
+        return ["epoch"], []
+    with open(path, newline="") as f:
+        text = f.read()
+    if not text.endswith("\n"):  # a line cut by a kill (an older run's CSVLogger)
+        text = text[:text.rfind("\n") + 1]
+    reader = csv.DictReader(io.StringIO(text))
+    header = list(reader.fieldnames or ["epoch"])
+    return header, [row for row in reader if row.get("epoch") not in (None, "", "epoch")]
+
+
+def _write_history(path, header, rows, before_rename=None):
+    import csv
+    import io
+
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=header, restval="NA", extrasaction="ignore",
+                            lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    _write_text_atomic(path, out.getvalue(), before_rename)
+
+
+@functools.lru_cache(maxsize=None)
+def _callback_classes():
+    """The QAT run's tf_keras callbacks (defined on first use: tf_keras is imported lazily)."""
+    import shutil
+
+    import tf_keras
+
+    class _QatHistory(tf_keras.callbacks.Callback):
+        """history.csv, one row per epoch, rewritten whole through a temporary file each epoch."""
+
+        def __init__(self, path):
+            super().__init__()
+            self.path = path
+
+        def on_epoch_end(self, epoch, logs=None):
+            header, rows = _history_rows(self.path)
+            logs = dict(logs or {})
+            header += [key for key in sorted(logs) if key not in header]
+            row = {"epoch": str(epoch)}
+            for key, value in logs.items():
+                try:
+                    row[key] = repr(float(value))
+                except (TypeError, ValueError):
+                    row[key] = str(value)
+            _write_history(self.path, header, rows + [row],
+                           lambda: _kill_point("qat-history", epoch))
+
+
+    class _QatWeights(tf_keras.callbacks.Callback):
+        """last.weights.h5 after every epoch, through a temporary file and a rename."""
+
+        def __init__(self, path):
+            super().__init__()
+            self.path = path
+
+        def on_epoch_end(self, epoch, logs=None):
+            tmp = _temporary(self.path)
+            self.model.save_weights(tmp, overwrite=True)
+            _kill_point("qat-weights", epoch)
+            os.replace(tmp, self.path)
+
+
+    class _QatState(tf_keras.callbacks.Callback):
+        """The resume state of a QAT run in ``run_dir/backup``: a TF checkpoint of the model and its
+        optimizer per finished epoch (``epoch-<n>``, new files each time, never overwritten) and
+        ``state.json`` (``{"epoch": n, "checkpoint": "epoch-<n>"}``), renamed into place last: the
+        commit point. Older checkpoints are removed after it; history.csv is cut back on resume to
+        the epochs the state holds, so no epoch is lost or repeated."""
+
+        def __init__(self, run_dir):
+            super().__init__()
+            self.run_dir = run_dir
+            self.backup_dir = os.path.join(run_dir, "backup")
+            self.metadata_path = os.path.join(self.backup_dir, "state.json")
+
+        def _broken(self, path, err):
+            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+            return RuntimeError(
+                f"the QAT resume state {path} cannot be read ({reason}): to start the QAT run "
+                "over, "
+                f"rm -r {self.backup_dir} {os.path.join(self.run_dir, 'history.csv')} and run the "
+                "same command again")
+
+        def restore(self, model):
+            """Loads the saved state into ``model`` (its optimizer too); returns the epochs it holds
+            (0 for none) and cuts history.csv back to them."""
+            import json
+
+            import tensorflow as tf
+
+            if not os.path.exists(self.metadata_path):
+                if os.path.isdir(self.backup_dir) and any(
+                        name.startswith("ckpt") or name == "checkpoint"
+                        for name in os.listdir(self.backup_dir)):
+                    print(f"QAT run {self.run_dir}: {self.backup_dir} holds an older kind of state "
+                          "(tf_keras BackupAndRestore), not resumed: training from the start",
+                          flush=True)
+                epochs = 0
+            else:
+                try:
+                    with open(self.metadata_path) as f:
+                        metadata = json.load(f)
+                    epochs, name = int(metadata["epoch"]), str(metadata["checkpoint"])
+                except (OSError, ValueError, KeyError, TypeError) as err:
+                    raise self._broken(self.metadata_path, err) from None
+                prefix = os.path.join(self.backup_dir, name)
+                optimizer = model.optimizer
+                if hasattr(optimizer, "_build_index_dict") and not getattr(
+                        optimizer, "_built", False):
+                    optimizer.build(model.trainable_variables)  # its slots, to be restored
+                try:
+                    tf.train.Checkpoint(model=model, optimizer=optimizer).read(prefix) \
+                        .assert_consumed()
+                except Exception as err:  # noqa: BLE001 - missing, cut or mismatched: unreadable
+                    raise self._broken(prefix, err) from None
+            path = os.path.join(self.run_dir, "history.csv")
+            header, rows = _history_rows(path)
+            kept = {}
+            for row in rows:
+                try:
+                    epoch = int(float(row["epoch"]))
+                except ValueError:
+                    continue
+                if epoch < epochs:
+                    kept[epoch] = row
+            if len(kept) != len(rows):
+                _write_history(path, header, [kept[e] for e in sorted(kept)])
+            return epochs
+
+        def on_epoch_end(self, epoch, logs=None):
+            import json
+
+            import tensorflow as tf
+
+            os.makedirs(self.backup_dir, exist_ok=True)
+            name = f"epoch-{epoch + 1}"
+            tf.train.Checkpoint(model=self.model, optimizer=self.model.optimizer).write(
+                os.path.join(self.backup_dir, name))
+            _write_text_atomic(self.metadata_path,
+                               json.dumps({"epoch": epoch + 1, "checkpoint": name}),
+                               lambda: _kill_point("qat-state", epoch))
+            for entry in os.listdir(self.backup_dir):  # older checkpoints and leftovers
+                path = os.path.join(self.backup_dir, entry)
+                if entry.startswith("epoch-") and not entry.startswith(name + "."):
+                    shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+
+    return _QatHistory, _QatWeights, _QatState
 
 
 __all__ = [

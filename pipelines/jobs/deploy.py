@@ -444,10 +444,9 @@ def _keras_optimizer(name, learning_rate):
 
 def _run_keras_qat(job, run_dir, epochs, learning_rate, steps_per_epoch, io_dtype, verbose,
                    expansion_splits):
-    """``run_qat`` with ``scheme="keras"``: Keras 3 QAT, plain ``fit()``."""
-    import keras
-
+    """``run_qat`` with ``scheme="keras"``: Keras 3 QAT, ``fit()`` through the jobs' driver."""
     from keras_mnv2.deploy import export, qat
+    from pipelines.jobs import driver
 
     run_dir = run_dir or f"runs/{job}"
     data = job_data(job, run_dir)
@@ -463,21 +462,14 @@ def _run_keras_qat(job, run_dir, epochs, learning_rate, steps_per_epoch, io_dtyp
     q.compile(optimizer=_keras_optimizer(getattr(data.recipe, "optimizer", "adam"),
                                          learning_rate), loss=data.loss)
     out_dir = os.path.join(run_dir, "qat_keras_split" if split else "qat_keras")
-    os.makedirs(out_dir, exist_ok=True)
-    callbacks = [keras.callbacks.TerminateOnNaN(),
-                 keras.callbacks.BackupAndRestore(os.path.join(out_dir, "backup"),
-                                                  delete_checkpoint=False),
-                 keras.callbacks.CSVLogger(os.path.join(out_dir, "history.csv"), append=True)]
     start = time.time()
-    history = q.fit(data.train_ds, epochs=epochs, steps_per_epoch=steps, verbose=verbose,
-                    callbacks=callbacks)
-    losses = history.history.get("loss", [])
-    if losses and not np.isfinite(losses[-1]):
-        raise RuntimeError(f"Keras 3 QAT of {job} diverged (loss {losses[-1]}): lower "
-                           "--learning-rate")
-    model_file = os.path.join(out_dir, "model.keras")
-    q.save(model_file + ".part.keras")
-    os.replace(model_file + ".part.keras", model_file)
+    # the jobs' crash-safe driver: history.csv, the resume state in backup/ and curves.png, each
+    # written under a temporary name and renamed (a killed run resumes from its last epoch)
+    nan = driver.fit(q, data.train_ds, epochs, out_dir, steps_per_epoch=steps, verbose=verbose,
+                     save_model=False)
+    if nan:
+        raise RuntimeError(f"Keras 3 QAT of {job} diverged ({nan}): lower --learning-rate")
+    driver.save_model(q, os.path.join(out_dir, "model.keras"))
     report = export.export_tflite(q, tflite_path(job, run_dir, "qat", split, "keras"),
                                   mode="qat", io_dtype=io_dtype, **data.export_kwargs)
     print(f"Keras 3 QAT done in {time.time() - start:.0f} s; {report.summary()}", flush=True)

@@ -366,14 +366,15 @@ def callbacks(run_dir, save_model=True):
 
 
 def fit(model, train_data, epochs, run_dir, validation_data=None, steps_per_epoch=None,
-        verbose="auto", extra_callbacks=()):
+        verbose="auto", extra_callbacks=(), save_model=True):
     """``model.fit`` with the shared callbacks; returns the StopOnNaN message or None.
 
     The compiled optimizer is built first, eagerly, under ``model.distribute_strategy``.
 
     Restarting the same command after a kill continues from the last finished epoch (the
     resume state in ``run_dir/backup``); a finished run is not trained again. An epoch that
-    trains zero steps raises ``NoTrainingError`` and is not recorded.
+    trains zero steps raises ``NoTrainingError`` and is not recorded. ``save_model=False``:
+    no ``last.keras`` each epoch (the caller saves the model).
     """
     if model.optimizer is not None and not model.optimizer.built:
         # Slot variables made now, eagerly: made inside the first traced train step they cost
@@ -383,7 +384,7 @@ def fit(model, train_data, epochs, run_dir, validation_data=None, steps_per_epoc
         strategy = getattr(model, "distribute_strategy", None)
         with strategy.scope() if strategy is not None else contextlib.nullcontext():
             model.optimizer.build(model.trainable_variables)
-    cbs = callbacks(run_dir) + list(extra_callbacks)
+    cbs = callbacks(run_dir, save_model=save_model) + list(extra_callbacks)
     model.fit(train_data, epochs=epochs, validation_data=validation_data,
               steps_per_epoch=steps_per_epoch, callbacks=cbs, verbose=verbose)
     plot_curves(run_dir)
