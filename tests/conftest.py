@@ -81,7 +81,6 @@ TF_ONLY = {
     "test_split.py::test_export_keeps_the_split_arena": _TFLITE,
     "test_qat.py": _TFMOT,
     "test_split.py::test_qat_of_a_split_model_agrees_with_the_unsplit_one": _TFMOT,
-    "test_record.py::test_keras_round_trip_keeps_what_export_and_qat_need": _TFMOT,
     "test_keras_qat.py::test_quantize_rejects_bad_models": _KERAS_QAT,
     "test_keras_qat.py::test_keras_qat_converts_to_int8_and_matches_its_tflite": _KERAS_QAT,
     "test_keras_qat.py::test_litert_quantizer_int8_export": _TFLITE,
