@@ -2,6 +2,7 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import keras  # first: on KERAS_BACKEND=torch, importing torch after TensorFlow segfaulted here
 import numpy as np
 import pytest
 
