@@ -32,6 +32,8 @@ $(STAMP): pyproject.toml
 test: $(STAMP) $(MP_STAMP)
 	$(PY) -m pytest -ra --durations=15 $(PYTEST_ARGS)
 
+# On another backend: KERAS_BACKEND=jax make test-fast (torch: install the torch extra first);
+# tests/conftest.py skips the TensorFlow-only tests there, saying why (README, backends section).
 test-fast: $(STAMP)
 	$(PY) -m pytest -ra -m "not slow" $(PYTEST_ARGS)
 
