@@ -38,6 +38,8 @@ XDIST := $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadfil
 test: $(STAMP) $(MP_STAMP)
 	$(PY) -m pytest -ra --durations=15 $(XDIST) $(PYTEST_ARGS)
 
+# On another backend: KERAS_BACKEND=jax make test-fast (torch: install the torch extra first);
+# tests/conftest.py skips the TensorFlow-only tests there, saying why (README, backends section).
 test-fast: $(STAMP)
 	$(PY) -m pytest -ra -m "not slow" $(XDIST) $(PYTEST_ARGS)
 

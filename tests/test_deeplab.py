@@ -227,7 +227,9 @@ def test_bilinear_resize_align_corners_matches_tf_and_the_ops_fallback():
         got = keras.ops.convert_to_numpy(layer(x))
         expected = tf.compat.v1.image.resize_bilinear(
             x, (13, 9), align_corners=align_corners, half_pixel_centers=not align_corners).numpy()
-        np.testing.assert_allclose(got, expected, atol=1e-6)
+        # off TensorFlow the layer is the keras.ops path below (float32 blends: within 1e-5)
+        np.testing.assert_allclose(
+            got, expected, atol=1e-6 if keras.backend.backend() == "tensorflow" else 1e-5)
         # the keras.ops path (used off TensorFlow) computes the same resize
         fallback = keras.ops.convert_to_numpy(bilinear_resize_ops(keras.ops, x, (13, 9),
                                                                   align_corners))

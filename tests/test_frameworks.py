@@ -1,5 +1,6 @@
 """The tf_keras twin (for TFMOT) comes from the same builder code as the Keras 3 model."""
 
+import keras
 import numpy as np
 import pytest
 import tf_keras
@@ -29,7 +30,9 @@ def test_tf_keras_twin_has_same_layers_weights_and_outputs(alpha, include_top, i
     assert twin.count_params() == ours.count_params()
     keras_mnv2.copy_weights(ours, twin)
     x = images()
-    np.testing.assert_allclose(twin.predict(x, verbose=0), ours.predict(x, verbose=0), atol=1e-5)
+    # the same kernels as TF's on the TF backend; JAX's and torch's convolutions differ by ~3e-5
+    atol = 1e-5 if keras.backend.backend() == "tensorflow" else 5e-5
+    np.testing.assert_allclose(twin.predict(x, verbose=0), ours.predict(x, verbose=0), atol=atol)
 
 
 def test_tf_keras_twin_with_output_stride_profiles_the_same():

@@ -71,13 +71,15 @@ def test_official_imagenet_file_loads_from_keras_cache(offline_keras_home, image
 
     model = keras_mnv2.MobileNetV2(alpha=0.35, input_shape=(96, 96, 3), weights="imagenet")
     x = images()
-    np.testing.assert_allclose(model.predict(x, verbose=0), legacy.predict(x, verbose=0), atol=1e-5)
+    # the same kernels as TF's on the TF backend; JAX's and torch's convolutions differ by ~2e-5
+    atol = 1e-5 if keras.backend.backend() == "tensorflow" else 5e-5
+    np.testing.assert_allclose(model.predict(x, verbose=0), legacy.predict(x, verbose=0), atol=atol)
     # split-expansion form: the file loads into the whole-block model, then is sliced by name
     split = keras_mnv2.MobileNetV2(alpha=0.35, input_shape=(96, 96, 3), weights="imagenet",
                                    expansion_splits=3)
     assert "block_1_expand_s2" in [layer.name for layer in split.layers]
     np.testing.assert_allclose(split.predict(x, verbose=0), legacy.predict(x, verbose=0),
-                               atol=1e-5)
+                               atol=atol)
 
 
 def test_imagenet_weights_offline_error_says_which_file_where(offline_keras_home, monkeypatch):

@@ -125,6 +125,7 @@ def check_twin(model, twin, atol=1e-4, rtol=1e-4, seed=0):
                          f"{len(expected)}")
     worst = 0.0
     for i, (a, b) in enumerate(zip(expected, got)):
+        a = a.detach() if hasattr(a, "detach") else a  # a torch-backend output
         a, b = np.asarray(a), np.asarray(b)
         if a.shape != b.shape:
             raise ValueError(f"twin of {model.name!r}: output {i} has shape {b.shape}, the "

@@ -367,7 +367,11 @@ def evaluate(model, dataset, top_k=5):
     Returns {"top1", "top5", "images", "skipped"} (top5 is top-k for ``top_k``, capped at the
     number of classes).
     """
-    predict = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+    if keras.backend.backend() == "tensorflow":
+        predict = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+    else:  # a JAX or torch model cannot be traced by tf.function: Keras' own compiled predict
+        def predict(x):
+            return model.predict_on_batch(x.numpy())
     correct1 = correct_k = images = skipped = 0
     for batch in dataset:
         x, labels, weights = batch if len(batch) == 3 else (*batch, None)
