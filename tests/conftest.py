@@ -11,8 +11,6 @@ import pytest
 def _seeded():
     """Every test starts from the same random state (Python, NumPy and the Keras backend), so
     a test's outcome does not depend on which tests ran before it in the process."""
-    import keras
-
     keras.utils.set_random_seed(0)
 
 
