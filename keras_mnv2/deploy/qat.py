@@ -24,6 +24,11 @@ import os
 import numpy as np
 
 from keras_mnv2.frameworks import framework_of, get_keras
+from keras_mnv2.files import kill_point as _kill_point  # the tests replace it
+from keras_mnv2.files import read_rows as _history_rows
+from keras_mnv2.files import temporary_name as _temporary
+from keras_mnv2.files import write_rows as _write_history
+from keras_mnv2.files import write_text as _write_text_atomic
 from keras_mnv2.record import load_keras_model
 
 # Layers the default 8-bit registry does not know but that TFLite runs in int8: annotated so their
@@ -505,63 +510,9 @@ def qat_fit(qat_model, train_data, epochs, loss=None, learning_rate=1e-4, optimi
 # Crash-safe QAT run files: each written under a temporary name and renamed into place, so a kill
 # leaves every file with either its old or its new content.
 
-# "<point>@<epoch>" (0-based epoch) makes the process SIGKILL itself with the new content of a file
-# written under the temporary name, not yet renamed: "qat-history", "qat-weights",
-# "qat-state" (the checkpoint written, its metadata not yet); the tests replace _kill_point.
-KILL_AT_ENV = "KERAS_MNV2_KILL_AT"
-
-
-def _kill_point(point, epoch):
-    if os.environ.get(KILL_AT_ENV) == f"{point}@{epoch}":
-        import signal
-
-        print(f"\n{KILL_AT_ENV}: killing the process at {point}, epoch {epoch + 1}", flush=True)
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-def _temporary(path):
-    folder, name = os.path.split(path)
-    stem, dot, suffix = name.partition(".")
-    return os.path.join(folder, f".{stem}.tmp{dot}{suffix}")
-
-
-def _write_text_atomic(path, text, before_rename=None):
-    tmp = _temporary(path)
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    if before_rename is not None:
-        before_rename()
-    os.replace(tmp, path)
-
-
-def _history_rows(path):
-    """(header, rows) of a QAT history.csv, whole lines only; (["epoch"], []) for none."""
-    import csv
-    import io
-
-    if not os.path.exists(path):
-        return ["epoch"], []
-    with open(path, newline="") as f:
-        text = f.read()
-    if not text.endswith("\n"):  # a line cut by a kill (an older run's CSVLogger)
-        text = text[:text.rfind("\n") + 1]
-    reader = csv.DictReader(io.StringIO(text))
-    header = list(reader.fieldnames or ["epoch"])
-    return header, [row for row in reader if row.get("epoch") not in (None, "", "epoch")]
-
-
-def _write_history(path, header, rows, before_rename=None):
-    import csv
-    import io
-
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=header, restval="NA", extrasaction="ignore",
-                            lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    _write_text_atomic(path, out.getvalue(), before_rename)
+# The kill points of KILL_AT_ENV (keras_mnv2.files) here, each with the new content of a file
+# written under the temporary name, not yet renamed: "qat-history", "qat-weights", "qat-state"
+# (the checkpoint written, its metadata not yet); the tests replace _kill_point.
 
 
 @functools.lru_cache(maxsize=None)

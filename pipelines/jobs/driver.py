@@ -18,17 +18,21 @@ written; history.csv is cut back to the epochs that state holds, so no epoch is 
 
 import contextlib
 import csv
-import io
 import json
 import math
 import numbers
 import os
 import re
-import signal
 import sys
 
 import keras
 
+from keras_mnv2.files import KILL_AT_ENV  # noqa: F401  (driver.KILL_AT_ENV, for the tests)
+from keras_mnv2.files import kill_point as _kill_point
+from keras_mnv2.files import read_rows as _read_rows
+from keras_mnv2.files import temporary_name as _temporary
+from keras_mnv2.files import write_rows as _write_rows
+from keras_mnv2.files import write_text as _write_text
 from pipelines.manifest import write_atomic
 
 
@@ -41,37 +45,10 @@ class NoTrainingError(ValueError):
     """An epoch that trained zero steps (no usable training images)."""
 
 
-# For the kill tests (tests/test_faults.py): "<point>@<epoch>" makes the process SIGKILL itself at
-# that point of that epoch (0-based): "batch" (after the epoch's 2nd step), or with the new
-# content written under the temporary name and not yet renamed: "history", "checkpoint",
-# "state-weights"; or "state" (the weights file renamed, its metadata not yet written).
-KILL_AT_ENV = "KERAS_MNV2_KILL_AT"
-
-
-def _kill_point(point, epoch):
-    if os.environ.get(KILL_AT_ENV) == f"{point}@{epoch}":
-        print(f"\n{KILL_AT_ENV}: killing the process at {point}, epoch {epoch + 1}", flush=True)
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-def _write_text(path, text, before_rename=None):
-    """``write_atomic`` with a hook between the write and the rename (the kill tests)."""
-    tmp = _temporary(path)
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    if before_rename is not None:
-        before_rename()
-    os.replace(tmp, path)
-
-
-def _temporary(path):
-    """The temporary name ``path`` is written under before the rename (same folder, same suffix,
-    so that Keras accepts it: ``last.keras`` -> ``.last.tmp.keras``)."""
-    folder, name = os.path.split(path)
-    stem, dot, suffix = name.partition(".")
-    return os.path.join(folder, f".{stem}.tmp{dot}{suffix}")
+# The kill points of KILL_AT_ENV (keras_mnv2.files; tests/test_faults.py) here: "batch" (after the
+# epoch's 2nd step), or with the new content written under the temporary name and not yet
+# renamed: "history", "checkpoint", "state-weights"; or "state" (the weights file renamed, its
+# metadata not yet written).
 
 
 def save_model(model, path, before_rename=None):
@@ -188,29 +165,6 @@ def _format_value(value):
         return repr(float(value))
     except (TypeError, ValueError):
         return str(value)
-
-
-def _read_rows(path):
-    """(header, rows) of a history.csv; (["epoch"], []) for none. Keeps only whole rows."""
-    if not os.path.exists(path):
-        return ["epoch"], []
-    with open(path, newline="") as f:
-        text = f.read()
-    if not text.endswith("\n"):  # a line cut by a kill (an older run's CSVLogger): drop it
-        text = text[:text.rfind("\n") + 1]
-    reader = csv.DictReader(io.StringIO(text))
-    header = list(reader.fieldnames or ["epoch"])
-    rows = [row for row in reader if row.get("epoch") not in (None, "", "epoch")]
-    return header, rows
-
-
-def _write_rows(path, header, rows, before_rename=None):
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=header, restval="NA", extrasaction="ignore",
-                            lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    _write_text(path, out.getvalue(), before_rename)
 
 
 def cut_history(run_dir, epochs_done):

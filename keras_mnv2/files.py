@@ -1,0 +1,65 @@
+"""Files a run writes, written whole: a temporary name in the same folder, then a rename, so a
+kill leaves the old file or the new one, never half of one. Shared by the training driver
+(``pipelines.jobs.driver``) and the TFMOT QAT loop (``keras_mnv2.deploy.qat``).
+
+``KERAS_MNV2_KILL_AT=<point>@<epoch>`` kills the process at that point of that epoch (0-based),
+between a write and its rename: the kill-and-resume tests set it.
+"""
+
+import csv
+import io
+import os
+import signal
+
+KILL_AT_ENV = "KERAS_MNV2_KILL_AT"
+
+
+def kill_point(point, epoch):
+    """SIGKILLs this process if ``KERAS_MNV2_KILL_AT`` names this point and epoch."""
+    if os.environ.get(KILL_AT_ENV) == f"{point}@{epoch}":
+        print(f"\n{KILL_AT_ENV}: killing the process at {point}, epoch {epoch + 1}", flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def temporary_name(path):
+    """The name ``path`` is written under before the rename (same folder, same suffix, so that
+    Keras accepts it: ``last.keras`` -> ``.last.tmp.keras``)."""
+    folder, name = os.path.split(path)
+    stem, dot, suffix = name.partition(".")
+    return os.path.join(folder, f".{stem}.tmp{dot}{suffix}")
+
+
+def write_text(path, text, before_rename=None):
+    """Writes ``text`` to ``path`` whole; ``before_rename`` runs between write and rename."""
+    tmp = temporary_name(path)
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    if before_rename is not None:
+        before_rename()
+    os.replace(tmp, path)
+
+
+def read_rows(path):
+    """(header, rows) of a history.csv, whole lines only; (["epoch"], []) for none."""
+    if not os.path.exists(path):
+        return ["epoch"], []
+    with open(path, newline="") as f:
+        text = f.read()
+    if not text.endswith("\n"):  # a line cut by a kill (an older run's CSVLogger): drop it
+        text = text[:text.rfind("\n") + 1]
+    reader = csv.DictReader(io.StringIO(text))
+    header = list(reader.fieldnames or ["epoch"])
+    rows = [row for row in reader if row.get("epoch") not in (None, "", "epoch")]
+    return header, rows
+
+
+def write_rows(path, header, rows, before_rename=None):
+    """Writes a history.csv whole (missing values as NA)."""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=header, restval="NA", extrasaction="ignore",
+                            lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(path, out.getvalue(), before_rename)
