@@ -63,3 +63,24 @@ def write_rows(path, header, rows, before_rename=None):
     writer.writeheader()
     writer.writerows(rows)
     write_text(path, out.getvalue(), before_rename)
+
+
+def cut_history(run_dir, epochs_done):
+    """Keeps in history.csv the rows of epochs ``0 .. epochs_done - 1`` only (the last row of
+    each): the rows a resume state holds. Returns the number of rows dropped."""
+    path = os.path.join(run_dir, "history.csv")
+    if not os.path.exists(path):
+        return 0
+    header, rows = read_rows(path)
+    kept = {}
+    for row in rows:
+        try:
+            epoch = int(float(row["epoch"]))
+        except ValueError:
+            continue
+        if epoch < epochs_done:
+            kept[epoch] = row
+    ordered = [kept[e] for e in sorted(kept)]
+    if len(ordered) != len(rows):
+        write_rows(path, header, ordered)
+    return len(rows) - len(ordered)

@@ -24,6 +24,7 @@ import os
 import numpy as np
 
 from keras_mnv2.frameworks import framework_of, get_keras
+from keras_mnv2.files import cut_history as _cut_history
 from keras_mnv2.files import kill_point as _kill_point  # the tests replace it
 from keras_mnv2.files import read_rows as _history_rows
 from keras_mnv2.files import temporary_name as _temporary
@@ -610,18 +611,7 @@ def _callback_classes():
                         .assert_consumed()
                 except Exception as err:  # noqa: BLE001 - missing, cut or mismatched: unreadable
                     raise self._broken(prefix, err) from None
-            path = os.path.join(self.run_dir, "history.csv")
-            header, rows = _history_rows(path)
-            kept = {}
-            for row in rows:
-                try:
-                    epoch = int(float(row["epoch"]))
-                except ValueError:
-                    continue
-                if epoch < epochs:
-                    kept[epoch] = row
-            if len(kept) != len(rows):
-                _write_history(path, header, [kept[e] for e in sorted(kept)])
+            _cut_history(self.run_dir, epochs)
             return epochs
 
         def on_epoch_end(self, epoch, logs=None):

@@ -28,6 +28,7 @@ import sys
 import keras
 
 from keras_mnv2.files import KILL_AT_ENV  # noqa: F401  (driver.KILL_AT_ENV, for the tests)
+from keras_mnv2.files import cut_history
 from keras_mnv2.files import kill_point as _kill_point
 from keras_mnv2.files import read_rows as _read_rows
 from keras_mnv2.files import temporary_name as _temporary
@@ -165,27 +166,6 @@ def _format_value(value):
         return repr(float(value))
     except (TypeError, ValueError):
         return str(value)
-
-
-def cut_history(run_dir, epochs_done):
-    """Keeps in history.csv the rows of epochs ``0 .. epochs_done - 1`` only (the last row of
-    each): the rows a resume state holds. Returns the number of rows dropped."""
-    path = os.path.join(run_dir, "history.csv")
-    if not os.path.exists(path):
-        return 0
-    header, rows = _read_rows(path)
-    kept = {}
-    for row in rows:
-        try:
-            epoch = int(float(row["epoch"]))
-        except ValueError:
-            continue
-        if epoch < epochs_done:
-            kept[epoch] = row
-    ordered = [kept[e] for e in sorted(kept)]
-    if len(ordered) != len(rows):
-        _write_rows(path, header, ordered)
-    return len(rows) - len(ordered)
 
 
 class AtomicCheckpoint(keras.callbacks.Callback):
