@@ -65,6 +65,21 @@ def write_rows(path, header, rows, before_rename=None):
     write_text(path, out.getvalue(), before_rename)
 
 
+def append_history_row(path, epoch, logs, before_rename=None):
+    """Adds epoch ``epoch``'s row to history.csv (new logged quantities become columns, sorted),
+    rewriting the file whole."""
+    header, rows = read_rows(path)
+    logs = dict(logs or {})
+    header += [key for key in sorted(logs) if key not in header]
+    row = {"epoch": str(epoch)}
+    for key, value in logs.items():
+        try:
+            row[key] = repr(float(value))
+        except (TypeError, ValueError):
+            row[key] = str(value)
+    write_rows(path, header, rows + [row], before_rename)
+
+
 def cut_history(run_dir, epochs_done):
     """Keeps in history.csv the rows of epochs ``0 .. epochs_done - 1`` only (the last row of
     each): the rows a resume state holds. Returns the number of rows dropped."""

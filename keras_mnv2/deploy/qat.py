@@ -24,11 +24,10 @@ import os
 import numpy as np
 
 from keras_mnv2.frameworks import framework_of, get_keras
+from keras_mnv2.files import append_history_row as _append_history_row
 from keras_mnv2.files import cut_history as _cut_history
 from keras_mnv2.files import kill_point as _kill_point  # the tests replace it
-from keras_mnv2.files import read_rows as _history_rows
 from keras_mnv2.files import temporary_name as _temporary
-from keras_mnv2.files import write_rows as _write_history
 from keras_mnv2.files import write_text as _write_text_atomic
 from keras_mnv2.record import load_keras_model
 
@@ -531,17 +530,8 @@ def _callback_classes():
             self.path = path
 
         def on_epoch_end(self, epoch, logs=None):
-            header, rows = _history_rows(self.path)
-            logs = dict(logs or {})
-            header += [key for key in sorted(logs) if key not in header]
-            row = {"epoch": str(epoch)}
-            for key, value in logs.items():
-                try:
-                    row[key] = repr(float(value))
-                except (TypeError, ValueError):
-                    row[key] = str(value)
-            _write_history(self.path, header, rows + [row],
-                           lambda: _kill_point("qat-history", epoch))
+            _append_history_row(self.path, epoch, logs,
+                                lambda: _kill_point("qat-history", epoch))
 
 
     class _QatWeights(tf_keras.callbacks.Callback):

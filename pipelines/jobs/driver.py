@@ -28,11 +28,9 @@ import sys
 import keras
 
 from keras_mnv2.files import KILL_AT_ENV  # noqa: F401  (driver.KILL_AT_ENV, for the tests)
-from keras_mnv2.files import cut_history
+from keras_mnv2.files import append_history_row, cut_history
 from keras_mnv2.files import kill_point as _kill_point
-from keras_mnv2.files import read_rows as _read_rows
 from keras_mnv2.files import temporary_name as _temporary
-from keras_mnv2.files import write_rows as _write_rows
 from keras_mnv2.files import write_text as _write_text
 from pipelines.manifest import write_atomic
 
@@ -149,23 +147,7 @@ class HistoryLog(keras.callbacks.Callback):
         self.path = path
 
     def on_epoch_end(self, epoch, logs=None):
-        header, rows = _read_rows(self.path)
-        logs = dict(logs or {})
-        for key in sorted(logs):
-            if key not in header:
-                header.append(key)
-        row = {"epoch": str(epoch)}
-        for key, value in logs.items():
-            row[key] = _format_value(value)
-        rows.append(row)
-        _write_rows(self.path, header, rows, lambda: _kill_point("history", epoch))
-
-
-def _format_value(value):
-    try:
-        return repr(float(value))
-    except (TypeError, ValueError):
-        return str(value)
+        append_history_row(self.path, epoch, logs, lambda: _kill_point("history", epoch))
 
 
 class AtomicCheckpoint(keras.callbacks.Callback):
