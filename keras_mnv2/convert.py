@@ -25,202 +25,13 @@ import re
 import numpy as np
 
 from keras_mnv2.blocks import BN_EPSILON
+from keras_mnv2.official import (  # noqa: F401  (the readers are public here too)
+    DEEPLAB_HEAD_EPSILON, TfliteGraph, is_official_path, layer_key, load_folded, load_into,
+    load_unfolded, read_checkpoint_weights, read_tflite_weights)
 
 KINDS = ("classifier", "deeplab", "ssdlite")
 _ALPHAS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)
 _ROUNDINGS = ((8, None), (1, 1))  # keras.applications' rule, DeepLab's rule for dm != 1
-
-# TF-slim / TF Object Detection API / DeepLab scope names -> keras_mnv2 layer names.
-_OFFICIAL_NAMES = (
-    (r"(?:^|/)MobilenetV2/Conv/", lambda m: "Conv1"),
-    (r"(?:^|/)MobilenetV2/Conv_1/", lambda m: "Conv_1"),
-    (r"(?:^|/)MobilenetV2/expanded_conv/(depthwise|project)/",
-     lambda m: f"expanded_conv_{m.group(1)}"),
-    (r"(?:^|/)MobilenetV2/expanded_conv_(\d+)/(expand|depthwise|project)/",
-     lambda m: f"block_{m.group(1)}_{m.group(2)}"),
-    (r"(?:^|/)MobilenetV2/Logits/Conv2d_1c_1x1/", lambda m: "predictions"),
-    (r"(?:^|/)layer_19_1_Conv2d_(\d)_1x1_\d+/", lambda m: f"extra_{int(m.group(1)) - 1}_reduce"),
-    (r"(?:^|/)layer_19_2_Conv2d_(\d)_3x3_s2_\d+_depthwise/",
-     lambda m: f"extra_{int(m.group(1)) - 1}_depthwise"),
-    (r"(?:^|/)layer_19_2_Conv2d_(\d)_3x3_s2_\d+/",
-     lambda m: f"extra_{int(m.group(1)) - 1}_project"),
-    (r"(?:^|/)BoxPredictor_(\d)/(BoxEncoding|Class)Predictor(_depthwise)?/",
-     lambda m: f"{'box' if m.group(2) == 'BoxEncoding' else 'class'}_predictor_{m.group(1)}"
-               f"{m.group(3) or ''}"),
-    (r"(?:^|/)logits/semantic/", lambda m: "logits"),
-    (r"(?:^|/)(aspp\d|image_pooling|concat_projection)/", lambda m: m.group(1)),
-)
-# keras_mnv2's own layer names, as the TFLite converter leaves them in tensor names
-# ("<model>/block_1_expand_1/convolution", "<model>/block_1_depthwise_relu_1/Relu6").
-_OWN_NAME = re.compile(
-    r"(?:^|/)(Conv1|Conv_1|expanded_conv_(?:depthwise|project)|block_\d+_(?:expand|depthwise|"
-    r"project)|predictions|aspp\d|image_pooling|concat_projection|logits|"
-    r"extra_\d_(?:reduce|depthwise|project)|(?:box|class)_predictor_\d(?:_depthwise)?)"
-    r"(?:_relu|_BN|_bn)?(?:_\d+)?/"
-)
-
-
-def layer_key(tensor_name):
-    """The keras_mnv2 layer a weight tensor belongs to, from its name (first ``;`` part), or
-    None."""
-    first = tensor_name.split(";")[0]
-    for pattern, name in _OFFICIAL_NAMES:
-        found = re.search(pattern, first + "/")
-        if found:
-            return name(found)
-    found = _OWN_NAME.search(first + "/")
-    return found.group(1) if found else None
-
-
-# ----------------------------------------------------------------------------------------------
-# Reading a .tflite file
-
-
-def _dequantize(value, detail):
-    params = detail.get("quantization_parameters") or {}
-    scales = np.asarray(params.get("scales", []), dtype=np.float64)
-    if value.dtype in (np.float32, np.float64):
-        return value.astype(np.float32)
-    if value.dtype == np.float16:
-        return value.astype(np.float32)
-    if scales.size == 0:
-        return value.astype(np.float32)
-    zero_points = np.asarray(params.get("zero_points", []), dtype=np.float64)
-    shape = [1] * value.ndim
-    if scales.size > 1:
-        shape[int(params.get("quantized_dimension", 0))] = scales.size
-    return ((value.astype(np.float64) - zero_points.reshape(shape)) *
-            scales.reshape(shape)).astype(np.float32)
-
-
-class TfliteGraph:
-    """The operators and constant tensors of a .tflite file (read without delegates)."""
-
-    def __init__(self, path):
-        from ai_edge_litert.interpreter import Interpreter, OpResolverType
-
-        self.path = os.fspath(path)
-        if not os.path.exists(self.path):
-            raise FileNotFoundError(f"TFLite file not found: {self.path}")
-        try:
-            self.interpreter = Interpreter(
-                model_path=self.path,
-                experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
-            self.interpreter.allocate_tensors()
-        except (ValueError, RuntimeError) as err:
-            raise ValueError(f"{self.path} is not a readable TFLite model: {err}") from err
-        self.tensors = {t["index"]: t for t in self.interpreter.get_tensor_details()}
-        self.ops = self.interpreter._get_ops_details()
-        self.producer, self.consumers = {}, {}
-        for op in self.ops:
-            for index in op["outputs"]:
-                self.producer[index] = op
-            for index in op["inputs"]:
-                self.consumers.setdefault(index, []).append(op)
-        self.input = self.interpreter.get_input_details()[0]
-
-    def name(self, index):
-        return self.tensors[index]["name"]
-
-    def shape(self, index):
-        return tuple(int(d) for d in self.tensors[index]["shape"])
-
-    def constant(self, index):
-        """A constant tensor as float32, dequantized (through a DEQUANTIZE op for float16)."""
-        op = self.producer.get(index)
-        if op is not None and op["op_name"] == "DEQUANTIZE":
-            return self.constant(op["inputs"][0])
-        if op is not None:
-            raise ValueError(f"{self.path}: tensor {self.name(index)!r} is not a constant")
-        return _dequantize(np.asarray(self.interpreter.get_tensor(index)), self.tensors[index])
-
-    def is_constant(self, index):
-        op = self.producer.get(index)
-        return op is None or (op["op_name"] == "DEQUANTIZE" and op["inputs"][0] not in
-                              self.producer)
-
-    def affine_after(self, index):
-        """A per-channel ``x * scale + offset`` the converter left after a convolution's output
-        ``index`` (an unfolded batch norm: dilated convolutions run between SPACE_TO_BATCH_ND
-        and BATCH_TO_SPACE_ND, which stops the folding): ``(scale, offset)``, either None."""
-        scale = offset = None
-        for kind in ("BATCH_TO_SPACE_ND", "MUL", "ADD"):
-            users = self.consumers.get(index, [])
-            if len(users) != 1 or users[0]["op_name"] != kind:
-                continue
-            op = users[0]
-            if kind == "BATCH_TO_SPACE_ND":
-                index = op["outputs"][0]
-                continue
-            others = [i for i in op["inputs"] if i != index]
-            if len(others) != 1 or not self.is_constant(others[0]):
-                break
-            value = self.constant(others[0]).reshape(-1)
-            if kind == "MUL":
-                scale = value
-            else:
-                offset = value
-            index = op["outputs"][0]
-        return scale, offset
-
-    def weight_name(self, index):
-        """The name of a weight tensor, looking through a DEQUANTIZE op."""
-        op = self.producer.get(index)
-        if op is not None and op["op_name"] == "DEQUANTIZE":
-            return self.name(op["inputs"][0])
-        return self.name(index)
-
-
-def read_tflite_weights(path):
-    """{keras_mnv2 layer name: (op kind, kernel, bias, output shape)} of every convolution and
-    fully connected op in a .tflite file, plus the file's facts: ``(weights, facts)``, where
-    ``facts`` holds the input shape and dtype, whether a softmax ends the graph, and the
-    anchors of a ``TFLite_Detection_PostProcess`` op (None without one)."""
-    graph = TfliteGraph(path)
-    weights, unnamed = {}, []
-    facts = {"input_shape": graph.shape(graph.input["index"])[1:],
-             "input_dtype": np.dtype(graph.input["dtype"]).name,
-             "softmax": False, "anchors": None, "ops": [op["op_name"] for op in graph.ops]}
-    for op in graph.ops:
-        kind = op["op_name"]
-        if kind in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"):
-            inputs = [i for i in op["inputs"]]
-            name = graph.weight_name(inputs[1])
-            key = layer_key(name)
-            if key is None:
-                unnamed.append(name)
-                continue
-            if key in weights:
-                raise ValueError(f"{graph.path}: two {kind} ops map to layer {key!r}")
-            kernel = graph.constant(inputs[1])
-            bias = graph.constant(inputs[2]) if len(inputs) > 2 and inputs[2] >= 0 else None
-            scale, offset = graph.affine_after(op["outputs"][0])
-            if scale is not None or offset is not None:  # fold what the converter did not
-                channels = kernel.shape[-1] if kind == "DEPTHWISE_CONV_2D" else kernel.shape[0]
-                bias = np.zeros(channels, np.float32) if bias is None else bias
-                if scale is not None:
-                    shape = (1, 1, 1, -1) if kind == "DEPTHWISE_CONV_2D" else \
-                        (-1,) + (1,) * (kernel.ndim - 1)
-                    kernel = kernel * scale.reshape(shape)
-                    bias = bias * scale
-                if offset is not None:
-                    bias = bias + offset
-            weights[key] = (kind, kernel, bias, graph.shape(op["outputs"][0]))
-        elif kind == "SOFTMAX":
-            facts["softmax"] = True
-        elif kind == "TFLite_Detection_PostProcess" or "PostProcess" in kind:
-            if len(op["inputs"]) > 2 and op["inputs"][2] not in graph.producer:
-                facts["anchors"] = graph.constant(op["inputs"][2])
-    if unnamed:
-        raise ValueError(
-            f"{graph.path}: {len(unnamed)} convolution(s) whose weights name no MobileNetV2 "
-            f"layer (TF-slim, Object Detection API, DeepLab or keras_mnv2 names), e.g. "
-            f"{unnamed[0]!r}: not a MobileNetV2-family model this converter knows"
-        )
-    if not weights:
-        raise ValueError(f"{graph.path}: no convolution found")
-    return weights, facts
-
 
 # ----------------------------------------------------------------------------------------------
 # What a set of weights is
@@ -238,7 +49,7 @@ def _block_widths(widths):
 def infer_width(widths):
     """``(alpha, divisible_by, min_depth)`` that reproduce the backbone widths
     ({layer: output channels}); ValueError when none does."""
-    from keras_mnv2.mobilenet_v2 import BLOCK_SPECS, channel_rounding
+    from keras_mnv2.spec import BLOCK_SPECS, channel_rounding
 
     found = _block_widths(widths)
     paper = [c for _, c, n, _ in BLOCK_SPECS for _ in range(n)]
@@ -308,68 +119,6 @@ def build(kind, kwargs, name=None):
 # Loading
 
 
-def _bn_after(model, name):
-    for candidate in (name + "_BN", name + "_bn", "bn_" + name):
-        try:
-            return model.get_layer(candidate)
-        except ValueError:
-            continue
-    return None
-
-
-def _keras_kernel(kind, kernel, layer, drop_background=False):
-    """A TFLite kernel in the layout of ``layer`` (without output column 0 with
-    ``drop_background``)."""
-    target = tuple(layer.weights[0].shape)
-    if kind == "DEPTHWISE_CONV_2D":  # [1, kh, kw, C] -> [kh, kw, C, 1]
-        kernel = np.transpose(kernel, (1, 2, 3, 0))
-    elif kind == "CONV_2D":  # [O, kh, kw, I] -> [kh, kw, I, O]
-        kernel = np.transpose(kernel, (1, 2, 3, 0))
-    else:  # FULLY_CONNECTED [O, I] -> [I, O]
-        kernel = kernel.T
-    if len(target) == 2 and kernel.ndim == 4:  # a 1x1 conv classifier into a Dense
-        kernel = kernel.reshape(-1, kernel.shape[-1])
-    if drop_background:
-        kernel = kernel[..., 1:]
-    if tuple(kernel.shape) != target:
-        raise ValueError(f"layer {layer.name!r}: kernel {kernel.shape} from the file, "
-                         f"{target} in the model")
-    return kernel
-
-
-def load_folded(model, weights, drop_background=False):
-    """Loads folded weights ({layer: (op kind, kernel, bias, shape)}) into ``model``: kernels
-    into the convolutions, biases into the layer's own bias or the batch norm after it (set to
-    the identity plus the bias). Raises ValueError naming any weighted layer left unloaded.
-    Returns the number of layers set."""
-    loaded = set()
-    for key, (kind, kernel, bias, _) in weights.items():
-        layer = model.get_layer(key)
-        drop = drop_background and key == "predictions"
-        kernel = _keras_kernel(kind, kernel, layer, drop)
-        if bias is None:
-            bias = np.zeros(kernel.shape[-1] if kind != "DEPTHWISE_CONV_2D"
-                            else kernel.shape[-2], np.float32)
-        elif drop:
-            bias = bias[1:]
-        if len(layer.weights) == 2:
-            layer.set_weights([kernel, bias])
-        else:
-            layer.set_weights([kernel])
-            bn = _bn_after(model, key)
-            if bn is None:
-                raise ValueError(f"layer {key!r} has no bias and no batch norm after it")
-            ones = np.ones_like(bias)
-            bn.set_weights([ones, bias, np.zeros_like(bias), ones - BN_EPSILON])
-            loaded.add(bn.name)
-        loaded.add(key)
-    left = [layer.name for layer in model.layers if layer.weights and layer.name not in loaded]
-    if left:
-        raise ValueError(f"{len(left)} weighted layer(s) of {model.name!r} got no weights from "
-                         f"the file: {', '.join(left[:5])}")
-    return len(loaded)
-
-
 def _drop_background(kind, kwargs, drop_background, source):
     """With ``drop_background``, a 1001-class classifier is built with 1000 classes (the
     background row is left out when the weights load); anything else is refused."""
@@ -417,68 +166,8 @@ def from_tflite(path, drop_background=False, name=None):
 # ----------------------------------------------------------------------------------------------
 # TF1 name-based checkpoints
 
-# Batch-norm epsilon of each official family where it is not keras_mnv2's 1e-3: DeepLab's head
-# (deeplab/model.py: batch_norm epsilon 1e-5); TF-slim MobileNetV2 and the Object Detection
-# API's SSDLite use 1e-3.
-DEEPLAB_HEAD_EPSILON = 1e-5
 # ssdlite_mobilenet_v2_coco's pipeline.config: ssd_anchor_generator, 6 layers, scales 0.2-0.95.
 OD_API_ASPECT_RATIOS = (1.0, 2.0, 0.5, 3.0, 0.3333)
-_DEEPLAB_HEAD = ("image_pooling", "aspp0", "aspp1", "aspp2", "aspp3", "concat_projection")
-_BN_PARTS = ("gamma", "beta", "moving_mean", "moving_variance")
-
-
-def read_checkpoint_weights(path):
-    """{keras_mnv2 layer name: {"kernel", "bias", "bn": {gamma, beta, moving_mean,
-    moving_variance}}} from a TF1 name-based checkpoint of an official MobileNetV2-family model.
-
-    Variables outside the model (global_step, optimizer slots, ExponentialMovingAverage shadows
-    unless ``MovingAverage`` is the only copy) are left out; a separable ASPP branch, which the
-    builders do not have, raises ValueError.
-    """
-    import tensorflow as tf
-
-    path = os.fspath(path)
-    try:
-        reader = tf.train.load_checkpoint(path)
-    except (ValueError, tf.errors.OpError) as err:
-        raise ValueError(f"{path} is not a readable TF checkpoint: {err}") from err
-    shapes = reader.get_variable_to_shape_map()
-    layers = {}
-    for name in sorted(shapes):
-        if name.endswith(("/Momentum", "/RMSProp", "/RMSProp_1", "/Adam", "/Adam_1",
-                          "/ExponentialMovingAverage")) or "/ExponentialMovingAverage" in name:
-            continue
-        if re.search(r"(?:^|/)aspp\d_(depthwise|pointwise)/", name):
-            raise ValueError(f"{path}: {name!r} is a separable ASPP branch; keras_mnv2's "
-                             "DeepLabV3 has plain atrous ASPP convolutions (the official "
-                             "MobileNetV2 DeepLab models have no ASPP)")
-        part = name.rsplit("/", 1)[-1]
-        if part in _BN_PARTS and name.rsplit("/", 2)[-2] == "BatchNorm":
-            scope = name.rsplit("/", 2)[0]
-        elif part in ("weights", "depthwise_weights", "biases"):
-            scope = name.rsplit("/", 1)[0]
-        else:
-            continue
-        key = layer_key(scope + "/")
-        if key is None:
-            continue
-        entry = layers.setdefault(key, {"bn": {}})
-        value = reader.get_tensor(name).astype(np.float32)
-        if part in _BN_PARTS:
-            entry["bn"][part] = value
-        elif part == "biases":
-            entry["bias"] = value
-        else:
-            if "kernel" in entry:
-                raise ValueError(f"{path}: two kernels map to layer {key!r}")
-            entry["kernel"], entry["depthwise"] = value, part == "depthwise_weights"
-    if not any("kernel" in entry for entry in layers.values()):
-        raise ValueError(f"{path}: no MobileNetV2 variable found (expected TF-slim, Object "
-                         "Detection API or DeepLab names such as MobilenetV2/Conv/weights)")
-    missing = [key for key, entry in layers.items() if "kernel" not in entry]
-    if missing:
-        raise ValueError(f"{path}: batch norm without weights for {', '.join(missing[:5])}")
-    return layers
 
 
 def _checkpoint_input_size(path, default):
@@ -534,51 +223,6 @@ def from_tf_checkpoint(path, input_size=None, output_stride=None, drop_backgroun
     return model
 
 
-def load_unfolded(model, layers, drop_background=False, head_epsilon=BN_EPSILON):
-    """Loads checkpoint weights ({layer: {kernel, bias, bn}}) into ``model``, batch norm
-    included; raises ValueError naming any weighted layer left unloaded."""
-    loaded = set()
-    for key, entry in layers.items():
-        layer = model.get_layer(key)
-        kernel = entry["kernel"]
-        target = tuple(layer.weights[0].shape)
-        if len(target) == 2 and kernel.ndim == 4:  # a 1x1 conv classifier into a Dense
-            kernel = kernel.reshape(-1, kernel.shape[-1])
-        if drop_background and key == "predictions":
-            kernel = kernel[:, 1:]
-        if tuple(kernel.shape) != target:
-            raise ValueError(f"layer {key!r}: kernel {kernel.shape} in the checkpoint, "
-                             f"{target} in the model")
-        values = [kernel]
-        if len(layer.weights) == 2:
-            bias = entry.get("bias")
-            if bias is None:
-                raise ValueError(f"layer {key!r}: no biases in the checkpoint")
-            values.append(bias[1:] if drop_background and key == "predictions" else bias)
-        layer.set_weights(values)
-        loaded.add(key)
-        if entry["bn"]:
-            bn = _bn_after(model, key)
-            if bn is None:
-                raise ValueError(f"layer {key!r} has batch norm in the checkpoint, not in the "
-                                 "model")
-            stats = entry["bn"]
-            channels = stats["moving_mean"].shape
-            gamma = stats.get("gamma", np.ones(channels, np.float32))
-            beta = stats.get("beta", np.zeros(channels, np.float32))
-            mean, variance = stats["moving_mean"], stats["moving_variance"]
-            epsilon = head_epsilon if key in _DEEPLAB_HEAD else BN_EPSILON
-            if epsilon != BN_EPSILON:  # same function with keras_mnv2's epsilon
-                gamma = gamma * np.sqrt((variance + BN_EPSILON) / (variance + epsilon))
-            bn.set_weights([gamma, beta, mean, variance])
-            loaded.add(bn.name)
-    left = [layer.name for layer in model.layers if layer.weights and layer.name not in loaded]
-    if left:
-        raise ValueError(f"{len(left)} weighted layer(s) of {model.name!r} got no weights from "
-                         f"the checkpoint: {', '.join(left[:5])}")
-    return len(loaded)
-
-
 def load(path, **kwargs):
     """``from_tflite`` for a ``.tflite`` file, ``from_tf_checkpoint`` for a checkpoint prefix
     (a path with a ``.index`` file beside it, or a checkpoint directory)."""
@@ -589,34 +233,6 @@ def load(path, **kwargs):
         return from_tf_checkpoint(path, **kwargs)
     raise ValueError(f"{path}: expected a .tflite file or a TF checkpoint prefix (with a "
                      ".index file beside it)")
-
-
-def is_official_path(path):
-    """Whether ``path`` is something ``load`` reads (a .tflite file or a TF checkpoint)."""
-    path = os.fspath(path)
-    return path.endswith(".tflite") or os.path.exists(path + ".index")
-
-
-def load_into(model, path):
-    """Copies the weights of an official file (``load``) into ``model`` by layer name (the
-    ``weights=`` argument of the builders). A 1001-class classifier file fills a 1000-class top
-    without its background row; without a top (or for a backbone inside SSDLite / DeepLabV3),
-    the layers ``model`` lacks are skipped. Returns the number of layers copied."""
-    from keras_mnv2.weights import copy_weights
-
-    source = load(path)
-    try:
-        top = model.get_layer("predictions")
-    except ValueError:
-        top = None
-    if (top is not None and getattr(top, "units", None) == 1000
-            and source.official.get("classes") == 1001):
-        source = load(path, drop_background=True)
-    copied = copy_weights(source, model, skip_missing=True)
-    anchors = getattr(source, "anchors", None)
-    if anchors is not None and np.shape(getattr(model, "anchors", None)) == np.shape(anchors):
-        model.anchors = np.asarray(anchors)
-    return copied
 
 
 # ----------------------------------------------------------------------------------------------

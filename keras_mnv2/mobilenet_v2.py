@@ -6,92 +6,23 @@ ImageNet weight files load unchanged.
 """
 
 import os
-import re
 
 import numpy as np
 
-from keras_mnv2.blocks import conv_bn, conv_bn_layers, inverted_residual, make_divisible
+from keras_mnv2.blocks import conv_bn, conv_bn_layers, inverted_residual
 from keras_mnv2.checks import channels_last, image_shape, integer, real
 from keras_mnv2.frameworks import framework_of, get_keras
 from keras_mnv2.record import functional, records_arguments
-
-# Paper Table 2: expansion t, output channels c, repeats n, first stride s.
-BLOCK_SPECS = (
-    (1, 16, 1, 1),
-    (6, 24, 2, 2),
-    (6, 32, 3, 2),
-    (6, 64, 4, 2),
-    (6, 96, 3, 1),
-    (6, 160, 3, 2),
-    (6, 320, 1, 1),
-)
+from keras_mnv2.weight_files import load_weights_file  # noqa: F401  (public here too)
+from keras_mnv2.spec import (  # noqa: F401  (public here too)
+    BLOCK_SPECS, MAX_EXPANSION_SPLITS, OUTPUT_STRIDES, block_plan, channel_rounding,
+    splits_per_block)
 
 WEIGHTS_BASE_URL = "https://storage.googleapis.com/tensorflow/keras-applications/mobilenet_v2/"
 IMAGENET_ALPHAS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)
 IMAGENET_SIZES = (96, 128, 160, 192, 224)
-OUTPUT_STRIDES = (8, 16, 32, None)
 POOLINGS = (None, "avg", "max")
 MIN_INPUT_SIZE = 32
-# More groups than this only add layers (the saving of section 5.1 is already near its limit at
-# a few groups); 1000 would build for minutes with 21,265 layers.
-MAX_EXPANSION_SPLITS = 64
-
-
-def block_plan(output_stride=None):
-    """Expands the spec table into one entry per block: (block_id, t, c, stride, dilation).
-
-    With ``output_stride`` set, the TF-slim rule applies: once the running stride reaches the
-    target, a later stride-2 block runs at stride 1 with the current rate, and the rate then
-    doubles for the blocks after it (atrous convolution, DeepLabv3 section 3.1).
-    """
-    if output_stride not in OUTPUT_STRIDES:
-        raise ValueError(f"output_stride must be one of {OUTPUT_STRIDES}, got {output_stride!r}")
-    plan = []
-    current_stride, rate, block_id = 2, 1, 0  # Conv1 has stride 2.
-    for t, c, n, s in BLOCK_SPECS:
-        for i in range(n):
-            stride = s if i == 0 else 1
-            if output_stride is not None and current_stride == output_stride:
-                layer_stride, layer_rate = 1, rate
-                rate *= stride
-            else:
-                layer_stride, layer_rate = stride, 1
-                current_stride *= stride
-            plan.append((block_id, t, c, layer_stride, layer_rate))
-            block_id += 1
-    return tuple(plan)
-
-
-def splits_per_block(expansion_splits=1, whole=(), argument="expansion_splits"):
-    """One expansion split count per block of ``block_plan()`` (paper section 5.1).
-
-    ``expansion_splits`` is an integer k >= 1 (every block) or a sequence with one count per
-    block. ``whole`` names layers whose output must exist as one tensor (e.g. the SSDLite tap
-    ``block_13_expand_relu``): their blocks keep a count of 1.
-    """
-    num_blocks = len(block_plan())
-    if isinstance(expansion_splits, (int, np.integer)) and not isinstance(expansion_splits, bool):
-        counts = [expansion_splits] * num_blocks
-    elif isinstance(expansion_splits, (list, tuple)) and len(expansion_splits) == num_blocks:
-        counts = list(expansion_splits)
-    else:
-        counts = [0]
-    if any(not isinstance(c, (int, np.integer)) or isinstance(c, bool) or not
-           1 <= c <= MAX_EXPANSION_SPLITS for c in counts):
-        raise ValueError(
-            f"{argument} must be an integer >= 1 or a sequence of {num_blocks} of them (one per "
-            f"block), each at most {MAX_EXPANSION_SPLITS}, got {expansion_splits!r}"
-        )
-    counts = [int(c) for c in counts]
-    for name in whole:
-        match = re.fullmatch(r"block_(\d+)_(expand|expand_BN|expand_relu|pad|depthwise|"
-                             r"depthwise_BN|depthwise_relu|project)", name)
-        if match and int(match.group(1)) < num_blocks:
-            counts[int(match.group(1))] = 1
-        elif re.fullmatch(r"Conv1|bn_Conv1|Conv1_relu|expanded_conv_(depthwise|depthwise_BN|"
-                          r"depthwise_relu|project)", name):
-            counts[0] = 1
-    return tuple(counts)
 
 
 def _validate(alpha, input_shape, include_top, weights, pooling, classes, output_stride,
@@ -303,23 +234,6 @@ def MobileNetV2(
     return model
 
 
-def channel_rounding(alpha, divisible_by=8, min_depth=None):
-    """The width rule of ``MobileNetV2``: a function from a paper width c to the built width.
-
-    The default ``(8, None)`` is keras.applications' rule (``make_divisible(int(c * alpha))``
-    in the blocks, ``make_divisible(c * alpha)`` for Conv1 and the last conv); anything else is
-    TF-slim's ``make_divisible(c * alpha, divisible_by, min_depth)`` everywhere.
-    """
-    if not isinstance(divisible_by, int) or isinstance(divisible_by, bool) or divisible_by < 1:
-        raise ValueError(f"divisible_by must be an integer >= 1, got {divisible_by!r}")
-    if min_depth is not None and (not isinstance(min_depth, int) or isinstance(min_depth, bool)
-                                  or min_depth < 1):
-        raise ValueError(f"min_depth must be None or an integer >= 1, got {min_depth!r}")
-    if (divisible_by, min_depth) == (8, None):
-        return lambda c, stem=False: make_divisible(c * alpha if stem else int(c * alpha))
-    return lambda c, stem=False: make_divisible(c * alpha, divisible_by, min_depth)
-
-
 def imagenet_weights_filename(alpha, rows, include_top=True):
     """File name of the official keras.applications weights for (alpha, rows)."""
     suffix = ".h5" if include_top else "_no_top.h5"
@@ -354,85 +268,6 @@ def imagenet_weights_path(alpha, rows, include_top=True):
             f"could not be downloaded ({type(err).__name__}). Put the file {filename} "
             f"(from {WEIGHTS_BASE_URL + filename}) at {local}, or pass weights=<path>."
         ) from err
-
-
-def load_weights_file(model, path, unsplit=None):
-    """Loads a .weights.h5, legacy .h5 or .keras file into ``model``.
-
-    Legacy .h5 files (keras.applications, tf_keras) load by layer order, as keras.applications
-    loads them; .weights.h5 files by layer name; .keras files by layer name through
-    ``copy_weights``. A model with split-expansion blocks (paper section 5.1) cannot take a file
-    of the whole-block form directly: ``unsplit()`` then builds the whole-block model, the file
-    loads into it, and ``keras_mnv2.split.split_expansion`` slices its weights into ``model``.
-    Raises FileNotFoundError or ValueError naming the file (missing, wrong extension, not an
-    HDF5 / Keras zip file).
-    """
-    import zipfile
-
-    import h5py
-
-    from keras_mnv2.weights import copy_weights
-
-    path = os.fspath(path)
-    name = os.path.basename(path)
-    from keras_mnv2 import convert
-
-    if convert.is_official_path(path):  # an official .tflite file or TF1 checkpoint
-        if not os.path.exists(path) and not os.path.exists(path + ".index"):
-            raise FileNotFoundError(f"weights file not found: {path}")
-        convert.load_into(model, path)
-        return
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"weights file not found: {path}")
-    if path.endswith(".keras"):
-        import keras
-
-        if not zipfile.is_zipfile(path):
-            raise ValueError(f"weights file {path} is not a .keras model file (not a zip "
-                             "archive: corrupt, truncated or another format)")
-        try:
-            source = keras.saving.load_model(path, compile=False)
-        except Exception as err:  # keras says little more than "File not found" here
-            raise ValueError(f"weights file {path} could not be loaded as a Keras model: "
-                             f"{type(err).__name__}: {err}") from err
-        if unsplit is not None and not _has_split_layers(layer.name for layer in source.layers):
-            from keras_mnv2.split import split_expansion
-
-            source = split_expansion(source, _split_counts(model))
-        copy_weights(source, model)
-        return
-    if not (path.endswith(".weights.h5") or path.endswith(".h5")):
-        raise ValueError("weights file must end in .weights.h5, .h5 or .keras (or be an official "
-                         f".tflite file or TF checkpoint prefix), got {name}")
-    if not h5py.is_hdf5(path):
-        raise ValueError(f"weights file {path} is not an HDF5 file (corrupt, truncated or "
-                         "another format)")
-    if unsplit is not None:
-        with h5py.File(path, "r") as f:
-            keys = []
-            f.visit(keys.append)
-        if not _has_split_layers(key.split("/")[-1] for key in keys) and not _has_split_layers(
-                part for key in keys for part in key.split("/")):
-            from keras_mnv2.split import split_expansion
-
-            whole = unsplit()
-            whole.load_weights(path)
-            copy_weights(split_expansion(whole, _split_counts(model)), model)
-            return
-    model.load_weights(path)
-
-
-def _has_split_layers(names):
-    return any(re.fullmatch(r"(Conv1|block_\d+_expand)_s\d+", name) for name in names)
-
-
-def _split_counts(model):
-    """Split counts per block of a model in split form (1 for whole blocks)."""
-    from keras_mnv2.split import split_blocks
-
-    found = split_blocks(model)
-    return tuple(found.get("expanded_conv_" if block_id == 0 else f"block_{block_id}_", 1)
-                 for block_id, *_ in block_plan())
 
 
 def feature_extractor(model, layer_names=("block_13_expand_relu", "out_relu"), name=None):

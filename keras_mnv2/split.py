@@ -39,7 +39,7 @@ import numpy as np
 
 from keras_mnv2.blocks import clone_layer, split_branch, split_sizes
 from keras_mnv2.frameworks import framework_of, get_keras
-from keras_mnv2.mobilenet_v2 import splits_per_block
+from keras_mnv2.spec import splits_per_block
 from keras_mnv2.record import functional, with_record
 from keras_mnv2.profiler import (
     _flatten,

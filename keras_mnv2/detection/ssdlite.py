@@ -200,7 +200,7 @@ def SSDLite(
     if model.anchors.shape[0] != outputs["boxes"].shape[1]:
         raise AssertionError("anchor count does not match the predictor outputs")
     if weights is not None:
-        from keras_mnv2.mobilenet_v2 import load_weights_file
+        from keras_mnv2.weight_files import load_weights_file
 
         load_weights_file(model, weights)
     return model

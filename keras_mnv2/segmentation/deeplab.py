@@ -268,7 +268,7 @@ def DeepLabV3(
         name = f"deeplabv3_mobilenetv2_{alpha:0.2f}_{input_shape[0]}_os{output_stride}"
     model = functional(keras, inputs, outputs, name=name)
     if weights is not None:
-        from keras_mnv2.mobilenet_v2 import load_weights_file
+        from keras_mnv2.weight_files import load_weights_file
 
         load_weights_file(model, weights)
     return model
