@@ -20,6 +20,7 @@ import tensorflow as tf
 
 from pipelines.data import imagenet as imagenet_data
 from pipelines.data.skips import SkipLog
+from pipelines.jobs.training import EMBEDDED_COMMON
 
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 
@@ -78,23 +79,11 @@ PAPER = ImagenetRecipe()
 # MobileNetV2 that learns the shapes in ~2800 steps; Adam with a cosine decay learns them far
 # faster than the paper's RMSProp schedule, which is built for 300 epochs; mild crops (65-100%
 # of the area) keep the one object in view.
+# What the three jobs' embedded recipes share is training.EMBEDDED_COMMON; ~2800 steps.
 EMBEDDED = ImagenetRecipe(
-    alpha=0.35,
-    resolution=64,
-    batch_size=32,
-    epochs=30,
-    optimizer="adam",
-    learning_rate=5e-3,
-    lr_batch_size=32,
-    schedule="cosine",
-    warmup_epochs=0.3,
-    weight_decay=0.0,
-    label_smoothing=0.1,
-    use_ema=False,
-    dropout=0.0,
-    bn_momentum=0.9,  # ~2800 steps: at 0.997 the moving statistics would lag far behind
-    min_crop_area=0.65,
-    cache=True,
+    **EMBEDDED_COMMON, resolution=64, batch_size=32, epochs=30, learning_rate=5e-3,
+    lr_batch_size=32, schedule="cosine", warmup_epochs=0.3, label_smoothing=0.1, use_ema=False,
+    dropout=0.0, min_crop_area=0.65,
     validate=True,  # val curves in curves.png; ~1 s an epoch
 )
 # 3000 train and 500 val images of 10 classes, 115-144 px: ~10 s to generate.
@@ -105,23 +94,15 @@ SYNTHETIC = dict(num_train_per_class=300, num_val_per_class=50, num_classes=10, 
 def check_recipe(recipe):
     """Raises ValueError, naming the field and its allowed values, for a recipe that cannot run
     (before any data is read)."""
-    from pipelines.jobs.driver import check_fields
+    from pipelines.jobs import training
 
-    check_fields(recipe, ranges={
-        "alpha": "(0, inf)", "resolution": "[32, inf)", "batch_size": "[1, inf)",
-        "epochs": "[1, inf)", "steps_per_epoch": "[0, inf)", "learning_rate": "(0, inf)",
-        "lr_batch_size": "[1, inf)", "lr_decay": "(0, 1]", "lr_decay_epochs": "(0, inf)",
-        "warmup_epochs": "[0, inf)", "rmsprop_rho": "[0, 1)", "momentum": "[0, 1)",
-        "rmsprop_epsilon": "(0, inf)", "weight_decay": "[0, inf)",
-        "label_smoothing": "[0, 1)", "ema_momentum": "[0, 1)", "dropout": "[0, 1)",
-        "bn_momentum": "[0, 1)", "min_crop_area": "(0, 1]", "crop_fraction": "(0, 1]",
-        "shuffle_buffer": "[1, inf)",
-    }, choices={
-        "optimizer": ("rmsprop", "adam", "sgd"), "schedule": ("exponential", "cosine"),
-    })
-    if recipe.warmup_epochs >= recipe.epochs:
-        raise ValueError(f"ImagenetRecipe.warmup_epochs must be in [0, epochs={recipe.epochs}), "
-                         f"got {recipe.warmup_epochs!r}")
+    training.check_recipe(recipe, ranges={
+        "resolution": "[32, inf)", "steps_per_epoch": "[0, inf)", "lr_batch_size": "[1, inf)",
+        "lr_decay": "(0, 1]", "lr_decay_epochs": "(0, inf)", "rmsprop_rho": "[0, 1)",
+        "momentum": "[0, 1)", "rmsprop_epsilon": "(0, inf)", "label_smoothing": "[0, 1)",
+        "ema_momentum": "[0, 1)", "dropout": "[0, 1)", "min_crop_area": "(0, 1]",
+        "crop_fraction": "(0, 1]", "shuffle_buffer": "[1, inf)",
+    }, choices={"schedule": ("exponential", "cosine")})
 
 
 # ----------------------------------------------------------------------------- model

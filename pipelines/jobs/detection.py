@@ -12,6 +12,8 @@ import os
 import numpy as np
 import tensorflow as tf
 
+from pipelines.jobs.training import EMBEDDED_COMMON
+
 AUTOTUNE = tf.data.AUTOTUNE
 
 
@@ -43,20 +45,10 @@ class CocoRecipe:
 
 
 PAPER = CocoRecipe()
-# The embedded default: small and quick on 2 CPU cores (chosen by measurement, see README).
-EMBEDDED = CocoRecipe(
-    alpha=0.35,
-    input_size=160,
-    batch_size=32,
-    epochs=12,
-    optimizer="adam",
-    learning_rate=3e-3,
-    warmup_epochs=0.5,
-    weight_decay=0.0,
-    augment="flip",
-    cache=True,
-    bn_momentum=0.9,  # 744 steps: at 0.999 the moving statistics would still be near their init
-)
+# The embedded default: small and quick on 2 CPU cores (chosen by measurement, see README); 744
+# steps. What the three jobs' embedded recipes share is training.EMBEDDED_COMMON.
+EMBEDDED = CocoRecipe(**EMBEDDED_COMMON, input_size=160, batch_size=32, epochs=12,
+                      learning_rate=3e-3, warmup_epochs=0.5, augment="flip")
 SYNTHETIC = dict(num_train=2000, num_val=250, image_size=256, num_classes=5, seed=0)
 
 
@@ -64,20 +56,14 @@ def check_recipe(recipe):
     """Raises ValueError, naming the field and its allowed values, for a recipe that cannot run
     (before any data is read)."""
     from keras_mnv2.detection.losses import MODES
-    from pipelines.jobs.driver import check_fields
+    from pipelines.jobs import training
 
-    check_fields(recipe, ranges={
-        "alpha": "(0, inf)", "input_size": "[64, inf)", "batch_size": "[1, inf)",
-        "epochs": "[1, inf)", "learning_rate": "(0, inf)", "warmup_epochs": "[0, inf)",
-        "weight_decay": "[0, inf)", "background_prior": "(0, 1)", "bn_momentum": "[0, 1)",
-        "score_threshold": "[0, 1]", "nms_iou": "(0, 1]", "max_detections": "[1, inf)",
+    training.check_recipe(recipe, ranges={
+        "input_size": "[64, inf)", "background_prior": "(0, 1)", "score_threshold": "[0, 1]",
+        "nms_iou": "(0, 1]", "max_detections": "[1, inf)",
     }, choices={
-        "optimizer": ("rmsprop", "adam", "sgd"), "class_loss": MODES,
-        "augment": ("ssd", "flip"), "size_mismatch": ("skip", "stop"),
+        "class_loss": MODES, "augment": ("ssd", "flip"), "size_mismatch": ("skip", "stop"),
     })
-    if recipe.warmup_epochs >= recipe.epochs:
-        raise ValueError(f"CocoRecipe.warmup_epochs must be in [0, epochs={recipe.epochs}), "
-                         f"got {recipe.warmup_epochs!r}")
 
 
 def _encode(anchors):

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pipelines.jobs.training import EMBEDDED_COMMON
+
 IGNORE_LABEL = 255
 
 
@@ -51,26 +53,11 @@ class VocRecipe:
 
 
 PAPER = VocRecipe()
-# The embedded default: small and quick on 2 CPU cores (chosen by measurement, see README).
-EMBEDDED = VocRecipe(
-    alpha=0.35,
-    crop_size=128,
-    eval_size=128,
-    output_stride=8,
-    aspp=False,
-    batch_size=16,
-    epochs=12,
-    optimizer="adam",
-    learning_rate=2e-3,
-    schedule="cosine",
-    warmup_epochs=0.5,
-    weight_decay=0.0,
-    bn_momentum=0.9,  # ~750 steps: at 0.999 the moving statistics would lag far behind
-    min_scale=0.75,
-    max_scale=1.5,
-    scale_step=0.0,
-    cache=True,
-)
+# The embedded default: small and quick on 2 CPU cores (chosen by measurement, see README); ~750
+# steps. What the three jobs' embedded recipes share is training.EMBEDDED_COMMON.
+EMBEDDED = VocRecipe(**EMBEDDED_COMMON, crop_size=128, eval_size=128, output_stride=8,
+                     aspp=False, batch_size=16, epochs=12, learning_rate=2e-3, schedule="cosine",
+                     warmup_epochs=0.5, min_scale=0.75, max_scale=1.5, scale_step=0.0)
 SYNTHETIC = dict(num_train=1000, num_val=200, image_size=128, num_classes=5, seed=0, border=1)
 
 
@@ -86,7 +73,10 @@ def parse_scales(text):
 
 
 def check_recipe(recipe):
-    """Raises ValueError for a recipe that cannot run (before any data is read)."""
+    """Raises ValueError for a recipe that cannot run (before any data is read): the checks of
+    this job, then those every job shares (``training.check_recipe``)."""
+    from pipelines.jobs import training
+
     if recipe.crop_size < 32 or recipe.eval_size < 32:
         raise ValueError(f"crop_size and eval_size must be >= 32, got {recipe.crop_size}, "
                          f"{recipe.eval_size}")
@@ -104,6 +94,7 @@ def check_recipe(recipe):
     if recipe.batch_size < 1 or recipe.epochs < 1:
         raise ValueError("batch_size and epochs must be >= 1")
     parse_scales(recipe.eval_scales)
+    training.check_recipe(recipe)
 
 
 def train_dataset(index, recipe):

@@ -16,7 +16,33 @@ import os
 import time
 from typing import Callable, Optional
 
+# What the three jobs' EMBEDDED recipes (small and quick on 2 CPU cores, chosen by measurement;
+# see README) share: width 0.35, Adam, no weight decay, the decoded images kept in memory, and
+# batch-norm momentum 0.9: in their few hundred to few thousand steps, moving statistics at the
+# papers' 0.997-0.9997 would still lag far behind (near their initial values).
+EMBEDDED_COMMON = dict(alpha=0.35, optimizer="adam", weight_decay=0.0, bn_momentum=0.9,
+                       cache=True)
+
+# The fields every job's recipe has, and what they may hold (driver.check_fields).
+COMMON_RANGES = {
+    "alpha": "(0, inf)", "batch_size": "[1, inf)", "epochs": "[1, inf)",
+    "learning_rate": "(0, inf)", "warmup_epochs": "[0, inf)", "weight_decay": "[0, inf)",
+    "bn_momentum": "[0, 1)",
+}
 OPTIMIZERS = ("rmsprop", "adam", "sgd")
+
+
+def check_recipe(recipe, ranges=(), choices=()):
+    """Raises ValueError naming the first field of ``recipe`` outside what it may hold: the
+    fields all jobs share (``COMMON_RANGES``, ``optimizer``), the job's own ``ranges`` and
+    ``choices`` (as in ``driver.check_fields``), and a warm-up shorter than the training."""
+    from pipelines.jobs.driver import check_fields
+
+    check_fields(recipe, ranges={**COMMON_RANGES, **dict(ranges)},
+                 choices={"optimizer": OPTIMIZERS, **dict(choices)})
+    if recipe.warmup_epochs >= recipe.epochs:
+        raise ValueError(f"{type(recipe).__name__}.warmup_epochs must be in [0, "
+                         f"epochs={recipe.epochs}), got {recipe.warmup_epochs!r}")
 
 
 @dataclasses.dataclass(frozen=True)
