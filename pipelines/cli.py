@@ -272,6 +272,17 @@ def _add_recipe_flags(parser, recipe_class):
             parser.add_argument(flag, type=kind, default=None)
 
 
+def _deploy_flags(parser, jobs):
+    """What ``qat`` and ``export`` both take: the job, its run, the int8 file's input/output
+    type, the comparison table and the split expansions."""
+    parser.add_argument("job", choices=jobs)
+    parser.add_argument("--run-dir", default=None, help="the trained run (default runs/<job>)")
+    parser.add_argument("--io-dtype", default="float32", choices=("float32", "int8", "uint8"),
+                        help="input/output type of the int8 file")
+    parser.add_argument("--no-compare", action="store_true", help="skip the comparison table")
+    parser.add_argument("--expansion-splits", default=None, help=SPLITS_HELP)
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="keras-mnv2", description=__doc__)
     parser.add_argument("--debug", action="store_true",
@@ -350,16 +361,12 @@ def build_parser():
 
     qat_cmd = sub.add_parser("qat", help="quantization-aware fine-tuning of a trained run, "
                                          "then its int8 .tflite and the comparison table")
-    qat_cmd.add_argument("job", choices=JOBS)
-    qat_cmd.add_argument("--run-dir", default=None, help="the trained run (default runs/<job>)")
+    _deploy_flags(qat_cmd, JOBS)
     qat_cmd.add_argument("--epochs", type=int, default=2)
     qat_cmd.add_argument("--learning-rate", type=float, default=None,
                          help="default: 1/50 of the recipe's peak")
     qat_cmd.add_argument("--steps-per-epoch", type=int, default=None,
                          help="default: the float run's")
-    qat_cmd.add_argument("--io-dtype", default="float32", choices=("float32", "int8", "uint8"))
-    qat_cmd.add_argument("--no-compare", action="store_true", help="skip the comparison table")
-    qat_cmd.add_argument("--expansion-splits", default=None, help=SPLITS_HELP)
     qat_cmd.add_argument("--scheme", default="tfmot", choices=("tfmot", "keras"),
                          help="tfmot (tf_keras twin + TFMOT) or keras (Keras 3 QAT, plain fit; "
                               "file <job>_qat_keras.tflite)")
@@ -367,14 +374,9 @@ def build_parser():
 
     exp = sub.add_parser("export", help="TFLite files of a trained run, then the comparison "
                                         "table (deploy.md/png)")
-    exp.add_argument("job", choices=JOBS)
-    exp.add_argument("--run-dir", default=None, help="the trained run (default runs/<job>)")
+    _deploy_flags(exp, JOBS)
     exp.add_argument("--modes", default="float32,int8",
                      help="comma-separated: float32, float16, dynamic, int8")
-    exp.add_argument("--io-dtype", default="float32", choices=("float32", "int8", "uint8"),
-                     help="input/output type of the int8 file")
-    exp.add_argument("--no-compare", action="store_true", help="skip the comparison table")
-    exp.add_argument("--expansion-splits", default=None, help=SPLITS_HELP)
     exp.add_argument("--no-metadata", action="store_true",
                      help="leave out the TFLite metadata (labels, normalization) that MediaPipe "
                           "Tasks needs")

@@ -20,6 +20,7 @@ import tensorflow as tf
 
 from pipelines.data import imagenet as imagenet_data
 from pipelines.data.skips import SkipLog
+from pipelines.jobs.training import EMBEDDED_COMMON
 
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 
@@ -78,23 +79,11 @@ PAPER = ImagenetRecipe()
 # MobileNetV2 that learns the shapes in ~2800 steps; Adam with a cosine decay learns them far
 # faster than the paper's RMSProp schedule, which is built for 300 epochs; mild crops (65-100%
 # of the area) keep the one object in view.
+# What the three jobs' embedded recipes share is training.EMBEDDED_COMMON; ~2800 steps.
 EMBEDDED = ImagenetRecipe(
-    alpha=0.35,
-    resolution=64,
-    batch_size=32,
-    epochs=30,
-    optimizer="adam",
-    learning_rate=5e-3,
-    lr_batch_size=32,
-    schedule="cosine",
-    warmup_epochs=0.3,
-    weight_decay=0.0,
-    label_smoothing=0.1,
-    use_ema=False,
-    dropout=0.0,
-    bn_momentum=0.9,  # ~2800 steps: at 0.997 the moving statistics would lag far behind
-    min_crop_area=0.65,
-    cache=True,
+    **EMBEDDED_COMMON, resolution=64, batch_size=32, epochs=30, learning_rate=5e-3,
+    lr_batch_size=32, schedule="cosine", warmup_epochs=0.3, label_smoothing=0.1, use_ema=False,
+    dropout=0.0, min_crop_area=0.65,
     validate=True,  # val curves in curves.png; ~1 s an epoch
 )
 # 3000 train and 500 val images of 10 classes, 115-144 px: ~10 s to generate.
@@ -105,23 +94,15 @@ SYNTHETIC = dict(num_train_per_class=300, num_val_per_class=50, num_classes=10, 
 def check_recipe(recipe):
     """Raises ValueError, naming the field and its allowed values, for a recipe that cannot run
     (before any data is read)."""
-    from pipelines.jobs.driver import check_fields
+    from pipelines.jobs import training
 
-    check_fields(recipe, ranges={
-        "alpha": "(0, inf)", "resolution": "[32, inf)", "batch_size": "[1, inf)",
-        "epochs": "[1, inf)", "steps_per_epoch": "[0, inf)", "learning_rate": "(0, inf)",
-        "lr_batch_size": "[1, inf)", "lr_decay": "(0, 1]", "lr_decay_epochs": "(0, inf)",
-        "warmup_epochs": "[0, inf)", "rmsprop_rho": "[0, 1)", "momentum": "[0, 1)",
-        "rmsprop_epsilon": "(0, inf)", "weight_decay": "[0, inf)",
-        "label_smoothing": "[0, 1)", "ema_momentum": "[0, 1)", "dropout": "[0, 1)",
-        "bn_momentum": "[0, 1)", "min_crop_area": "(0, 1]", "crop_fraction": "(0, 1]",
-        "shuffle_buffer": "[1, inf)",
-    }, choices={
-        "optimizer": ("rmsprop", "adam", "sgd"), "schedule": ("exponential", "cosine"),
-    })
-    if recipe.warmup_epochs >= recipe.epochs:
-        raise ValueError(f"ImagenetRecipe.warmup_epochs must be in [0, epochs={recipe.epochs}), "
-                         f"got {recipe.warmup_epochs!r}")
+    training.check_recipe(recipe, ranges={
+        "resolution": "[32, inf)", "steps_per_epoch": "[0, inf)", "lr_batch_size": "[1, inf)",
+        "lr_decay": "(0, 1]", "lr_decay_epochs": "(0, inf)", "rmsprop_rho": "[0, 1)",
+        "momentum": "[0, 1)", "rmsprop_epsilon": "(0, inf)", "label_smoothing": "[0, 1)",
+        "ema_momentum": "[0, 1)", "dropout": "[0, 1)", "min_crop_area": "(0, 1]",
+        "crop_fraction": "(0, 1]", "shuffle_buffer": "[1, inf)",
+    }, choices={"schedule": ("exponential", "cosine")})
 
 
 # ----------------------------------------------------------------------------- model
@@ -206,44 +187,50 @@ def peak_learning_rate(recipe):
 
 
 def make_schedule(recipe, steps_per_epoch):
+    """The peak learning rate (``peak_learning_rate``) decayed by ``lr_decay`` every
+    ``lr_decay_epochs`` (staircase) or cosine to 0, after a linear warm-up of
+    ``warmup_epochs``."""
+    from pipelines.jobs import training
+
     peak = peak_learning_rate(recipe)
     warmup = int(round(recipe.warmup_epochs * steps_per_epoch))
     total = max(1, recipe.epochs * steps_per_epoch)
-    if recipe.schedule == "exponential":
-        schedule = keras.optimizers.schedules.ExponentialDecay(
-            peak, decay_steps=max(1, int(round(recipe.lr_decay_epochs * steps_per_epoch))),
-            decay_rate=recipe.lr_decay, staircase=True)
-    elif recipe.schedule == "cosine":
-        schedule = keras.optimizers.schedules.CosineDecay(peak, max(1, total - warmup))
-    else:
+    if recipe.schedule == "cosine":
+        return training.cosine_schedule(peak, total, warmup)
+    if recipe.schedule != "exponential":
         raise ValueError(f"schedule must be 'exponential' or 'cosine', got {recipe.schedule!r}")
+    schedule = keras.optimizers.schedules.ExponentialDecay(
+        peak, decay_steps=max(1, int(round(recipe.lr_decay_epochs * steps_per_epoch))),
+        decay_rate=recipe.lr_decay, staircase=True)
     return Warmup(schedule, warmup) if warmup else schedule
 
 
 def make_optimizer(recipe, steps_per_epoch):
-    common = dict(learning_rate=make_schedule(recipe, steps_per_epoch), use_ema=recipe.use_ema,
-                  ema_momentum=recipe.ema_momentum)
-    if recipe.optimizer == "rmsprop":
-        return keras.optimizers.RMSprop(rho=recipe.rmsprop_rho, momentum=recipe.momentum,
-                                        epsilon=recipe.rmsprop_epsilon, **common)
-    if recipe.optimizer == "adam":
-        return keras.optimizers.Adam(**common)
-    if recipe.optimizer == "sgd":
-        return keras.optimizers.SGD(momentum=recipe.momentum, nesterov=True, **common)
-    raise ValueError(f"optimizer must be rmsprop, adam or sgd, got {recipe.optimizer!r}")
+    """The recipe's optimizer on ``make_schedule``, with the recipe's weight EMA."""
+    from pipelines.jobs import training
+
+    return training.make_optimizer(
+        recipe.optimizer, make_schedule(recipe, steps_per_epoch), momentum=recipe.momentum,
+        rho=recipe.rmsprop_rho, epsilon=recipe.rmsprop_epsilon, nesterov=True,
+        use_ema=recipe.use_ema, ema_momentum=recipe.ema_momentum)
 
 
-def compile_model(model, recipe, num_classes, steps_per_epoch):
-    """Compiles with the recipe's optimizer and loss; metrics top1 and top5 (weighted, so that
-    zero-weight placeholders of undecodable val images do not count)."""
+def compile_args(recipe, num_classes):
+    """The recipe's loss; metrics top1 and top5 (weighted, so that zero-weight placeholders of
+    undecodable val images do not count); the recipe's ``jit_compile``."""
     k = min(5, num_classes)
-    model.compile(
-        optimizer=make_optimizer(recipe, steps_per_epoch),
+    return dict(
         loss=SmoothedCrossentropy(num_classes, recipe.label_smoothing),
         weighted_metrics=[keras.metrics.SparseCategoricalAccuracy(name="top1"),
                           keras.metrics.SparseTopKCategoricalAccuracy(k=k, name="top5")],
         jit_compile=recipe.jit_compile,
     )
+
+
+def compile_model(model, recipe, num_classes, steps_per_epoch):
+    """Compiles with the recipe's optimizer and ``compile_args``."""
+    model.compile(optimizer=make_optimizer(recipe, steps_per_epoch),
+                  **compile_args(recipe, num_classes))
     return model
 
 
@@ -449,7 +436,8 @@ def run(data_dir=None, tfds_data_dir=None, tfds_manual_dir=None, tfrecord_dir=No
         val_labels=None, run_dir="runs/imagenet", recipe=None, strategy="default",
         data_service=None, data_root="data/synthetic_imagenet", train_source=None,
         val_source=None, verbose="auto", callbacks=(), init=None, freeze_bn=False):
-    """Trains and evaluates; returns the metrics dict (also written to run_dir/metrics.json).
+    """Trains and evaluates (``training.run_job``); returns the metrics dict (also written to
+    run_dir/metrics.json).
 
     ``init`` (a .keras model, an official .tflite file or a TF checkpoint) starts the model from
     its weights where names and shapes match (``keras_mnv2.convert.init_from``; ``freeze_bn``
@@ -459,14 +447,13 @@ def run(data_dir=None, tfds_data_dir=None, tfds_manual_dir=None, tfrecord_dir=No
     the module docstring, or pass ``train_source``/``val_source`` (``imagenet_data.Source``).
     ``strategy`` is a name (``make_strategy``) or a ``tf.distribute.Strategy``.
     """
-    from pipelines.jobs import driver
+    from pipelines.jobs import driver, training
 
-    start = time.time()
     given = train_source is not None or val_source is not None
     embedded = not given and data_dir is None and tfds_data_dir is None \
         and tfrecord_dir is None and tfds_manual_dir is None
     recipe = recipe or (EMBEDDED if embedded else PAPER)
-    check_recipe(recipe)
+    check_recipe(recipe)  # before any data is read (run_job checks it again)
     if given:
         if train_source is None or val_source is None:
             raise ValueError("give both train_source and val_source")
@@ -482,81 +469,76 @@ def run(data_dir=None, tfds_data_dir=None, tfds_manual_dir=None, tfrecord_dir=No
     chief = is_chief(strategy)
     if not chief:  # non-chief workers of a multi-worker run keep their files apart
         run_dir = os.path.join(run_dir, f"worker_{strategy.cluster_resolver.task_id}")
-    driver.prepare_run_dir(run_dir, recipe)
-    num_classes = train.num_classes
-    steps = recipe.steps_per_epoch or max(1, train.num_examples // recipe.batch_size)
-    print(f"ImageNet job: {train.num_examples} train / {val.num_examples} val images, "
-          f"{num_classes} classes, MobileNetV2 {recipe.alpha}/{recipe.resolution}, "
-          f"{strategy.num_replicas_in_sync} replica(s), {steps} steps of {recipe.batch_size} "
-          f"per epoch", flush=True)
-
-    keras.utils.set_random_seed(recipe.seed)  # the same initial weights on every run
-    with strategy.scope():
-        model = build_model(recipe, num_classes)
-        if init is not None:
-            from keras_mnv2.convert import init_from
-
-            init_from(model, init, freeze_batch_norm=freeze_bn)
-        compile_model(model, recipe, num_classes, steps)
-
     train_log = SkipLog("train")
-    val_log = SkipLog("val")
+    val_logs = [SkipLog("val")]  # the per-epoch validation's, then the final pass's
 
-    def train_fn(ctx):
-        return imagenet_data.train_dataset(
-            train, recipe.batch_size, recipe.resolution, seed=recipe.seed, cache=recipe.cache,
-            shuffle_buffer=recipe.shuffle_buffer, area_range=(recipe.min_crop_area, 1.0),
-            data_service=data_service, skip_log=train_log, input_context=ctx)
+    def load(recipe):
+        steps = training.steps_per_epoch(recipe, train.num_examples)
+        print(f"ImageNet job: {train.num_examples} train / {val.num_examples} val images, "
+              f"{train.num_classes} classes, MobileNetV2 {recipe.alpha}/{recipe.resolution}, "
+              f"{strategy.num_replicas_in_sync} replica(s), {steps} steps of "
+              f"{recipe.batch_size} per epoch", flush=True)
+        return training.Data(train, val, train.num_classes, train.num_examples, origin)
 
-    train_ds = distribute(strategy, train_fn)
-    prepare_fit(model, strategy, train_fn)
+    def train_data(model, recipe, data, steps):
+        def train_fn(ctx):
+            return imagenet_data.train_dataset(
+                train, recipe.batch_size, recipe.resolution, seed=recipe.seed,
+                cache=recipe.cache, shuffle_buffer=recipe.shuffle_buffer,
+                area_range=(recipe.min_crop_area, 1.0), data_service=data_service,
+                skip_log=train_log, input_context=ctx)
 
-    def val_dataset():
+        dataset = distribute(strategy, train_fn)
+        prepare_fit(model, strategy, train_fn)
+        return dataset
+
+    def validation_data(recipe, data):
+        if not recipe.validate:
+            return None
         return imagenet_data.eval_dataset(val, recipe.batch_size, recipe.resolution,
                                           crop_fraction=recipe.crop_fraction,
-                                          cache=recipe.cache, skip_log=val_log,
+                                          cache=recipe.cache, skip_log=val_logs[0],
                                           pad=strategy.num_replicas_in_sync > 1)
 
-    os.makedirs(run_dir, exist_ok=True)
-    nan = driver.fit(model, train_ds, recipe.epochs, run_dir, steps_per_epoch=steps,
-                     validation_data=val_dataset() if recipe.validate else None,
-                     verbose=verbose, extra_callbacks=[SkipReport(train_log), *callbacks])
-    train_seconds = time.time() - start
-    if chief:
-        # EMA weights, if the recipe has them; through a temporary file and a rename
-        driver.save_model(model, os.path.join(run_dir, "model.keras"))
+    def evaluate_run(model, recipe, data, run_dir, nan):
+        if chief:
+            # EMA weights, if the recipe has them; through a temporary file and a rename
+            driver.save_model(model, os.path.join(run_dir, "model.keras"))
+        results = {"top1": None, "top5": None, "images": 0, "skipped": 0}
+        if nan is None:
+            val_logs.append(SkipLog("val"))  # the final pass only
+            results = evaluate(model, imagenet_data.eval_dataset(
+                val, recipe.batch_size, recipe.resolution, crop_fraction=recipe.crop_fraction,
+                skip_log=val_logs[-1]))
+        val_log = val_logs[-1]
+        print(train_log.summary())
+        print(val_log.summary())
+        return {
+            "top1": results["top1"],
+            "top5": results["top5"],
+            "val_images": results["images"],
+            "skipped_images": {"train": train_log.skipped, "val": val_log.skipped},
+            "skipped_files": {"train": train_log.files[:100], "val": val_log.files[:100]},
+            "num_classes": data.num_classes,
+            # images actually used: those listed, less those skipped
+            "train_images": (train.num_examples - train_log.skipped
+                             if train.num_examples is not None else None),
+            "strategy": type(strategy).__name__,
+            "replicas": strategy.num_replicas_in_sync,
+            "data_service": data_service,
+        }
 
-    results = {"top1": None, "top5": None, "images": 0, "skipped": 0}
-    if nan is None:
-        val_log = SkipLog("val")  # the final pass only
-        results = evaluate(model, imagenet_data.eval_dataset(
-            val, recipe.batch_size, recipe.resolution, crop_fraction=recipe.crop_fraction,
-            skip_log=val_log))
-    print(train_log.summary())
-    print(val_log.summary())
-    metrics = {
-        "top1": results["top1"],
-        "top5": results["top5"],
-        "val_images": results["images"],
-        "skipped_images": {"train": train_log.skipped, "val": val_log.skipped},
-        "skipped_files": {"train": train_log.files[:100], "val": val_log.files[:100]},
-        "recipe": dataclasses.asdict(recipe),
-        "dataset": origin,
-        "num_classes": num_classes,
-        # images actually used: those listed, less those skipped
-        "train_images": (train.num_examples - train_log.skipped
-                         if train.num_examples is not None else None),
-        "train_images_listed": train.num_examples,
-        "strategy": type(strategy).__name__,
-        "replicas": strategy.num_replicas_in_sync,
-        "data_service": data_service,
-        "stopped_on_nan": nan,
-        "seconds": round(time.time() - start, 1),
-        "train_seconds": round(train_seconds, 1),
-    }
-    if chief:
-        driver.write_metrics(run_dir, metrics)
-    return metrics
+    job = training.Job(
+        check_recipe=check_recipe, load=load,
+        build_model=lambda recipe, data: build_model(recipe, data.num_classes),
+        make_optimizer=make_optimizer,
+        compile_args=lambda recipe, data: compile_args(recipe, data.num_classes),
+        train_data=train_data, validation_data=validation_data, evaluate=evaluate_run,
+        seed_weights=True,
+    )
+    return training.run_job(job, recipe, run_dir, init=init, freeze_bn=freeze_bn,
+                            verbose=verbose, strategy=strategy,
+                            callbacks=[SkipReport(train_log), *callbacks], write_metrics=chief)
 
 
 def run_eval(model="runs/imagenet/model.keras", data_dir=None, tfds_data_dir=None,

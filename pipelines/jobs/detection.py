@@ -8,10 +8,11 @@ trains the embedded default on it (see ``EMBEDDED``).
 
 import dataclasses
 import os
-import time
 
 import numpy as np
 import tensorflow as tf
+
+from pipelines.jobs.training import EMBEDDED_COMMON
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -44,20 +45,10 @@ class CocoRecipe:
 
 
 PAPER = CocoRecipe()
-# The embedded default: small and quick on 2 CPU cores (chosen by measurement, see README).
-EMBEDDED = CocoRecipe(
-    alpha=0.35,
-    input_size=160,
-    batch_size=32,
-    epochs=12,
-    optimizer="adam",
-    learning_rate=3e-3,
-    warmup_epochs=0.5,
-    weight_decay=0.0,
-    augment="flip",
-    cache=True,
-    bn_momentum=0.9,  # 744 steps: at 0.999 the moving statistics would still be near their init
-)
+# The embedded default: small and quick on 2 CPU cores (chosen by measurement, see README); 744
+# steps. What the three jobs' embedded recipes share is training.EMBEDDED_COMMON.
+EMBEDDED = CocoRecipe(**EMBEDDED_COMMON, input_size=160, batch_size=32, epochs=12,
+                      learning_rate=3e-3, warmup_epochs=0.5, augment="flip")
 SYNTHETIC = dict(num_train=2000, num_val=250, image_size=256, num_classes=5, seed=0)
 
 
@@ -65,20 +56,14 @@ def check_recipe(recipe):
     """Raises ValueError, naming the field and its allowed values, for a recipe that cannot run
     (before any data is read)."""
     from keras_mnv2.detection.losses import MODES
-    from pipelines.jobs.driver import check_fields
+    from pipelines.jobs import training
 
-    check_fields(recipe, ranges={
-        "alpha": "(0, inf)", "input_size": "[64, inf)", "batch_size": "[1, inf)",
-        "epochs": "[1, inf)", "learning_rate": "(0, inf)", "warmup_epochs": "[0, inf)",
-        "weight_decay": "[0, inf)", "background_prior": "(0, 1)", "bn_momentum": "[0, 1)",
-        "score_threshold": "[0, 1]", "nms_iou": "(0, 1]", "max_detections": "[1, inf)",
+    training.check_recipe(recipe, ranges={
+        "input_size": "[64, inf)", "background_prior": "(0, 1)", "score_threshold": "[0, 1]",
+        "nms_iou": "(0, 1]", "max_detections": "[1, inf)",
     }, choices={
-        "optimizer": ("rmsprop", "adam", "sgd"), "class_loss": MODES,
-        "augment": ("ssd", "flip"), "size_mismatch": ("skip", "stop"),
+        "class_loss": MODES, "augment": ("ssd", "flip"), "size_mismatch": ("skip", "stop"),
     })
-    if recipe.warmup_epochs >= recipe.epochs:
-        raise ValueError(f"CocoRecipe.warmup_epochs must be in [0, epochs={recipe.epochs}), "
-                         f"got {recipe.warmup_epochs!r}")
 
 
 def _encode(anchors):
@@ -140,22 +125,14 @@ def build_model(recipe, num_classes, backbone_weights=None):
 
 
 def make_optimizer(recipe, steps_per_epoch):
-    import keras
+    """The recipe's optimizer: warm-up, then cosine decay to 1% of the peak (RMSProp as
+    TF-slim: rho 0.9, momentum 0.9, epsilon 1.0)."""
+    from pipelines.jobs import training
 
     total = max(1, recipe.epochs * steps_per_epoch)
     warmup = int(recipe.warmup_epochs * steps_per_epoch)
-    schedule = keras.optimizers.schedules.CosineDecay(
-        0.0 if warmup else recipe.learning_rate, total - warmup, alpha=0.01,
-        warmup_target=recipe.learning_rate if warmup else None, warmup_steps=warmup,
-    )
-    # weight decay is in the model's losses (weight_decay.add_weight_decay), not here
-    if recipe.optimizer == "rmsprop":
-        return keras.optimizers.RMSprop(schedule, rho=0.9, momentum=0.9, epsilon=1.0)
-    if recipe.optimizer == "adam":
-        return keras.optimizers.Adam(schedule)
-    if recipe.optimizer == "sgd":
-        return keras.optimizers.SGD(schedule, momentum=0.9)
-    raise ValueError(f"optimizer must be rmsprop, adam or sgd, got {recipe.optimizer!r}")
+    schedule = training.cosine_schedule(recipe.learning_rate, total, warmup, alpha=0.01)
+    return training.make_optimizer(recipe.optimizer, schedule)
 
 
 def predict_detections(model, dataset, anchors, recipe):
@@ -256,25 +233,15 @@ def ground_truth_from_dataset(source, label_to_category):
     return GroundTruth(gt, dict(label_to_category))
 
 
-def run(coco_dir=None, tfds_data_dir=None, run_dir="runs/coco", recipe=None,
-        backbone_weights=None, data_root="data/synthetic_coco", train_split="train",
-        val_split="val", verbose="auto", init=None, freeze_bn=False):
-    """Trains and evaluates; returns the metrics dict (also written to run_dir/metrics.json).
-
-    ``init`` (a .keras model, an official .tflite file or a TF checkpoint) starts the model from
-    its weights where names and shapes match (``keras_mnv2.convert.init_from``; ``freeze_bn``
-    freezes batch norm)."""
-    from keras_mnv2.detection.losses import ssd_losses
+def load_data(recipe, coco_dir=None, tfds_data_dir=None, data_root="data/synthetic_coco",
+              train_split="train", val_split="val"):
+    """The train and val splits (``training.Data``): a COCO-format directory, TFDS coco/2017,
+    or with neither the embedded synthetic dataset (generated in ``data_root`` if not there)."""
     from pipelines.data import coco
-    from pipelines.jobs import driver
+    from pipelines.jobs.training import Data
     from pipelines.synthetic import coco as synthetic_coco
 
-    start = time.time()
-    embedded = coco_dir is None and tfds_data_dir is None
-    recipe = recipe or (EMBEDDED if embedded else PAPER)
-    check_recipe(recipe)
-    driver.prepare_run_dir(run_dir, recipe)
-    if embedded:
+    if coco_dir is None and tfds_data_dir is None:
         print(f"No COCO given: using the embedded synthetic COCO-format dataset in {data_root}")
         synthetic_coco.generate(data_root, **SYNTHETIC)
         coco_dir = data_root
@@ -298,45 +265,62 @@ def run(coco_dir=None, tfds_data_dir=None, run_dir="runs/coco", recipe=None,
         train_source = coco.coco_dataset(train, size_mismatch=recipe.size_mismatch)
         val_source = coco.coco_dataset(val, size_mismatch=recipe.size_mismatch)
         skipped = (train.skipped_images, val.skipped_images)
+    origin = os.path.abspath(coco_dir) if coco_dir else f"tfds:{tfds_data_dir}"
+    return Data(train_source, val_source, num_classes, num_train, origin,
+                extra={"ground_truth": val, "skipped": skipped})
 
-    model = build_model(recipe, num_classes, backbone_weights)
-    if init is not None:
-        from keras_mnv2.convert import init_from
 
-        init_from(model, init, freeze_batch_norm=freeze_bn)
-    anchors = model.anchors
-    train_ds = train_dataset(train_source, recipe, anchors)
-    steps = max(1, num_train // recipe.batch_size)
-    model.compile(optimizer=make_optimizer(recipe, steps),
-                  loss=ssd_losses(mode=recipe.class_loss))
-    os.makedirs(run_dir, exist_ok=True)
-    nan = driver.fit(model, train_ds, recipe.epochs, run_dir, steps_per_epoch=steps,
-                     verbose=verbose)
-    train_seconds = time.time() - start
-
+def evaluate(model, recipe, data, run_dir):
+    """COCO mAP of ``model`` on the val split (pycocotools; detections_val.json) and
+    detections.png; the job's metrics."""
     from pipelines.data import coco_eval
 
-    detections = predict_detections(model, eval_dataset(val_source, recipe), anchors, recipe)
+    anchors = model.anchors
+    val, skipped = data.extra["ground_truth"], data.extra["skipped"]
+    detections = predict_detections(model, eval_dataset(data.val, recipe), anchors, recipe)
     stats = coco_eval.coco_evaluate(
         val.coco, detections, val.label_to_category,
         results_path=os.path.join(run_dir, "detections_val.json"),
     )
     label_names = {label: val.coco.cats[cat]["name"]
                    for label, cat in val.label_to_category.items() if cat in val.coco.cats}
-    draw_detections(val_source, detections, os.path.join(run_dir, "detections.png"), label_names)
+    draw_detections(data.val, detections, os.path.join(run_dir, "detections.png"), label_names)
     metrics = dict(stats)
     metrics.update({
-        "recipe": dataclasses.asdict(recipe),
-        "dataset": os.path.abspath(coco_dir) if coco_dir else f"tfds:{tfds_data_dir}",
         # images actually used: those listed, less those skipped (undecodable, size mismatch)
-        "train_images": num_train - (skipped[0].skipped if skipped else 0),
-        "train_images_listed": num_train,
+        "train_images": data.num_train - (skipped[0].skipped if skipped else 0),
         "val_images": len(detections),
         "skipped_images": {"train": skipped[0].skipped, "val": skipped[1].skipped}
         if skipped else None,
-        "stopped_on_nan": nan,
-        "seconds": round(time.time() - start, 1),
-        "train_seconds": round(train_seconds, 1),
     })
-    driver.write_metrics(run_dir, metrics)
     return metrics
+
+
+def run(coco_dir=None, tfds_data_dir=None, run_dir="runs/coco", recipe=None,
+        backbone_weights=None, data_root="data/synthetic_coco", train_split="train",
+        val_split="val", verbose="auto", init=None, freeze_bn=False):
+    """Trains and evaluates (``training.run_job``); returns the metrics dict (also written to
+    run_dir/metrics.json).
+
+    ``init`` (a .keras model, an official .tflite file or a TF checkpoint) starts the model from
+    its weights where names and shapes match (``keras_mnv2.convert.init_from``; ``freeze_bn``
+    freezes batch norm)."""
+    from keras_mnv2.detection.losses import ssd_losses
+    from pipelines.jobs import training
+
+    embedded = coco_dir is None and tfds_data_dir is None
+    job = training.Job(
+        check_recipe=check_recipe,
+        load=lambda recipe: load_data(recipe, coco_dir, tfds_data_dir, data_root, train_split,
+                                      val_split),
+        build_model=lambda recipe, data: build_model(recipe, data.num_classes,
+                                                     backbone_weights),
+        make_optimizer=make_optimizer,
+        compile_args=lambda recipe, data: {"loss": ssd_losses(mode=recipe.class_loss)},
+        train_data=lambda model, recipe, data, steps: train_dataset(data.train, recipe,
+                                                                    model.anchors),
+        evaluate=lambda model, recipe, data, run_dir, nan: evaluate(model, recipe, data,
+                                                                    run_dir),
+    )
+    return training.run_job(job, recipe or (EMBEDDED if embedded else PAPER), run_dir,
+                            init=init, freeze_bn=freeze_bn, verbose=verbose)

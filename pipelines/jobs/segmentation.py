@@ -10,10 +10,11 @@ import dataclasses
 import json
 import math
 import os
-import time
 from pathlib import Path
 
 import numpy as np
+
+from pipelines.jobs.training import EMBEDDED_COMMON
 
 IGNORE_LABEL = 255
 
@@ -52,26 +53,11 @@ class VocRecipe:
 
 
 PAPER = VocRecipe()
-# The embedded default: small and quick on 2 CPU cores (chosen by measurement, see README).
-EMBEDDED = VocRecipe(
-    alpha=0.35,
-    crop_size=128,
-    eval_size=128,
-    output_stride=8,
-    aspp=False,
-    batch_size=16,
-    epochs=12,
-    optimizer="adam",
-    learning_rate=2e-3,
-    schedule="cosine",
-    warmup_epochs=0.5,
-    weight_decay=0.0,
-    bn_momentum=0.9,  # ~750 steps: at 0.999 the moving statistics would lag far behind
-    min_scale=0.75,
-    max_scale=1.5,
-    scale_step=0.0,
-    cache=True,
-)
+# The embedded default: small and quick on 2 CPU cores (chosen by measurement, see README); ~750
+# steps. What the three jobs' embedded recipes share is training.EMBEDDED_COMMON.
+EMBEDDED = VocRecipe(**EMBEDDED_COMMON, crop_size=128, eval_size=128, output_stride=8,
+                     aspp=False, batch_size=16, epochs=12, learning_rate=2e-3, schedule="cosine",
+                     warmup_epochs=0.5, min_scale=0.75, max_scale=1.5, scale_step=0.0)
 SYNTHETIC = dict(num_train=1000, num_val=200, image_size=128, num_classes=5, seed=0, border=1)
 
 
@@ -87,7 +73,10 @@ def parse_scales(text):
 
 
 def check_recipe(recipe):
-    """Raises ValueError for a recipe that cannot run (before any data is read)."""
+    """Raises ValueError for a recipe that cannot run (before any data is read): the checks of
+    this job, then those every job shares (``training.check_recipe``)."""
+    from pipelines.jobs import training
+
     if recipe.crop_size < 32 or recipe.eval_size < 32:
         raise ValueError(f"crop_size and eval_size must be >= 32, got {recipe.crop_size}, "
                          f"{recipe.eval_size}")
@@ -105,6 +94,7 @@ def check_recipe(recipe):
     if recipe.batch_size < 1 or recipe.epochs < 1:
         raise ValueError("batch_size and epochs must be >= 1")
     parse_scales(recipe.eval_scales)
+    training.check_recipe(recipe)
 
 
 def train_dataset(index, recipe):
@@ -146,7 +136,11 @@ def eval_dataset(index, eval_size, batch_size):
 
 
 def make_optimizer(recipe, steps_per_epoch):
+    """The recipe's optimizer: momentum SGD or Adam, with the poly schedule (to 0) or warm-up
+    and cosine decay to 1% of the peak."""
     import keras
+
+    from pipelines.jobs import training
 
     total = max(1, recipe.epochs * steps_per_epoch)
     if recipe.schedule == "poly":
@@ -154,14 +148,8 @@ def make_optimizer(recipe, steps_per_epoch):
             recipe.learning_rate, total, end_learning_rate=0.0, power=recipe.poly_power)
     else:
         warmup = int(recipe.warmup_epochs * steps_per_epoch)
-        schedule = keras.optimizers.schedules.CosineDecay(
-            0.0 if warmup else recipe.learning_rate, max(1, total - warmup), alpha=0.01,
-            warmup_target=recipe.learning_rate if warmup else None, warmup_steps=warmup,
-        )
-    # weight decay is in the model's losses (build_model), not here
-    if recipe.optimizer == "sgd":
-        return keras.optimizers.SGD(schedule, momentum=0.9)
-    return keras.optimizers.Adam(schedule)
+        schedule = training.cosine_schedule(recipe.learning_rate, total, warmup, alpha=0.01)
+    return training.make_optimizer(recipe.optimizer, schedule)
 
 
 def build_model(recipe, num_classes, size, backbone_weights=None):
@@ -350,30 +338,16 @@ def dataset_class_names(voc_dir):
     return voc.VOC_CLASSES
 
 
-def run(voc_dir=None, sbd_dir=None, run_dir="runs/voc", recipe=None, backbone_weights=None,
-        data_root="data/synthetic_voc", train_split=None, val_split="val", verbose="auto",
-        init=None, freeze_bn=False):
-    """Trains and evaluates; returns the metrics dict (also written to run_dir/metrics.json).
-
-    ``init`` (a .keras model, an official .tflite file or a TF checkpoint) starts the model from
-    its weights where names and shapes match (``keras_mnv2.convert.init_from``; ``freeze_bn``
-    freezes batch norm).
-
-    ``train_split`` defaults to ``train_aug`` with ``sbd_dir``, else ``train``.
-    """
-    from keras_mnv2.segmentation import MeanIoU, SegmentationLoss
-    from pipelines.jobs import driver
-    from pipelines.synthetic import voc as synthetic_voc
+def load_data(recipe, voc_dir=None, sbd_dir=None, data_root="data/synthetic_voc",
+              train_split=None, val_split="val"):
+    """The train and val splits (``training.Data`` of VOC indexes), every val mask checked in
+    full and the train masks' headers before any model is built; with no ``voc_dir`` the
+    embedded synthetic dataset (generated in ``data_root`` if not there)."""
     from pipelines.data import voc
+    from pipelines.jobs.training import Data
+    from pipelines.synthetic import voc as synthetic_voc
 
-    start = time.time()
-    embedded = voc_dir is None
-    if embedded and sbd_dir is not None:
-        raise ValueError("sbd_dir needs voc_dir (SBD only adds masks to a VOCdevkit)")
-    recipe = recipe or (EMBEDDED if embedded else PAPER)
-    check_recipe(recipe)
-    driver.prepare_run_dir(run_dir, recipe)
-    if embedded:
+    if voc_dir is None:
         print(f"No VOC given: using the embedded synthetic VOC-format dataset in {data_root}")
         synthetic_voc.generate(data_root, **SYNTHETIC)
         voc_dir = data_root
@@ -389,25 +363,17 @@ def run(voc_dir=None, sbd_dir=None, run_dir="runs/voc", recipe=None, backbone_we
     voc.check_examples(train, labels=False)
     print(train.report())
     print(val.report())
-    num_classes = len(class_names)
+    return Data(train, val, len(class_names), train.num_images, str(Path(voc_dir).resolve()),
+                extra={"class_names": class_names, "train_split": train_split,
+                       "val_split": val_split,
+                       "sbd": str(Path(sbd_dir).resolve()) if sbd_dir is not None else None})
 
-    import keras
 
-    keras.utils.set_random_seed(recipe.seed)  # the same initial weights on every run
-    model = build_model(recipe, num_classes, recipe.crop_size, backbone_weights)
-    if init is not None:
-        from keras_mnv2.convert import init_from
-
-        init_from(model, init, freeze_batch_norm=freeze_bn)
-    steps = max(1, train.num_images // recipe.batch_size)
-    model.compile(optimizer=make_optimizer(recipe, steps),
-                  loss=SegmentationLoss(ignore_label=IGNORE_LABEL),
-                  metrics=[MeanIoU(num_classes, ignore_label=IGNORE_LABEL)])
-    os.makedirs(run_dir, exist_ok=True)
-    nan = driver.fit(model, train_dataset(train, recipe), recipe.epochs, run_dir,
-                     steps_per_epoch=steps, verbose=verbose)
-    train_seconds = time.time() - start
-
+def evaluate_run(model, recipe, data, run_dir):
+    """Mean IoU of the trained ``model`` on the val split (at ``eval_size``, the recipe's scales
+    and flips), predictions.png and confusion_matrix.csv; the job's metrics."""
+    num_classes, class_names = data.num_classes, data.extra["class_names"]
+    train, val = data.train, data.val
     at_size = resized_model_builder(model, recipe, num_classes)
     eval_model = at_size(recipe.eval_size)
     results = evaluate(
@@ -420,22 +386,52 @@ def run(voc_dir=None, sbd_dir=None, run_dir="runs/voc", recipe=None, backbone_we
     _write_confusion(os.path.join(run_dir, "confusion_matrix.csv"),
                      metrics.pop("confusion_matrix"), class_names)
     metrics.update({
-        "recipe": dataclasses.asdict(recipe),
-        "dataset": str(Path(voc_dir).resolve()),
-        "sbd": str(Path(sbd_dir).resolve()) if sbd_dir is not None else None,
-        "train_split": train_split,
-        "val_split": val_split,
+        "sbd": data.extra["sbd"],
+        "train_split": data.extra["train_split"],
+        "val_split": data.extra["val_split"],
         "class_names": list(class_names),
         "num_classes": num_classes,
         "params": int(model.count_params()),
         "train_images": train.num_images - train.skipped.skipped,  # actually used
-        "train_images_listed": train.num_images,
         "val_images": results["num_images"],
         "skipped": {"train": train.skipped.skipped, "val": val.skipped.skipped,
                     "files": {**train.skipped.reasons, **val.skipped.reasons}},
-        "stopped_on_nan": nan,
-        "seconds": round(time.time() - start, 1),
-        "train_seconds": round(train_seconds, 1),
     })
-    driver.write_metrics(run_dir, metrics)
     return metrics
+
+
+def run(voc_dir=None, sbd_dir=None, run_dir="runs/voc", recipe=None, backbone_weights=None,
+        data_root="data/synthetic_voc", train_split=None, val_split="val", verbose="auto",
+        init=None, freeze_bn=False):
+    """Trains and evaluates (``training.run_job``); returns the metrics dict (also written to
+    run_dir/metrics.json).
+
+    ``init`` (a .keras model, an official .tflite file or a TF checkpoint) starts the model from
+    its weights where names and shapes match (``keras_mnv2.convert.init_from``; ``freeze_bn``
+    freezes batch norm).
+
+    ``train_split`` defaults to ``train_aug`` with ``sbd_dir``, else ``train``.
+    """
+    from keras_mnv2.segmentation import MeanIoU, SegmentationLoss
+    from pipelines.jobs import training
+
+    embedded = voc_dir is None
+    if embedded and sbd_dir is not None:
+        raise ValueError("sbd_dir needs voc_dir (SBD only adds masks to a VOCdevkit)")
+    job = training.Job(
+        check_recipe=check_recipe,
+        load=lambda recipe: load_data(recipe, voc_dir, sbd_dir, data_root, train_split,
+                                      val_split),
+        build_model=lambda recipe, data: build_model(recipe, data.num_classes, recipe.crop_size,
+                                                     backbone_weights),
+        make_optimizer=make_optimizer,
+        compile_args=lambda recipe, data: {
+            "loss": SegmentationLoss(ignore_label=IGNORE_LABEL),
+            "metrics": [MeanIoU(data.num_classes, ignore_label=IGNORE_LABEL)]},
+        train_data=lambda model, recipe, data, steps: train_dataset(data.train, recipe),
+        evaluate=lambda model, recipe, data, run_dir, nan: evaluate_run(model, recipe, data,
+                                                                        run_dir),
+        seed_weights=True,
+    )
+    return training.run_job(job, recipe or (EMBEDDED if embedded else PAPER), run_dir,
+                            init=init, freeze_bn=freeze_bn, verbose=verbose)
