@@ -450,13 +450,11 @@ def test_tflite_checked_against_the_run_before_evaluating(tmp_path):
     assert "its input is 32x32x3 but the run's images are 48x48x3" in message
     assert "has 3 classes but the run has 5" in message and "keras-mnv2 export" in message
     # An input type no export writes (export.convert's input is a float32 image), so this file
-    # is converted here from a TF function of its own.
-    @tf.function(input_signature=[tf.TensorSpec([1, 32, 32, 3], tf.int32)])
-    def int32_input(x):
-        return {"output": tf.reduce_mean(tf.cast(x, tf.float32), axis=[1, 2])}
-
-    converter = tf.lite.TFLiteConverter.from_concrete_functions(
-        [int32_input.get_concrete_function()], int32_input)
+    # is converted here, from the Keras model as it is.
+    inputs = keras.Input((32, 32, 3), dtype="int32")
+    pooled = keras.layers.GlobalAveragePooling2D()(keras.ops.cast(inputs, "float32"))
+    converter = tf.lite.TFLiteConverter.from_keras_model(
+        keras.Model(inputs, keras.layers.Dense(3)(pooled)))
     other = tmp_path / "int32.tflite"
     other.write_bytes(converter.convert())
     with pytest.raises(ValueError, match="its input type is int32 .expected float32, int8 or "
