@@ -106,7 +106,8 @@ def memory_bench(mobilenet_size=224, ssd_size=320, alpha=1.0, repeats=100, calib
 
     print("\n== Memory-efficient inference (paper section 5.1): split-expansion blocks ==")
     print("computed: profile(schedule='memory') of the Keras graph; arena: TFLite tensor arena "
-          "(converter's op order, then memory-aware order); latency: reordered model, 1 thread")
+          "of the file export.convert ships (memory-aware order; 'arena conv': the converter's "
+          "own order, with --converter-order); latency: the shipped file, 1 thread")
     header = (f"{'model':<20} {'dtype':<7} {'splits':<10} {'computed':>9} {'':>5} "
               f"{'arena conv':>10} {'arena':>9} {'':>5} {'ops':>4} {'wall ms':>8} {'':>5} "
               f"{'cpu ms':>8} {'':>5}")
