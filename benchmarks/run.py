@@ -40,7 +40,7 @@ def classifier_section(alpha, size, repeats):
     import keras
 
     import keras_mnv2
-    from keras_mnv2.deploy import tflite
+    from keras_mnv2.deploy import export
 
     x = np.random.RandomState(0).uniform(-1, 1, (16, size, size, 3)).astype("float32")
     models = {
@@ -54,7 +54,7 @@ def classifier_section(alpha, size, repeats):
              f"{'tflite ms 1T':>13} {'tflite ms 2T':>13}"
     print(header)
     print("-" * len(header))
-    contents = {name: tflite.convert_float(model) for name, model in models.items()}
+    contents = {name: export.convert(model, output="raw") for name, model in models.items()}
     lat1 = tflite_latency_ms(contents, x, 1, repeats)
     lat2 = tflite_latency_ms(contents, x, 2, repeats)
     for name, model in models.items():

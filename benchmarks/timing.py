@@ -16,6 +16,8 @@ import time
 
 import numpy as np
 
+from keras_mnv2.deploy.tflite import sample_input
+
 
 @dataclasses.dataclass(frozen=True)
 class Timing:
@@ -28,25 +30,15 @@ class Timing:
     round_cpu_ms: tuple
 
 
-def sample_input(detail, seed=0):
-    """A random input for a tensor ``detail`` (``get_input_details()`` entry): uniform in
-    [-1, 1] for float, the dtype's whole range for integers."""
-    rng = np.random.RandomState(seed)
-    shape, dtype = tuple(detail["shape"]), np.dtype(detail["dtype"])
-    if np.issubdtype(dtype, np.integer):
-        info = np.iinfo(dtype)
-        return rng.randint(info.min, int(info.max) + 1, shape).astype(dtype)
-    return rng.uniform(-1, 1, shape).astype(dtype)
-
-
 def tflite_timings(contents, threads=1, repeats=100, rounds=5, inputs=None, budget_s=None):
     """Times each flatbuffer of ``contents`` ({name: bytes}); returns {name: Timing}.
 
     Args:
         threads: the interpreters' ``num_threads``.
         repeats: invocations of each model (split over ``rounds`` rounds, at least one a round).
-        inputs: None (random inputs, see ``sample_input``), one array for every model, or
-            {name: array}; each model's first input is set once, before the warm-up.
+        inputs: None (random inputs, ``keras_mnv2.deploy.tflite.sample_input``), one array for
+            every model, or {name: array}; each model's first input is set once, before the
+            warm-up.
         budget_s: if given, fewer invocations where ``repeats`` of every model would take longer
             than this (estimated from the warm-up), but never fewer than one a round.
     """

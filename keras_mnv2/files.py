@@ -1,6 +1,7 @@
 """Files a run writes, written whole: a temporary name in the same folder, then a rename, so a
 kill leaves the old file or the new one, never half of one. Shared by the training driver
-(``pipelines.jobs.driver``) and the TFMOT QAT loop (``keras_mnv2.deploy.qat``).
+(``pipelines.jobs.driver``), the TFMOT QAT loop (``keras_mnv2.deploy.qat``) and
+``pipelines.manifest.write_atomic`` (every other text file a run or a generator writes).
 
 ``KERAS_MNV2_KILL_AT=<point>@<epoch>`` kills the process at that point of that epoch (0-based),
 between a write and its rename: the kill-and-resume tests set it.

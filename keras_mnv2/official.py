@@ -83,16 +83,13 @@ class TfliteGraph:
     """The operators and constant tensors of a .tflite file (read without delegates)."""
 
     def __init__(self, path):
-        from ai_edge_litert.interpreter import Interpreter, OpResolverType
+        from keras_mnv2.deploy.tflite import interpreter
 
         self.path = os.fspath(path)
         if not os.path.exists(self.path):
             raise FileNotFoundError(f"TFLite file not found: {self.path}")
         try:
-            self.interpreter = Interpreter(
-                model_path=self.path,
-                experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
-            self.interpreter.allocate_tensors()
+            self.interpreter = interpreter(self.path, delegates=False)
         except (ValueError, RuntimeError) as err:
             raise ValueError(f"{self.path} is not a readable TFLite model: {err}") from err
         self.tensors = {t["index"]: t for t in self.interpreter.get_tensor_details()}

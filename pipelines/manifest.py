@@ -44,11 +44,8 @@ def write_manifest(root, params):
 
 
 def write_atomic(path, text):
-    """Writes ``text`` to ``path`` through a temporary file and a rename: never half a file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Writes ``text`` to ``path`` through a temporary file and a rename: never half a file
+    (``keras_mnv2.files.write_text``: ``a.json`` is written as ``.a.tmp.json`` first)."""
+    from keras_mnv2.files import write_text
+
+    write_text(os.fspath(path), text)

@@ -6,7 +6,7 @@ import pytest
 import keras
 import keras_mnv2
 from keras_mnv2 import convert
-from keras_mnv2.deploy import tflite
+from keras_mnv2.deploy import export, tflite
 
 CLASSIFIER_FILE = "mobilenet_v2_1.0_224_quant.tflite"
 DEEPLAB_FILE = "deeplabv3_mnv2_pascal_quant.tflite"
@@ -106,8 +106,6 @@ def test_infer_width_recognizes_alpha_and_the_deeplab_rounding():
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["classifier", "deeplab", "ssdlite"])
 def test_float32_and_float16_files_round_trip_to_1e_4(kind, tmp_path, images):
-    import tensorflow as tf
-
     if kind == "classifier":
         model = keras_mnv2.MobileNetV2(alpha=0.35, input_shape=(96, 96, 3), classes=7)
         x = images(2)
@@ -119,12 +117,9 @@ def test_float32_and_float16_files_round_trip_to_1e_4(kind, tmp_path, images):
         model = keras_mnv2.SSDLite(num_classes=3, alpha=0.35, input_size=96)
         x = images(2)
     _perturbed(model)
-    files = [("float32", tflite.convert_float(model))]
+    files = [("float32", export.convert(model, output="raw"))]
     if kind == "deeplab":  # float16 weights (through DEQUANTIZE ops): one model is enough
-        converter = tf.lite.TFLiteConverter.from_keras_model(model)
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.target_spec.supported_types = [tf.float16]
-        files.append(("float16", converter.convert()))
+        files.append(("float16", export.convert(model, "float16", output="raw")))
     for label, content in files:
         path = tmp_path / f"{kind}_{label}.tflite"
         path.write_bytes(content)
@@ -153,7 +148,7 @@ def test_unknown_and_missing_files_raise_clear_errors(tmp_path):
     inputs = keras.Input((8, 8, 3))
     other = keras.Model(inputs, keras.layers.Conv2D(4, 3, name="stem")(inputs))
     path = tmp_path / "other.tflite"
-    path.write_bytes(tflite.convert_float(other))
+    path.write_bytes(export.convert(other, output="raw"))
     with pytest.raises(ValueError, match="name no MobileNetV2 layer"):
         convert.from_tflite(path)
     with pytest.raises(FileNotFoundError, match="TFLite file not found"):
@@ -379,7 +374,7 @@ def test_builders_take_official_paths_as_weights(tmp_path, images):
     seg = _perturbed(keras_mnv2.DeepLabV3(num_classes=3, alpha=0.35, input_shape=(65, 65, 3),
                                           aspp=False))
     path = tmp_path / "seg.tflite"
-    path.write_bytes(tflite.convert_float(seg))
+    path.write_bytes(export.convert(seg, output="raw"))
     loaded = keras_mnv2.DeepLabV3(num_classes=3, alpha=0.35, input_shape=(65, 65, 3),
                                   aspp=False, weights=str(path))
     x = images(1, size=65)

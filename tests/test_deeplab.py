@@ -3,7 +3,7 @@ import pytest
 
 import keras
 import keras_mnv2
-from keras_mnv2.deploy import tflite
+from keras_mnv2.deploy import export, tflite
 from keras_mnv2.segmentation.deeplab import DeepLabV3, backbone_channels, deeplab_atrous_rates, head_layer_names
 
 VOC = dict(num_classes=21, input_shape=(513, 513, 3))
@@ -134,7 +134,8 @@ def test_tflite_float_matches_keras(images):
     print("max |logit|", np.abs(expected).max())
     assert expected.shape == (2, 97, 97, 5)
     assert np.abs(expected).max() > 0.1  # real logits, not ~0
-    np.testing.assert_allclose(tflite.run(tflite.convert_float(model), x), expected, atol=1e-4)
+    np.testing.assert_allclose(tflite.run(export.convert(model, output="raw"), x), expected,
+                               atol=1e-4)
 
 
 @pytest.mark.parametrize("size", [96, 97])
@@ -246,7 +247,7 @@ def test_align_corners_converts_to_one_tflite_resize_with_the_flag(images):
     from tensorflow.lite.tools import flatbuffer_utils
 
     model = _calibrated(DeepLabV3(input_shape=(97, 97, 3), **TINY), images(2, size=97))
-    content = tflite.convert_float(model)
+    content = export.convert(model, output="raw")
     parsed = flatbuffer_utils.convert_bytearray_to_object(bytearray(content))
     flags = [(op.builtinOptions.alignCorners, op.builtinOptions.halfPixelCenters)
              for op in parsed.subgraphs[0].operators

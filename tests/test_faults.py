@@ -433,13 +433,15 @@ def test_disk_full_is_one_line_saying_what_to_do():
 def test_tflite_checked_against_the_run_before_evaluating(tmp_path):
     import keras
 
-    from keras_mnv2.deploy import tflite
+    import tensorflow as tf
+
+    from keras_mnv2.deploy import export
     from pipelines.jobs import deploy
 
     model = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.GlobalAveragePooling2D(),
                               keras.layers.Dense(3)])
     path = tmp_path / "model.tflite"
-    path.write_bytes(tflite.convert_float(model))
+    path.write_bytes(export.convert(model, output="raw"))
     images = np.zeros((2, 32, 32, 3), np.float32)
     deploy.check_tflite(str(path), images, 3, "*")  # fits
     with pytest.raises(ValueError) as info:
@@ -447,10 +449,14 @@ def test_tflite_checked_against_the_run_before_evaluating(tmp_path):
     message = str(info.value)
     assert "its input is 32x32x3 but the run's images are 48x48x3" in message
     assert "has 3 classes but the run has 5" in message and "keras-mnv2 export" in message
-    inputs = keras.Input((32, 32, 3), dtype="int32")  # an input type no export writes
+    # An input type no export writes (export.convert's input is a float32 image), so this file
+    # is converted here, from the Keras model as it is.
+    inputs = keras.Input((32, 32, 3), dtype="int32")
     pooled = keras.layers.GlobalAveragePooling2D()(keras.ops.cast(inputs, "float32"))
+    converter = tf.lite.TFLiteConverter.from_keras_model(
+        keras.Model(inputs, keras.layers.Dense(3)(pooled)))
     other = tmp_path / "int32.tflite"
-    other.write_bytes(tflite.convert_float(keras.Model(inputs, keras.layers.Dense(3)(pooled))))
+    other.write_bytes(converter.convert())
     with pytest.raises(ValueError, match="its input type is int32 .expected float32, int8 or "
                                          "uint8."):
         deploy.check_tflite(str(other), images, 3, "*")

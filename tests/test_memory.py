@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 import keras_mnv2
-from keras_mnv2.deploy import memory, tflite
+from keras_mnv2.deploy import export, memory, tflite
 from keras_mnv2.blocks import inverted_residual
 from keras_mnv2.profiler import memory_aware_order
 from keras_mnv2.split import split_expansion
@@ -68,11 +68,11 @@ def test_tflite_arena_hand_checked():
     # 32x32 px, 16 channels expanded to 96: 4096 bytes per channel in float32. TFLite fuses BN
     # and ReLU6 into the convolutions and keeps the model input alive. Whole: input 16 +
     # expansion 96 + depthwise 96 = 208 channels.
-    whole = tflite.convert_float(_block(32, 16, 1))
+    whole = export.convert(_block(32, 16, 1), output="raw")
     assert memory.tflite_arena_bytes(whole) == 208 * 4096
     # Three groups of 32, one at a time: input 16 + running sum 16 + the group's expansion 32
     # and depthwise output 32 = 96 channels.
-    split = memory.reorder_ops(tflite.convert_float(_block(32, 16, 3)))
+    split = export.convert(_block(32, 16, 3), output="raw")  # folded and reordered, as shipped
     assert memory.tflite_arena_bytes(split) == 96 * 4096
     ops = memory.tflite_ops(split)
     # The groups survive conversion as separate, smaller tensors, computed one after the other.
@@ -86,7 +86,7 @@ def test_tflite_arena_hand_checked():
 def test_split_mobilenet_survives_tflite_conversion(images):
     model = keras_mnv2.MobileNetV2(alpha=0.35, input_shape=(96, 96, 3), include_top=False,
                                    expansion_splits=(3, 5) + (1,) * 15, name="zz_model")
-    content = tflite.convert_float(model)
+    content = export.convert(model, output="raw", memory_order=False)  # the converter's order
     reordered = memory.reorder_ops(content)
     shapes = [shapes[0] for _, shapes in memory.tflite_ops(reordered)]
     # Conv1 + block 0: 16 channels in groups of 6, 5, 5 (projected to 8); block 1: 48 channels
@@ -100,18 +100,18 @@ def test_split_mobilenet_survives_tflite_conversion(images):
     np.testing.assert_allclose(tflite.run(reordered, x), expected, atol=1e-4)
     np.testing.assert_array_equal(tflite.run(reordered, x), tflite.run(content, x))
     assert memory.tflite_arena_bytes(reordered) <= memory.tflite_arena_bytes(content)
-    whole = tflite.convert_float(keras_mnv2.MobileNetV2(alpha=0.35, input_shape=(96, 96, 3),
-                                                        include_top=False))
+    whole = export.convert(keras_mnv2.MobileNetV2(alpha=0.35, input_shape=(96, 96, 3),
+                                                  include_top=False), output="raw")
     assert memory.tflite_arena_bytes(reordered) < 0.8 * memory.tflite_arena_bytes(whole)
 
 
 def test_arena_of_a_file_and_bad_input(tmp_path):
-    content = tflite.convert_float(_block(8, 4, 1))
+    content = export.convert(_block(8, 4, 1), output="raw")
     path = tmp_path / "block.tflite"
     path.write_bytes(content)
     assert memory.tflite_arena_bytes(str(path)) == memory.tflite_arena_bytes(content)
-    with pytest.raises(ValueError, match="samples must be a non-empty batch"):
-        memory.convert_int8(_block(8, 4, 1), np.zeros((0,)))
+    with pytest.raises(ValueError, match="representative_data is empty"):
+        export.convert(_block(8, 4, 1), "int8", np.zeros((0, 8, 8, 4)), output="raw")
 
 
 @pytest.mark.slow
@@ -129,8 +129,9 @@ def test_int8_sum_of_projections_stays_close(images):
             layer.set_weights([gamma, beta, mean, variance + 0.01])
     x = images(n=4, seed=2)
     expected = model.predict(x, verbose=0)
-    whole = memory.convert_int8(model, calibration)
-    split = memory.reorder_ops(memory.convert_int8(split_expansion(model, 3), calibration))
+    settings = dict(mode="int8", representative_data=calibration, io_dtype="int8", output="raw")
+    whole = export.convert(model, **settings)
+    split = export.convert(split_expansion(model, 3), **settings)  # folded and reordered
     whole_error = np.abs(tflite.run(whole, x) - expected)
     split_error = np.abs(tflite.run(split, x) - expected)
     step = tflite.interpreter(split).get_output_details()[0]["quantization"][0]

@@ -236,7 +236,7 @@ def _tf_variables(model):
     return [v if isinstance(v, tf.Variable) else v.value for v in model.variables]
 
 
-def _check_settings(model, mode, io_dtype, representative_data):
+def _check_settings(model, mode, io_dtype, representative_data, quantizer="converter"):
     from keras_mnv2.frameworks import framework_of
     from keras_mnv2.deploy.qat import is_quantized
 
@@ -280,6 +280,11 @@ def _check_settings(model, mode, io_dtype, representative_data):
     if mode == "qat" and representative_data is not None:
         raise ValueError("mode 'qat' takes its activation ranges from quantization-aware "
                          "training; representative_data is for mode 'int8' only")
+    if quantizer not in QUANTIZERS:
+        raise ValueError(f"quantizer must be one of {QUANTIZERS}, got {quantizer!r}")
+    if quantizer == "litert" and (mode != "int8" or io_dtype != "float32"):
+        raise ValueError(f"quantizer='litert' quantizes mode 'int8' with float32 I/O, got "
+                         f"mode={mode!r}, io_dtype={io_dtype!r}")
 
 
 def _ops_at_fault(message):
@@ -304,20 +309,43 @@ def _input_shape(model, input_shape):
 
 def convert(model, mode="float32", representative_data=None, io_dtype="float32",
             output="auto", anchors=None, nms=NMS(), num_calibration_images=100,
-            input_shape=None):
-    """Converts ``model`` to a TFLite flatbuffer (bytes); see ``export_tflite``."""
+            input_shape=None, quantizer="converter", memory_order=True):
+    """Converts ``model`` to a TFLite flatbuffer (bytes): the package's one converter.
+
+    ``export_tflite`` writes these bytes (with metadata added); the benchmarks and the memory
+    measurements convert through it too, so that they measure what ships: projection BNs of
+    split blocks folded, every mode, ``quantizer`` "converter" or "litert" (see
+    ``export_tflite`` for the other arguments). ``memory_order=False`` keeps the converter's op
+    order for a model with split-expansion blocks instead of ``memory.reorder_ops``' order (the
+    shipped one), to measure what the reordering saves. ``output="raw"`` converts any Keras
+    model with one image input [H, W, C] as it is (its outputs named ``output`` or by its
+    output names).
+    """
     return _convert(model, mode, representative_data, io_dtype, output, anchors, nms,
-                    num_calibration_images, input_shape)[0]
+                    num_calibration_images, input_shape, quantizer, memory_order)[0]
 
 
 def _convert(model, mode, representative_data, io_dtype, output, anchors, nms,
-             num_calibration_images, input_shape):
+             num_calibration_images, input_shape, quantizer="converter", memory_order=True):
+    """``convert``, returning (bytes, the output chosen for "auto")."""
     import contextlib
     import io
 
     import tensorflow as tf
 
-    _check_settings(model, mode, io_dtype, representative_data)
+    _check_settings(model, mode, io_dtype, representative_data, quantizer)
+    if quantizer == "litert":
+        content, output = _convert(model, "float32", None, io_dtype, output, anchors, nms,
+                                   num_calibration_images, input_shape,
+                                   memory_order=memory_order)
+        calibration = calibration_images(representative_data, _input_shape(model, input_shape),
+                                         num_calibration_images)
+        try:
+            return litert_quantize(content, calibration), output
+        except ExportError:
+            raise
+        except Exception as err:
+            raise ExportError(f"LiteRT Quantizer failed on {model.name!r}: {err}") from err
     shape = _input_shape(model, input_shape)
     if mode != "qat":
         from keras_mnv2.split import fold_projection_bn, foldable_blocks
@@ -370,7 +398,7 @@ def _convert(model, mode, representative_data, io_dtype, output, anchors, nms,
         if POSTPROCESS_OP not in op_counts(content):
             raise ExportError(f"{model.name!r} ({setting}): the converter did not fuse the "
                               f"{POSTPROCESS_OP} function into the custom op")
-    if has_split_blocks(model):
+    if memory_order and has_split_blocks(model):
         from keras_mnv2.deploy.memory import reorder_ops
 
         content = reorder_ops(content)
@@ -471,29 +499,12 @@ def export_tflite(model, path, mode="float32", representative_data=None, io_dtyp
     from keras_mnv2.deploy import metadata as tflite_metadata
     from keras_mnv2.deploy import tflite
 
-    _check_settings(model, mode, io_dtype, representative_data)
+    _check_settings(model, mode, io_dtype, representative_data, quantizer)
     kind = model_kind(model)
     tflite_metadata.check(model, kind, OUTPUTS[kind][0] if output == "auto" else output,
                           io_dtype, metadata, labels)  # before converting
-    if quantizer not in QUANTIZERS:
-        raise ValueError(f"quantizer must be one of {QUANTIZERS}, got {quantizer!r}")
-    if quantizer == "litert" and (mode != "int8" or io_dtype != "float32"):
-        raise ValueError(f"quantizer='litert' quantizes mode 'int8' with float32 I/O, got "
-                         f"mode={mode!r}, io_dtype={io_dtype!r}")
-    if quantizer == "litert":
-        content, output = _convert(model, "float32", None, io_dtype, output, anchors, nms,
-                                   num_calibration_images, input_shape)
-        calibration = calibration_images(representative_data, _input_shape(model, input_shape),
-                                         num_calibration_images)
-        try:
-            content = litert_quantize(content, calibration)
-        except ExportError:
-            raise
-        except Exception as err:
-            raise ExportError(f"LiteRT Quantizer failed on {model.name!r}: {err}") from err
-    else:
-        content, output = _convert(model, mode, representative_data, io_dtype, output, anchors,
-                                   nms, num_calibration_images, input_shape)
+    content, output = _convert(model, mode, representative_data, io_dtype, output, anchors, nms,
+                               num_calibration_images, input_shape, quantizer)
     if anchors is None and kind == "detector":
         from keras_mnv2.detection.ssdlite import model_anchors
 

@@ -10,17 +10,18 @@ scratch tensors, with one buffer reused by tensors whose lifetimes do not overla
 element-wise ops). Weights live in the model buffer and are not counted; neither is the
 interpreter's own bookkeeping.
 
-The interpreter is created with the built-in kernels and no default delegate
-(``OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES``), so that every activation is planned in the
-arena, as on a fixed-arena target (TFLite Micro, an NPU). With the default XNNPACK delegate (the
+The interpreter (``keras_mnv2.deploy.tflite.interpreter(..., delegates=False)``) has the
+built-in kernels and no default delegate (``OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES``),
+so that every activation is planned in the arena, as on a fixed-arena target (TFLite Micro, an NPU). With the default XNNPACK delegate (the
 fast path the benchmarks time) the delegated tensors live in XNNPACK's own workspace instead,
 which this does not measure.
 
 The arena depends on the op order in the flatbuffer, and the converter's order of parallel
 branches follows op names: a split block can come out level by level, all groups side by side
 (it does for the split Conv1 + block 0 of a model named ``mobilenetv2_...``, which sorts after
-the input's name). ``reorder_ops`` rewrites the order memory-aware, one group at a time;
-``tflite_ops`` lists the order.
+the input's name). ``reorder_ops`` rewrites the order memory-aware, one group at a time
+(``keras_mnv2.deploy.export.convert``, the one converter, applies it to every split model, so
+the benchmarks measure the files export ships); ``tflite_ops`` lists the order.
 """
 
 import numpy as np
@@ -31,29 +32,14 @@ _MIN_TENSOR_BYTES = 64
 _ALIGNMENT = 64  # TFLite's arena alignment of tensor buffers
 
 
-def _interpreter_without_delegates(model_content):
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
-
-    if isinstance(model_content, (bytes, bytearray)):
-        interp = Interpreter(
-            model_content=bytes(model_content),
-            experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
-        )
-    else:
-        interp = Interpreter(
-            model_path=str(model_content),
-            experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
-        )
-    interp.allocate_tensors()
-    return interp
-
-
 def tflite_arena_bytes(model_content):
     """Bytes of the TFLite tensor arena of a flatbuffer (bytes) or .tflite path (see module doc).
 
     Raises ValueError when the model has no activation tensors to measure.
     """
-    interp = _interpreter_without_delegates(model_content)
+    from keras_mnv2.deploy.tflite import interpreter
+
+    interp = interpreter(model_content, delegates=False)
     native = interp._interpreter
     constants = set()
     produced = set()
@@ -130,44 +116,11 @@ def reorder_ops(model_content):
 
 def tflite_ops(model_content):
     """The ops of a TFLite model in execution order: [(op name, [output shapes])]."""
-    interp = _interpreter_without_delegates(model_content)
+    from keras_mnv2.deploy.tflite import interpreter
+
+    interp = interpreter(model_content, delegates=False)
     details = {d["index"]: d for d in interp.get_tensor_details()}
     return [
         (op["op_name"], [tuple(int(v) for v in details[i]["shape"]) for i in op["outputs"]])
         for op in interp._get_ops_details()
     ]
-
-
-def convert_int8(model, samples, int8_io=True):
-    """Full-integer post-training quantization of a Keras 3 model (TFLite int8 flatbuffer).
-
-    ``samples`` is an array of calibration inputs [N, ...] (a handful of images suffices to
-    measure memory and speed; accuracy needs real data). With ``int8_io`` the input and output
-    tensors are int8 too, otherwise float32 with (de)quantize ops at the ends.
-    """
-    import contextlib
-    import io
-    import warnings
-
-    import tensorflow as tf
-
-    samples = np.asarray(samples, dtype="float32")
-    if samples.ndim < 2 or len(samples) == 0:
-        raise ValueError(f"samples must be a non-empty batch [N, ...], got shape {samples.shape}")
-
-    def representative():
-        for sample in samples:
-            yield [sample[None]]
-
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = representative
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    if int8_io:
-        converter.inference_input_type = tf.int8
-        converter.inference_output_type = tf.int8
-    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
-        # The SavedModel export prints its signature; with int8 input the converter warns that
-        # it has no input statistics (the representative data supplies them).
-        warnings.filterwarnings("ignore", message="Statistics for quantized inputs")
-        return converter.convert()

@@ -1,21 +1,11 @@
-"""TFLite (LiteRT) conversion and execution helpers."""
+"""Running TFLite (LiteRT) models: the one place that makes interpreters.
 
-import contextlib
-import io
+Every interpreter of the package comes from ``interpreter`` (the default XNNPACK path, or the
+built-in kernels alone with ``delegates=False``, as the arena measurement and op listings need);
+conversion is ``keras_mnv2.deploy.export.convert``, the one converter.
+"""
 
 import numpy as np
-
-
-def convert_float(model):
-    """Converts a Keras 3 model to a float32 TFLite flatbuffer (bytes)."""
-    import tensorflow as tf
-
-    from keras_mnv2.frameworks import framework_of
-
-    framework_of(model)  # raises TypeError for anything but a Keras model
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
-    with contextlib.redirect_stdout(io.StringIO()):  # the SavedModel export prints its signature
-        return converter.convert()
 
 
 def interpreter(model_content, num_threads=1, delegates=True):
@@ -36,12 +26,23 @@ def interpreter(model_content, num_threads=1, delegates=True):
     return interp
 
 
-def run(model_content, inputs, num_threads=1):
+def sample_input(detail, seed=0):
+    """A random input for a tensor ``detail`` (``get_input_details()`` entry): uniform in
+    [-1, 1] for float, the dtype's whole range for integers."""
+    rng = np.random.RandomState(seed)
+    shape, dtype = tuple(detail["shape"]), np.dtype(detail["dtype"])
+    if np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        return rng.randint(info.min, int(info.max) + 1, shape).astype(dtype)
+    return rng.uniform(-1, 1, shape).astype(dtype)
+
+
+def run(model_content, inputs, num_threads=1, delegates=True):
     """Runs a TFLite model on a batch, one example at a time; returns the stacked first output.
 
     Quantized inputs and outputs are (de)quantized with the tensors' own scale and zero point.
     """
-    interp = interpreter(model_content, num_threads)
+    interp = interpreter(model_content, num_threads, delegates)
     input_detail = interp.get_input_details()[0]
     output_detail = interp.get_output_details()[0]
     results = []

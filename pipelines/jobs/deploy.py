@@ -576,12 +576,7 @@ def latency_ms(path, runs=30, num_threads=1):
 
     interp = tflite.interpreter(path, num_threads=num_threads)
     detail = interp.get_input_details()[0]
-    rng = np.random.RandomState(0)
-    if np.issubdtype(detail["dtype"], np.integer):
-        info = np.iinfo(detail["dtype"])
-        x = rng.randint(info.min, info.max + 1, detail["shape"]).astype(detail["dtype"])
-    else:
-        x = rng.uniform(-1, 1, detail["shape"]).astype(detail["dtype"])
+    x = tflite.sample_input(detail)
     times = []
     for i in range(runs + 3):
         interp.set_tensor(detail["index"], x)
