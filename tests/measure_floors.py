@@ -3,6 +3,9 @@ short run evaluated before training (epoch 0, the untrained model) and after eve
 
     python tests/measure_floors.py voc 16 ntrain=48 lr=6e-3
     python tests/measure_floors.py coco 10 ntrain=96 augment=flip
+    python tests/measure_floors.py coco 10 ntrain=256 nval=32 classes=2 min_scale=0.3 \
+        max_objects=3 crowd_fraction=0 learning_rate=1e-2 augment=flip input_size=64 \
+        batch_size=8 seed=0     # test_coco_job_end_to_end's run (EVERY=N: evaluate every N epochs)
     python tests/measure_floors.py imagenet 3 optimizer=adam learning_rate=0.01 ...
 
 (run from the repository root; the last form takes ImagenetRecipe fields, see the

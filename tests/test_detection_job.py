@@ -33,12 +33,12 @@ def test_check_recipe_names_the_field_and_range():
 
 @pytest.mark.slow
 def test_coco_job_end_to_end(tmp_path):
-    # The set and recipe of the AP50 floor (issue 14): a short run that learns measurably. A
-    # short run on the default set (3 classes, objects down to 8% of the image) learns no AP50
-    # it can show (0.001 after 60 steps, 0.005 after 180); one class with 1-3 objects of at
-    # least 30% of the shorter side, at 64 px, batch 8 and 320 steps, does.
+    # The set and recipe of the AP50 floor (issue 14): a short run that learns measurably. On
+    # the default set (3 classes, objects down to 8% of the image) a short run learns no AP50 it
+    # can show (0.001 after 60 steps, 0.005 after 180); with 2 classes of 1-3 objects at least
+    # 30% of the shorter side, at 64 px, batch 8 and 320 steps it does.
     root = tmp_path / "coco"
-    synthetic_coco.generate(root, num_train=256, num_val=32, image_size=128, num_classes=1,
+    synthetic_coco.generate(root, num_train=256, num_val=32, image_size=128, num_classes=2,
                             min_scale=0.3, max_objects=3, crowd_fraction=0.0)
     recipe = dataclasses.replace(detection.EMBEDDED, input_size=64, batch_size=8, epochs=10,
                                  learning_rate=1e-2, augment="flip", cache=False)
@@ -50,13 +50,16 @@ def test_coco_job_end_to_end(tmp_path):
     saved = json.loads((run_dir / "metrics.json").read_text())
     assert set(saved) >= {"AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large"}
     # AP50 floor, measured with `python tests/measure_floors.py coco 10 ntrain=256 nval=32
-    # classes=1 min_scale=0.3 max_objects=3 crowd_fraction=0 learning_rate=1e-2 augment=flip
-    # input_size=64 batch_size=8 seed=S` (this run; 2 loaded cores): untrained (epoch 0) 0.000
-    # for seeds 0 and 1; trained 0.065 (seed 0), 0.067 (seed 1), SEED2 (seed 2); learning_rate=1e-6
-    # (a model that does not learn) LRTINY. Every evaluation from epoch 2 on was above 0.025.
-    assert saved["AP50"] > 0.02, (
-        f"AP50 {saved['AP50']:.4f} <= 0.02: measured 0.065 / 0.067 / SEED2 (seeds 0 / 1 / 2), "
-        f"0.000 untrained")
+    # classes=2 min_scale=0.3 max_objects=3 crowd_fraction=0 learning_rate=1e-2 augment=flip
+    # input_size=64 batch_size=8 seed=S` (this run, Keras seed S; 2 loaded cores): trained 0.049,
+    # 0.041, 0.053 (S = 0, 1, 2), and 0.036 in this test (seed 0 too, other random streams);
+    # untrained (epoch 0) 0.000; learning_rate=1e-6, a model that learns nothing but whose
+    # batch-norm statistics follow the data, 0.003 and 0.006 (S = 0, 1). The floor sits midway
+    # (x2.4 either side). With 1 class, that model reached 0.011 against 0.049-0.087 trained:
+    # anchors alone hit large objects of a single class.
+    assert saved["AP50"] > 0.015, (
+        f"AP50 {saved['AP50']:.4f} <= 0.015: measured 0.036-0.053 trained (4 runs), 0.000 "
+        f"untrained, 0.003-0.006 with learning_rate=1e-6")
     assert saved["train_images"] == 256 and saved["val_images"] == 32
     assert saved["skipped_images"] == {"train": 0, "val": 0}
     assert metrics["recipe"]["input_size"] == 64
