@@ -3,6 +3,9 @@ short run evaluated before training (epoch 0, the untrained model) and after eve
 
     python tests/measure_floors.py voc 16 ntrain=48 lr=6e-3
     python tests/measure_floors.py coco 10 ntrain=96 augment=flip
+    python tests/measure_floors.py coco 10 ntrain=256 nval=32 classes=2 min_scale=0.3 \
+        max_objects=3 crowd_fraction=0 learning_rate=1e-2 augment=flip input_size=64 \
+        batch_size=8 seed=0     # test_coco_job_end_to_end's run (EVERY=N: evaluate every N epochs)
     python tests/measure_floors.py imagenet 3 optimizer=adam learning_rate=0.01 ...
 
 (run from the repository root; the last form takes ImagenetRecipe fields, see the
@@ -80,17 +83,30 @@ elif job == "voc":  # test_voc_job_end_to_end's run
                                 recipe=recipe, verbose=0)
 
     key = "mean_iou"
-else:  # "coco": test_coco_job_end_to_end's run
+else:  # "coco": test_coco_job_end_to_end's run. Keys: ntrain nval classes size data_seed
+    # min_scale max_objects crowd_fraction (the generator's), seed (Keras'), and any CocoRecipe
+    # field, e.g. input_size=96 learning_rate=1e-2 class_loss=focal
     from pipelines.data import coco, coco_eval
     from pipelines.jobs import detection
     from pipelines.synthetic import coco as synthetic_coco
 
     root = os.path.join(tmp, "coco")
-    synthetic_coco.generate(root, num_train=int(extra.get("ntrain", 48)), num_val=12,
-                            image_size=128, num_classes=3)
-    recipe = dataclasses.replace(detection.EMBEDDED, input_size=96, batch_size=16, epochs=epochs,
-                                 augment=extra.get("augment", "ssd"), cache=False,
-                                 learning_rate=float(extra.get("lr", 3e-3)))
+    synthetic_coco.generate(root, num_train=int(extra.pop("ntrain", 48)),
+                            num_val=int(extra.pop("nval", 12)),
+                            image_size=int(extra.pop("size", 128)),
+                            num_classes=int(extra.pop("classes", 3)),
+                            seed=int(extra.pop("data_seed", 0)),
+                            min_scale=float(extra.pop("min_scale", synthetic_coco.MIN_SCALE)),
+                            max_objects=int(extra.pop("max_objects", synthetic_coco.MAX_OBJECTS)),
+                            crowd_fraction=float(extra.pop("crowd_fraction",
+                                                           synthetic_coco.CROWD_FRACTION)))
+    keras.utils.set_random_seed(int(extra.get("seed", 0)))
+    fields = dict(input_size=96, batch_size=16, epochs=epochs, augment="ssd", cache=False)
+    for key, text in extra.items():
+        kind = type(getattr(detection.EMBEDDED, key))
+        fields[key] = kind(text) if kind is not bool else text.lower() == "true"
+    recipe = dataclasses.replace(detection.EMBEDDED, **fields)
+    print(recipe, flush=True)
     val = coco.load_coco(root, "val")
     source = coco.coco_dataset(val)
 
@@ -113,6 +129,10 @@ class Eval(keras.callbacks.Callback):
               f"t={time.time() - t0:.0f}s", flush=True)
 
     def on_epoch_end(self, epoch, logs=None):
+        if os.environ.get("EVERY") and (epoch + 1) % int(os.environ["EVERY"]):
+            print(f"MEASURE {job} epoch {epoch + 1} loss {logs.get('loss'):.3f} "
+                  f"t={time.time() - t0:.0f}s", flush=True)
+            return
         print(f"MEASURE {job} epoch {epoch + 1} metric {metric(self.model):.4f} loss "
               f"{logs.get('loss'):.3f} t={time.time() - t0:.0f}s", flush=True)
 

@@ -91,6 +91,30 @@ def test_bad_arguments(tmp_path):
         synthetic_coco.generate(tmp_path, num_classes=9)
     with pytest.raises(ValueError, match="image_size"):
         synthetic_coco.generate(tmp_path, image_size=16)
+    with pytest.raises(ValueError, match=r"min_scale must be in \(0, 0\.6\], got 0\.7"):
+        synthetic_coco.generate(tmp_path, min_scale=0.7)
+    with pytest.raises(ValueError, match="max_objects must be an int >= 0, got -1"):
+        synthetic_coco.generate(tmp_path, max_objects=-1)
+    with pytest.raises(ValueError, match=r"crowd_fraction must be in \[0, 1\], got 1\.5"):
+        synthetic_coco.generate(tmp_path, crowd_fraction=1.5)
+
+
+def test_few_large_objects(tmp_path):
+    """The easier set of the detection metric floor: few, large objects, no crowds; the default
+    set's manifest stays as it was (the new parameters are recorded only when changed)."""
+    import json
+
+    root = synthetic_coco.generate(tmp_path / "big", num_train=24, num_val=1, image_size=96,
+                                   min_scale=0.3, max_objects=2, crowd_fraction=0.0)
+    coco = load(root / "annotations/instances_train.json")
+    per_image = [len(coco.getAnnIds(imgIds=i)) for i in coco.getImgIds()]
+    assert max(per_image) == 2 and not any(a["iscrowd"] for a in coco.anns.values())
+    # object side >= 0.3 x the shorter side (>= 72 px) x the aspect jitter (exp(-0.22))
+    assert min(max(a["bbox"][2:]) for a in coco.anns.values()) >= 0.3 * 72 * 0.8
+    manifest = json.loads((root / "manifest.json").read_text())
+    assert manifest["min_scale"] == 0.3 and manifest["max_objects"] == 2
+    default = synthetic_coco.generate(tmp_path / "default", num_train=1, num_val=1, image_size=48)
+    assert "min_scale" not in json.loads((default / "manifest.json").read_text())
 
 
 def test_more_classes(tmp_path):

@@ -58,16 +58,28 @@ def generate(
     seed=0,
     num_classes=5,
     jpeg_quality=90,
+    min_scale=MIN_SCALE,
+    max_objects=MAX_OBJECTS,
+    crowd_fraction=CROWD_FRACTION,
 ):
     """Writes the dataset under ``root`` unless a manifest with the same parameters is there.
 
     ``image_size`` is the longer image side in pixels; the shorter side is drawn per image from
-    [0.75, 1] times it, so images are not all square. Returns the root as a ``Path``.
+    [0.75, 1] times it, so images are not all square. ``min_scale`` (object side / shorter image
+    side, up to ``MAX_SCALE``), ``max_objects`` (per image) and ``crowd_fraction`` (images with a
+    crowd region) make an easier set for short runs: e.g. ``min_scale=0.3, max_objects=3,
+    crowd_fraction=0`` (few, large objects). Returns the root as a ``Path``.
     """
     if not 1 <= num_classes <= MAX_CLASSES:
         raise ValueError(f"num_classes must be in 1..{MAX_CLASSES}, got {num_classes}")
     if image_size < 32:
         raise ValueError(f"image_size must be at least 32, got {image_size}")
+    if not 0 < min_scale <= MAX_SCALE:
+        raise ValueError(f"min_scale must be in (0, {MAX_SCALE}], got {min_scale!r}")
+    if isinstance(max_objects, bool) or int(max_objects) != max_objects or max_objects < 0:
+        raise ValueError(f"max_objects must be an int >= 0, got {max_objects!r}")
+    if not 0 <= crowd_fraction <= 1:
+        raise ValueError(f"crowd_fraction must be in [0, 1], got {crowd_fraction!r}")
     root = Path(root)
     params = {
         "format_version": FORMAT_VERSION,
@@ -78,6 +90,12 @@ def generate(
         "num_classes": int(num_classes),
         "jpeg_quality": int(jpeg_quality),
     }
+    # recorded only when changed: a default dataset keeps the manifest it had before these existed
+    for key, value, default in (("min_scale", float(min_scale), MIN_SCALE),
+                                ("max_objects", int(max_objects), MAX_OBJECTS),
+                                ("crowd_fraction", float(crowd_fraction), CROWD_FRACTION)):
+        if value != default:
+            params[key] = value
     required = [f"annotations/instances_{split}.json" for split in SPLIT_ID_OFFSET]
     if reuse_or_wipe(root, params, required, wipe=SPLIT_ID_OFFSET):
         return root
@@ -107,7 +125,10 @@ def _write_split(root, split, count, params):
         image_id = offset + i + 1
         # One generator per image: the image depends only on (seed, split, index).
         rng = np.random.default_rng([params["seed"], list(SPLIT_ID_OFFSET).index(split), i])
-        pixels, objects = _render(rng, params["image_size"], params["num_classes"])
+        pixels, objects = _render(rng, params["image_size"], params["num_classes"],
+                                  params.get("min_scale", MIN_SCALE),
+                                  params.get("max_objects", MAX_OBJECTS),
+                                  params.get("crowd_fraction", CROWD_FRACTION))
         file_name = f"{image_id:012d}.jpg"
         Image.fromarray(pixels).save(folder / file_name, quality=params["jpeg_quality"])
         height, width = pixels.shape[:2]
@@ -226,7 +247,8 @@ def _uncompressed_rle(mask):
     return {"counts": runs, "size": [int(mask.shape[0]), int(mask.shape[1])]}
 
 
-def _render(rng, image_size, num_classes):
+def _render(rng, image_size, num_classes, min_scale=MIN_SCALE, max_objects=MAX_OBJECTS,
+            crowd_fraction=CROWD_FRACTION):
     """One image (H x W x 3 uint8) and its COCO annotations (without ids)."""
     long_side, short_side = image_size, int(round(image_size * rng.uniform(0.75, 1.0)))
     height, width = (long_side, short_side) if rng.random() < 0.5 else (short_side, long_side)
@@ -234,16 +256,17 @@ def _render(rng, image_size, num_classes):
     side = min(height, width)
     placed, annotations = [], []
 
-    if rng.random() < CROWD_FRACTION:
+    if rng.random() < crowd_fraction:
         annotations.append(_render_crowd(rng, canvas, num_classes, placed))
 
-    num_objects = 0 if rng.random() < EMPTY_FRACTION else int(rng.integers(1, MAX_OBJECTS + 1))
+    empty = rng.random() < EMPTY_FRACTION or max_objects == 0
+    num_objects = 0 if empty else int(rng.integers(1, max_objects + 1))
     for _ in range(num_objects):
         cls = int(rng.integers(num_classes))
         cid, kind, base = CLASSES[cls]
         for _attempt in range(20):
             # log-uniform size: as many small objects as large ones
-            s = side * math.exp(rng.uniform(math.log(MIN_SCALE), math.log(MAX_SCALE)))
+            s = side * math.exp(rng.uniform(math.log(min_scale), math.log(MAX_SCALE)))
             aspect = math.exp(rng.uniform(-0.22, 0.22))
             w = max(4, int(round(s * aspect * (2.0 if kind == "bar" else 1.0))))
             h = max(4, int(round(s / aspect)))
@@ -303,9 +326,14 @@ def main(argv=None):
     parser.add_argument("--image-size", type=int, default=256)
     parser.add_argument("--num-classes", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--min-scale", type=float, default=MIN_SCALE)
+    parser.add_argument("--max-objects", type=int, default=MAX_OBJECTS)
+    parser.add_argument("--crowd-fraction", type=float, default=CROWD_FRACTION)
     args = parser.parse_args(argv)
     root = generate(args.root, num_train=args.num_train, num_val=args.num_val,
-                    image_size=args.image_size, seed=args.seed, num_classes=args.num_classes)
+                    image_size=args.image_size, seed=args.seed, num_classes=args.num_classes,
+                    min_scale=args.min_scale, max_objects=args.max_objects,
+                    crowd_fraction=args.crowd_fraction)
     print(f"synthetic COCO dataset at {root}")
 
 
