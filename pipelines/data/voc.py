@@ -105,30 +105,27 @@ class VocIndex:
         return f"VocIndex({self.report()})"
 
 
+def _find_folder(given, nested, marker, what):
+    """The first of ``given`` and ``given / n`` for n in ``nested`` that has the folder
+    ``marker``; FileNotFoundError naming every path tried."""
+    given = Path(given)
+    candidates = [given] + [given / n for n in nested]
+    for path in candidates:
+        if (path / marker).is_dir():
+            return path
+    raise FileNotFoundError(f"no {what} (with {marker}/) at {given}: tried "
+                            + ", ".join(str(p) for p in candidates))
+
+
 def find_voc_root(voc_dir):
     """The VOC2012 folder of ``voc_dir`` (a VOCdevkit folder, its parent, or VOC2012 itself)."""
-    voc_dir = Path(voc_dir)
-    candidates = [voc_dir, voc_dir / "VOC2012", voc_dir / "VOCdevkit" / "VOC2012"]
-    for path in candidates:
-        if (path / "JPEGImages").is_dir():
-            return path
-    raise FileNotFoundError(
-        f"no VOC2012 folder (with JPEGImages/) at {voc_dir}: tried "
-        + ", ".join(str(p) for p in candidates)
-    )
+    return _find_folder(voc_dir, ("VOC2012", "VOCdevkit/VOC2012"), "JPEGImages", "VOC2012 folder")
 
 
 def find_sbd_root(sbd_dir):
     """The SBD ``dataset`` folder (holding cls/, train.txt, val.txt) of ``sbd_dir``."""
-    sbd_dir = Path(sbd_dir)
-    candidates = [sbd_dir, sbd_dir / "dataset", sbd_dir / "benchmark_RELEASE" / "dataset"]
-    for path in candidates:
-        if (path / "cls").is_dir():
-            return path
-    raise FileNotFoundError(
-        f"no SBD dataset folder (with cls/) at {sbd_dir}: tried "
-        + ", ".join(str(p) for p in candidates)
-    )
+    return _find_folder(sbd_dir, ("dataset", "benchmark_RELEASE/dataset"), "cls",
+                        "SBD dataset folder")
 
 
 def read_ids(path):
