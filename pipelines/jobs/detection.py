@@ -258,12 +258,13 @@ def ground_truth_from_dataset(source, label_to_category):
 
 def run(coco_dir=None, tfds_data_dir=None, run_dir="runs/coco", recipe=None,
         backbone_weights=None, data_root="data/synthetic_coco", train_split="train",
-        val_split="val", verbose="auto", init=None, freeze_bn=False):
+        val_split="val", verbose="auto", init=None, freeze_bn=False, extra_callbacks=()):
     """Trains and evaluates; returns the metrics dict (also written to run_dir/metrics.json).
 
     ``init`` (a .keras model, an official .tflite file or a TF checkpoint) starts the model from
     its weights where names and shapes match (``keras_mnv2.convert.init_from``; ``freeze_bn``
-    freezes batch norm)."""
+    freezes batch norm). ``extra_callbacks`` go to ``fit`` after the driver's own (the peer
+    benchmark's training clock and time budget)."""
     from keras_mnv2.detection.losses import ssd_losses
     from pipelines.data import coco
     from pipelines.jobs import driver
@@ -311,7 +312,7 @@ def run(coco_dir=None, tfds_data_dir=None, run_dir="runs/coco", recipe=None,
                   loss=ssd_losses(mode=recipe.class_loss))
     os.makedirs(run_dir, exist_ok=True)
     nan = driver.fit(model, train_ds, recipe.epochs, run_dir, steps_per_epoch=steps,
-                     verbose=verbose)
+                     verbose=verbose, extra_callbacks=extra_callbacks)
     train_seconds = time.time() - start
 
     from pipelines.data import coco_eval
