@@ -272,7 +272,7 @@ def peer_bench(wall_seconds=None, train_images=2000, val_images=250, input_size=
         yolo = yolo_model(train.num_classes, recipe)
         yolo.compile(optimizer=keras.optimizers.Adam(recipe.learning_rate, global_clipnorm=10.0),
                      classification_loss="binary_crossentropy", box_loss="ciou",
-                     jit_compile=False)
+                     run_eagerly=True)  # traced (tf.function), its loss is NaN: see the note
         yolo.optimizer.build(yolo.trainable_variables)  # eagerly (see driver.fit)
         clock = _time_budget_callback()(
             budget_s=budget, learning_rate=recipe.learning_rate,
@@ -320,6 +320,8 @@ def peer_bench(wall_seconds=None, train_images=2000, val_images=250, input_size=
         "AP: pycocotools on the same val split; SSDLite class-wise NMS, YOLOV8 keras-cv "
         f"class-agnostic NMS; both score >= {recipe.score_threshold:g}, IoU {recipe.nms_iou:g}, "
         f"<= {recipe.max_detections} detections",
+        "YOLOV8 trains eagerly (run_eagerly=True, slower a step): traced by tf.function under "
+        "Keras 3.15 its loss is NaN from the first step (eagerly finite, on the same batch)",
         "MAdds: keras_mnv2.profile (Conv2D, DepthwiseConv2D and Dense multiply-adds) on both",
         "TFLite int8: raw heads (no box decoding, no NMS) for both: converter PTQ "
         f"({len(samples)} calibration images), XNNPACK, 1 thread, median of {repeats} invocations",
