@@ -4,8 +4,8 @@
 builds keras-cv's YOLOV8Detector and RetinaNet on a MobileNetV3-Small backbone given by its
 arguments (keras-cv's presets are fetched from Kaggle, which a run here cannot reach), prints
 their parameter counts, fits YOLOV8 for two one-batch steps with boxes in pixel ``xyxy`` and in
-``rel_yxyx`` and prints the losses, and tries ``train_on_batch``. A probe, not the peer
-benchmark the README says is still to do.
+``rel_yxyx`` and prints the losses, and tries ``train_on_batch``. A probe; the peer benchmark
+is ``benchmarks/peer_bench.py`` (``make bench`` section "peer").
 """
 
 import time

@@ -6,6 +6,9 @@ Section "latency" (benchmarks/latency_bench.py): TFLite latency of every model i
 mode, keras.applications alongside, MAdds and achieved MAdds/s, and the issue's targets.
 Section "backends" (benchmarks/backends_bench.py): training and inference img/s of MobileNetV2 and
 SSDLite on the TensorFlow, JAX and torch Keras backends.
+Section "peer" (benchmarks/peer_bench.py): SSDLite beside keras-cv's YOLOV8 (MobileNetV3-Small),
+both trained on the embedded COCO for SSDLite's training time: AP50, parameters, MAdds, int8 TFLite
+size and latency.
 """
 
 import argparse
@@ -69,9 +72,12 @@ def main(argv=None):
     parser.add_argument("--alpha", type=float, default=1.0)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--repeats", type=int, default=100)
-    parser.add_argument("--sections", default="classifier,memory,latency,imagenet,backends",
+    parser.add_argument("--sections", default="classifier,memory,latency,imagenet,backends,peer",
                         help="comma-separated: classifier, memory (issue 7), latency (issue 6), "
-                             "imagenet (issue 3), backends (issue 17)")
+                             "imagenet (issue 3), backends (issue 17), peer (issue 12)")
+    parser.add_argument("--peer-wall-seconds", type=float, default=None,
+                        help="peer section: each detector's training budget (default: SSDLite "
+                             "trains the full embedded recipe, YOLOV8 for as long)")
     parser.add_argument("--latency-groups", default=",".join(latency_bench.GROUPS),
                         help="latency section models: mobilenet (1.0/224), small (0.35/96), "
                              "ssdlite, deeplab")
@@ -102,6 +108,10 @@ def main(argv=None):
         from benchmarks import backends_bench
 
         backends_bench.backends_bench()
+    if "peer" in sections:
+        from benchmarks import peer_bench
+
+        peer_bench.peer_bench(wall_seconds=args.peer_wall_seconds, repeats=args.repeats)
 
 
 if __name__ == "__main__":

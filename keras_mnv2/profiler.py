@@ -128,7 +128,9 @@ def profile(model, bytes_per_element=None, schedule="keras"):
                     name=layer.name,
                     type=type(layer).__name__,
                     output_shape=tuple(outputs[0].shape[1:]) if outputs else (),
-                    params=_count(layer.weights) if _first_call(layer, node) else 0,
+                    # keras.ops calls in a functional graph are operations with no weights
+                    params=_count(getattr(layer, "weights", ())) if _first_call(layer, node)
+                    else 0,
                     madds=_layer_madds(layer, inputs, outputs),
                     live_bytes=footprint,
                 )

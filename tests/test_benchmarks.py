@@ -172,3 +172,94 @@ def test_the_keras_applications_pair_shares_the_weights():
     for layer in weighted:
         for a, b in zip(layer.get_weights(), layers[layer.name].get_weights()):
             np.testing.assert_array_equal(a, b)
+
+
+# --- the peer section (benchmarks/peer_bench.py, issue 12) ---------------------------------------
+
+
+def test_peer_time_based_learning_rate():
+    from benchmarks import peer_bench
+
+    clock = peer_bench._time_budget_callback()(budget_s=100.0, learning_rate=1e-3, warmup=0.1,
+                                               alpha=0.01)
+    assert clock.rate(0.0) == 0.0
+    assert clock.rate(0.05) == pytest.approx(0.5e-3)  # half-way through the warm-up
+    assert clock.rate(0.1) == pytest.approx(1e-3)  # the peak
+    assert clock.rate(0.55) == pytest.approx(1e-3 * (0.01 + 0.99 * 0.5))  # cosine half-way
+    assert clock.rate(1.0) == pytest.approx(1e-5) and clock.rate(2.0) == pytest.approx(1e-5)
+    with pytest.raises(ValueError, match="time budget"):
+        peer_bench._time_budget_callback()(learning_rate=1e-3)
+
+
+def test_peer_yolo_targets_shift_labels_and_drop_crowds():
+    import dataclasses
+
+    import numpy as np
+    import tensorflow as tf
+
+    from benchmarks import peer_bench
+    from pipelines.jobs.detection import EMBEDDED
+
+    def element(boxes, labels, crowd):
+        return {"image": tf.zeros([40, 50, 3], tf.uint8), "image_id": tf.constant(1, tf.int64),
+                "boxes": tf.constant(boxes, tf.float32, [len(labels), 4]),
+                "labels": tf.constant(labels, tf.int32), "is_crowd": tf.constant(crowd, tf.bool)}
+
+    elements = [element([[0.1, 0.2, 0.5, 0.6], [0.0, 0.0, 1.0, 1.0]], [3, 1], [False, True]),
+                element([], [], [])]
+    source = tf.data.Dataset.from_generator(lambda: iter(elements), output_signature={
+        "image": tf.TensorSpec([40, 50, 3], tf.uint8), "image_id": tf.TensorSpec([], tf.int64),
+        "boxes": tf.TensorSpec([None, 4], tf.float32), "labels": tf.TensorSpec([None], tf.int32),
+        "is_crowd": tf.TensorSpec([None], tf.bool)})
+    recipe = dataclasses.replace(EMBEDDED, input_size=64, batch_size=2, cache=False)
+    images, targets = next(iter(peer_bench.yolo_train_dataset(source, recipe, max_boxes=3)))
+    assert images.shape == (2, 64, 64, 3)
+    order = np.argsort(-targets["classes"].numpy()[:, 0])  # shuffled: the image with a box first
+    classes, boxes = targets["classes"].numpy()[order], targets["boxes"].numpy()[order]
+    np.testing.assert_array_equal(classes, [[2, -1, -1], [-1, -1, -1]])  # label 3 -> class 2
+    assert np.all(boxes[1] == -1) and np.all(boxes[0, 1:] == -1)
+    box = boxes[0, 0]  # flipped or not: y stays, x is mirrored
+    np.testing.assert_allclose(box[[0, 2]], [0.1, 0.5], atol=1e-6)
+    assert np.allclose(box[[1, 3]], [0.2, 0.6], atol=1e-6) or \
+        np.allclose(box[[1, 3]], [0.4, 0.8], atol=1e-6)
+
+
+def test_peer_bad_settings_are_refused():
+    from benchmarks import peer_bench
+
+    with pytest.raises(ValueError, match="wall_seconds"):
+        peer_bench.peer_bench(wall_seconds=0)
+    with pytest.raises(ValueError, match="train_images"):
+        peer_bench.peer_bench(train_images=0)
+
+
+@pytest.mark.slow
+def test_peer_bench_tiny(tmp_path, capsys):
+    """Both detectors trained ~2 s on 32 images at 96 px: the table's structure and the figures
+    that follow from the models (no timing or accuracy assertions)."""
+    pytest.importorskip("keras_cv", reason="keras-cv is not installed (the peer section needs it)")
+    import math
+
+    import keras_mnv2
+    from benchmarks import peer_bench
+
+    rows, notes = peer_bench.peer_bench(wall_seconds=2, train_images=32, val_images=8,
+                                        input_size=96, data_root=str(tmp_path / "coco"),
+                                        repeats=2, calibration=2, verbose=0)
+    assert list(rows) == list(peer_bench.NAMES)
+    ssd, yolo = rows[peer_bench.NAMES[0]], rows[peer_bench.NAMES[1]]
+    assert ssd.params == keras_mnv2.SSDLite(5, alpha=0.35, input_size=96).count_params()
+    assert yolo.params == 1_412_583  # MobileNetV3-Small YOLOV8, 5 classes (keras_cv_probe)
+    for row in (ssd, yolo):
+        assert row.train_seconds >= 2 and row.steps >= 1  # stopped at the budget, not before
+        assert 0 <= row.ap <= row.ap50 <= 1
+        assert row.madds > 0
+        # int8: about a byte a weight plus per-channel scales, int32 biases and the flatbuffer's
+        # overhead (1.1-1.5 bytes a weight here); float32 would be 4
+        assert 0.8 * row.params < row.tflite_bytes < 2 * row.params
+        assert math.isfinite(row.int8_wall_ms) and row.int8_wall_ms > 0
+    lines = capsys.readouterr().out.splitlines()
+    table = lines[lines.index(peer_bench.table_lines(rows)[0]):]
+    assert table[2].startswith(ssd.name) and f"{ssd.params:,}" in table[2]
+    assert table[3].startswith(yolo.name) and f"{yolo.params:,}" in table[3]
+    assert any("--wall-seconds 2" in n for n in notes)

@@ -298,13 +298,14 @@ def evaluate(model, recipe, data, run_dir):
 
 def run(coco_dir=None, tfds_data_dir=None, run_dir="runs/coco", recipe=None,
         backbone_weights=None, data_root="data/synthetic_coco", train_split="train",
-        val_split="val", verbose="auto", init=None, freeze_bn=False):
+        val_split="val", verbose="auto", init=None, freeze_bn=False, extra_callbacks=()):
     """Trains and evaluates (``training.run_job``); returns the metrics dict (also written to
     run_dir/metrics.json).
 
     ``init`` (a .keras model, an official .tflite file or a TF checkpoint) starts the model from
     its weights where names and shapes match (``keras_mnv2.convert.init_from``; ``freeze_bn``
-    freezes batch norm)."""
+    freezes batch norm). ``extra_callbacks`` go to ``fit`` after the driver's own (the peer
+    benchmark times training with one)."""
     from keras_mnv2.detection.losses import ssd_losses
     from pipelines.jobs import training
 
@@ -323,4 +324,5 @@ def run(coco_dir=None, tfds_data_dir=None, run_dir="runs/coco", recipe=None,
                                                                     run_dir),
     )
     return training.run_job(job, recipe or (EMBEDDED if embedded else PAPER), run_dir,
-                            init=init, freeze_bn=freeze_bn, verbose=verbose)
+                            init=init, freeze_bn=freeze_bn, verbose=verbose,
+                            callbacks=extra_callbacks)

@@ -1,0 +1,369 @@
+"""``make bench`` section "peer" (issue 12): our SSDLite beside a keras-cv detector, trained for
+the same wall time on the same embedded COCO.
+
+Both detectors start from random weights (keras-cv's presets come from Kaggle, which a run here
+cannot reach). SSDLite-MobileNetV2 trains with the embedded recipe through
+``pipelines.jobs.detection.run`` (or is read from a finished run, ``--ssdlite-run``); keras-cv's
+YOLOV8Detector on a MobileNetV3-Small backbone (given by its arguments, as in
+``benchmarks/keras_cv_probe.py``) then trains on the same train split, at the same input size,
+batch size, flip augmentation and Adam learning rate, for SSDLite's measured ``fit`` time
+(``--wall-seconds`` gives both the same budget instead). Its learning rate follows the recipe's
+warm-up and cosine decay over the time budget rather than over a step count it cannot know.
+Both are evaluated with the same pycocotools evaluation (``pipelines.data.coco_eval``) on the
+same val split, each through its own post-processing (SSDLite: class-wise NMS; YOLOV8:
+keras-cv's class-agnostic NonMaxSuppression), with the same score threshold, NMS IoU and
+detection cap. MAdds: ``keras_mnv2.profile`` on both (multiply-adds of Conv2D, DepthwiseConv2D,
+Dense layers, nested backbones included). TFLite int8: both raw heads (box regressions and class
+scores, no box decoding and no NMS: YOLOV8's decoder lives outside its functional graph, in
+``predict_step``), converted by ``keras_mnv2.deploy.export.convert(mode="int8", output="raw")``
+(the converter's post-training quantization) and timed together by ``benchmarks.timing``.
+
+    python -m benchmarks.peer_bench                     # the full comparison (~15 min of CPU)
+    python -m benchmarks.peer_bench --wall-seconds 5 --train-images 64 --input-size 96
+"""
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np
+
+NAMES = ("SSDLite-MobileNetV2 (keras_mnv2)", "YOLOV8-MobileNetV3S (keras-cv)")
+
+
+def _time_budget_callback():
+    import keras
+
+    class TrainClock(keras.callbacks.Callback):
+        """Times ``fit`` (first step's tracing included) and counts its steps; with
+        ``budget_s``, stops training after the step that reaches it; with ``learning_rate``,
+        sets the optimizer's rate before each step from the elapsed fraction of the budget:
+        linear warm-up over ``warmup`` of it, then cosine decay to ``alpha`` times the peak (the
+        shape of the recipes' step schedule, over time)."""
+
+        def __init__(self, budget_s=None, learning_rate=None, warmup=0.0, alpha=0.01):
+            super().__init__()
+            if learning_rate is not None and not budget_s:
+                raise ValueError("a time-based learning rate needs a time budget")
+            self.budget_s, self.learning_rate = budget_s, learning_rate
+            self.warmup, self.alpha = warmup, alpha
+            self.seconds, self.steps = 0.0, 0
+
+        def rate(self, fraction):
+            fraction = min(max(fraction, 0.0), 1.0)
+            if fraction < self.warmup:
+                return self.learning_rate * fraction / self.warmup
+            decay = (fraction - self.warmup) / max(1e-9, 1.0 - self.warmup)
+            cosine = 0.5 * (1.0 + math.cos(math.pi * decay))
+            return self.learning_rate * (self.alpha + (1.0 - self.alpha) * cosine)
+
+        def on_train_begin(self, logs=None):
+            self._start = time.perf_counter()
+
+        def on_train_batch_begin(self, batch, logs=None):
+            if self.learning_rate is not None:
+                elapsed = time.perf_counter() - self._start
+                self.model.optimizer.learning_rate = self.rate(elapsed / self.budget_s)
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.steps += 1
+            if self.budget_s and time.perf_counter() - self._start >= self.budget_s:
+                self.model.stop_training = True
+
+        def on_train_end(self, logs=None):
+            self.seconds = time.perf_counter() - self._start
+
+    return TrainClock
+
+
+@dataclasses.dataclass
+class PeerRow:
+    name: str
+    params: int
+    madds: int
+    train_seconds: float
+    steps: int
+    ap50: float
+    ap: float
+    tflite_bytes: int = 0
+    int8_wall_ms: float = float("nan")
+    int8_cpu_ms: float = float("nan")
+
+
+def data_root_for(train_images, val_images):
+    """The embedded dataset ``make train-coco`` uses at the default sizes, else one of its own
+    (a different manifest would make ``generate`` wipe and rewrite the shared one)."""
+    from pipelines.jobs.detection import SYNTHETIC
+
+    if (train_images, val_images) == (SYNTHETIC["num_train"], SYNTHETIC["num_val"]):
+        return "data/synthetic_coco"
+    return f"data/synthetic_coco_peer_{train_images}_{val_images}"
+
+
+def yolo_model(num_classes, recipe):
+    """keras-cv's YOLOV8Detector on MobileNetV3-Small, boxes in ``rel_yxyx`` (the reader's
+    normalized yxyx), its decoder given the recipe's score threshold, NMS IoU and cap."""
+    import keras_cv
+
+    from benchmarks.keras_cv_probe import SMALL
+
+    size = recipe.input_size
+    backbone = keras_cv.models.MobileNetV3Backbone(include_rescaling=False,
+                                                   input_shape=(size, size, 3), **SMALL)
+    decoder = keras_cv.layers.NonMaxSuppression(
+        bounding_box_format="rel_yxyx", from_logits=False,
+        confidence_threshold=recipe.score_threshold, iou_threshold=recipe.nms_iou,
+        max_detections=recipe.max_detections)
+    return keras_cv.models.YOLOV8Detector(num_classes=num_classes, bounding_box_format="rel_yxyx",
+                                          backbone=backbone, fpn_depth=1,
+                                          prediction_decoder=decoder)
+
+
+def yolo_train_dataset(source, recipe, max_boxes):
+    """SSDLite's "flip" training input (cache, shuffle, flip, resize to [-1, 1]) with keras-cv's
+    targets: boxes [B, max_boxes, 4] rel_yxyx and classes [B, max_boxes] (0..C-1), padded with
+    -1; crowd regions dropped (SSDLite's matching ignores them too)."""
+    import tensorflow as tf
+
+    from pipelines.data import augment
+
+    size = recipe.input_size
+    ds = source.cache() if recipe.cache else source
+    ds = ds.shuffle(1024, seed=recipe.seed, reshuffle_each_iteration=True)
+
+    def prepare(element):
+        element = augment.eval_preprocess(augment.random_flip(element), size)
+        keep = tf.logical_not(element["is_crowd"])
+        return element["image"], {
+            "boxes": tf.boolean_mask(element["boxes"], keep),
+            # keras-cv's classes are 0..C-1; the reader's labels 1..C (0 is SSD's background)
+            "classes": tf.cast(tf.boolean_mask(element["labels"], keep) - 1, tf.float32),
+        }
+
+    ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).repeat()
+    return ds.padded_batch(
+        recipe.batch_size,
+        padded_shapes=([size, size, 3], {"boxes": [max_boxes, 4], "classes": [max_boxes]}),
+        padding_values=(0.0, {"boxes": -1.0, "classes": -1.0}),
+        drop_remainder=True,
+    ).prefetch(tf.data.AUTOTUNE)
+
+
+def yolo_detections(model, dataset):
+    """Per-image detection dicts (normalized yxyx boxes clipped to the image) from keras-cv's
+    own ``predict`` (raw head, box decoding, NonMaxSuppression)."""
+    detections = []
+    for images, image_ids in dataset:
+        out = model.predict(images.numpy(), verbose=0)
+        for i, image_id in enumerate(image_ids.numpy()):
+            n = int(out["num_detections"][i])
+            detections.append({
+                "image_id": int(image_id),
+                "boxes": np.clip(out["boxes"][i, :n], 0.0, 1.0),
+                "scores": out["confidence"][i, :n],
+                "classes": out["classes"][i, :n] + 1,  # back to the reader's 1..C
+            })
+    return detections
+
+
+def calibration_images(source, recipe, count):
+    """``count`` train images resized and scaled as both models see them."""
+    from pipelines.data import augment
+
+    images = [augment.eval_preprocess(e, recipe.input_size)["image"].numpy()
+              for e in source.take(count)]
+    return np.stack(images).astype("float32")
+
+
+def train_ssdlite(root, recipe, budget_s, run_dir, verbose):
+    """Trains SSDLite with ``detection.run``; returns (metrics, the trained model, clock)."""
+    import keras
+
+    from pipelines.jobs import detection
+
+    clock = _time_budget_callback()(budget_s=budget_s)
+    metrics = detection.run(coco_dir=str(root), run_dir=run_dir, recipe=recipe, verbose=verbose,
+                            extra_callbacks=[clock])
+    model = keras.saving.load_model(os.path.join(run_dir, "last.keras"))
+    return metrics, model, clock
+
+
+def read_ssdlite_run(run_dir):
+    """(metrics, model, recipe) of a finished ``keras-mnv2 train coco`` run directory."""
+    import keras
+
+    from pipelines.jobs.detection import CocoRecipe
+
+    path = os.path.join(run_dir, "metrics.json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--ssdlite-run {run_dir}: no metrics.json (not a finished run)")
+    with open(path) as f:
+        metrics = json.load(f)
+    for key in ("AP50", "AP", "train_seconds", "recipe", "dataset"):
+        if key not in metrics:
+            raise ValueError(f"{path}: no {key!r} (not a COCO detection run's metrics)")
+    model_path = os.path.join(run_dir, "last.keras")
+    if not os.path.isfile(model_path):
+        raise FileNotFoundError(f"--ssdlite-run {run_dir}: no last.keras")
+    return metrics, keras.saving.load_model(model_path), CocoRecipe(**metrics["recipe"])
+
+
+def peer_bench(wall_seconds=None, train_images=2000, val_images=250, input_size=160,
+               ssdlite_run=None, data_root=None, repeats=100, calibration=100, verbose=2):
+    """Trains (or reads) SSDLite, trains YOLOV8 for the same time, prints the table; returns
+    ({name: PeerRow}, notes)."""
+    import keras
+
+    from keras_mnv2 import profile
+    from keras_mnv2.deploy import export
+    from pipelines.data import coco, coco_eval
+    from pipelines.jobs import detection
+    from pipelines.synthetic import coco as synthetic_coco
+
+    if wall_seconds is not None and wall_seconds <= 0:
+        raise ValueError(f"wall_seconds must be > 0, got {wall_seconds}")
+    if train_images < 1 or val_images < 1:
+        raise ValueError(f"train_images and val_images must be >= 1, got {train_images}, "
+                         f"{val_images}")
+    print("\n== Peer detector (issue 12): SSDLite vs keras-cv YOLOV8, same data, same wall "
+          "time ==", flush=True)
+    start = time.time()
+    import keras_cv  # noqa: F401 - timed: its import is a cost of using it
+
+    print(f"import keras_cv {keras_cv.__version__}: {time.time() - start:.1f} s", flush=True)
+    notes = []
+    work = tempfile.mkdtemp(prefix="peer_bench_")
+    try:
+        if ssdlite_run is not None:
+            ssd_metrics, ssd_model, recipe = read_ssdlite_run(ssdlite_run)
+            root = ssd_metrics["dataset"]
+            ssd_seconds, ssd_steps = float(ssd_metrics["train_seconds"]), None
+            notes.append(f"SSDLite read from {ssdlite_run} (its train_seconds: data loading and "
+                         "model building included); its dataset and input size are used")
+        else:
+            from pipelines.jobs.detection import EMBEDDED, SYNTHETIC
+
+            recipe = dataclasses.replace(EMBEDDED, input_size=input_size)
+            root = data_root or data_root_for(train_images, val_images)
+            synthetic_coco.generate(root, **dict(SYNTHETIC, num_train=train_images,
+                                                 num_val=val_images))
+            ssd_metrics, ssd_model, clock = train_ssdlite(
+                root, recipe, wall_seconds, os.path.join(work, "ssdlite"), verbose)
+            ssd_seconds, ssd_steps = clock.seconds, clock.steps
+        budget = wall_seconds if wall_seconds is not None else ssd_seconds
+        if wall_seconds is not None and ssdlite_run is None:
+            notes.append(f"--wall-seconds {wall_seconds:g}: SSDLite stopped at the budget on its "
+                         f"{recipe.epochs}-epoch step schedule (its learning rate not decayed)")
+
+        train = coco.load_coco(root, "train")
+        val = coco.load_coco(root, "val")
+        train_source = coco.coco_dataset(train, size_mismatch=recipe.size_mismatch)
+        val_source = coco.coco_dataset(val, size_mismatch=recipe.size_mismatch)
+        max_boxes = max(1, int(np.max(np.diff(train.box_starts))))
+
+        keras.utils.set_random_seed(recipe.seed)
+        yolo = yolo_model(train.num_classes, recipe)
+        yolo.compile(optimizer=keras.optimizers.Adam(recipe.learning_rate, global_clipnorm=10.0),
+                     classification_loss="binary_crossentropy", box_loss="ciou",
+                     run_eagerly=True)  # traced (tf.function), its loss is NaN: see the note
+        yolo.optimizer.build(yolo.trainable_variables)  # eagerly (see driver.fit)
+        clock = _time_budget_callback()(
+            budget_s=budget, learning_rate=recipe.learning_rate,
+            warmup=recipe.warmup_epochs / recipe.epochs)
+        steps = max(1, train.num_images // recipe.batch_size)
+        print(f"YOLOV8: training for {budget:.1f} s (SSDLite's "
+              f"{'fit time' if wall_seconds is None else 'budget'})", flush=True)
+        yolo.fit(yolo_train_dataset(train_source, recipe, max_boxes), epochs=10**6,
+                 steps_per_epoch=steps, callbacks=[clock], verbose=verbose)
+        yolo_dets = yolo_detections(yolo, detection.eval_dataset(val_source, recipe))
+        yolo_stats = coco_eval.coco_evaluate(val.coco, yolo_dets, val.label_to_category)
+
+        rows = {}
+        for name, model, seconds, step_count, stats in (
+            (NAMES[0], ssd_model, ssd_seconds, ssd_steps, ssd_metrics),
+            (NAMES[1], yolo, clock.seconds, clock.steps, yolo_stats),
+        ):
+            prof = profile(model)
+            rows[name] = PeerRow(name, prof.params, prof.madds, seconds, step_count,
+                                 float(stats["AP50"]), float(stats["AP"]))
+
+        samples = calibration_images(train_source, recipe, calibration)
+        raw_yolo = keras.Model(yolo.inputs, yolo.outputs, name="yolov8_raw_head")
+        contents = {}
+        for name, model in ((NAMES[0], ssd_model), (NAMES[1], raw_yolo)):
+            try:
+                contents[name] = export.convert(model, mode="int8", representative_data=samples,
+                                                output="raw")
+                rows[name].tflite_bytes = len(contents[name])
+            except export.ExportError as err:
+                notes.append(f"{name}: int8 conversion failed: {str(err).splitlines()[0]}")
+        if contents:
+            from benchmarks.timing import tflite_timings
+
+            timings = tflite_timings(contents, threads=1, repeats=repeats, rounds=5,
+                                     inputs=samples[:1])
+            for name, timing in timings.items():
+                rows[name].int8_wall_ms, rows[name].int8_cpu_ms = timing.wall_ms, timing.cpu_ms
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    notes += [
+        f"data: {os.path.abspath(root)} ({train.num_images} train, {val.num_images} val images), "
+        f"{recipe.input_size} px, batch {recipe.batch_size}, Adam {recipe.learning_rate:g}",
+        "AP: pycocotools on the same val split; SSDLite class-wise NMS, YOLOV8 keras-cv "
+        f"class-agnostic NMS; both score >= {recipe.score_threshold:g}, IoU {recipe.nms_iou:g}, "
+        f"<= {recipe.max_detections} detections",
+        "YOLOV8 trains eagerly (run_eagerly=True, slower a step): traced by tf.function under "
+        "Keras 3.15 its loss is NaN from the first step (eagerly finite, on the same batch)",
+        "MAdds: keras_mnv2.profile (Conv2D, DepthwiseConv2D and Dense multiply-adds) on both",
+        "TFLite int8: raw heads (no box decoding, no NMS) for both: converter PTQ "
+        f"({len(samples)} calibration images), XNNPACK, 1 thread, median of {repeats} invocations",
+    ]
+    for line in table_lines(rows) + [f"- {n}" for n in notes]:
+        print(line, flush=True)
+    return rows, notes
+
+
+def table_lines(rows):
+    header = (f"{'model':<34} {'params':>10} {'MAdds':>8} {'train s':>8} {'steps':>6} "
+              f"{'AP50':>6} {'AP':>6} {'int8 KB':>8} {'int8 ms':>8} {'cpu ms':>7}")
+    lines = [header, "-" * len(header)]
+    for row in rows.values():
+        steps = "-" if row.steps is None else f"{row.steps}"
+        lines.append(
+            f"{row.name:<34} {row.params:>10,} {row.madds / 1e6:>7.1f}M {row.train_seconds:>8.1f} "
+            f"{steps:>6} {row.ap50:>6.3f} {row.ap:>6.3f} {row.tflite_bytes / 1024:>8.0f} "
+            f"{row.int8_wall_ms:>8.2f} {row.int8_cpu_ms:>7.2f}")
+    return lines
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--wall-seconds", type=float, default=None,
+                        help="training budget of each model (default: YOLOV8 gets SSDLite's "
+                             "fit time of the full embedded recipe)")
+    parser.add_argument("--train-images", type=int, default=2000)
+    parser.add_argument("--val-images", type=int, default=250)
+    parser.add_argument("--input-size", type=int, default=160)
+    parser.add_argument("--ssdlite-run", default=None,
+                        help="a finished `keras-mnv2 train coco` run dir to read SSDLite from")
+    parser.add_argument("--data-root", default=None)
+    parser.add_argument("--repeats", type=int, default=100)
+    parser.add_argument("--calibration", type=int, default=100)
+    args = parser.parse_args(argv)
+    peer_bench(wall_seconds=args.wall_seconds, train_images=args.train_images,
+               val_images=args.val_images, input_size=args.input_size,
+               ssdlite_run=args.ssdlite_run, data_root=args.data_root, repeats=args.repeats,
+               calibration=args.calibration)
+
+
+if __name__ == "__main__":
+    main()
