@@ -224,6 +224,39 @@ def test_peer_yolo_targets_shift_labels_and_drop_crowds():
         np.allclose(box[[1, 3]], [0.4, 0.8], atol=1e-6)
 
 
+def test_peer_bn_momentum_reaches_nested_layers():
+    """YOLOV8's AP50 of 0.000 came from keras-cv's backbone momentum 0.999: the helper must reach
+    BatchNormalization layers inside nested models."""
+    import keras
+
+    from benchmarks import peer_bench
+
+    inner = keras.Sequential([keras.Input((4, 4, 2)), keras.layers.Conv2D(2, 1),
+                              keras.layers.BatchNormalization(momentum=0.999)])
+    inputs = keras.Input((4, 4, 2))
+    outputs = keras.layers.BatchNormalization(momentum=0.97)(inner(inputs))
+    model = keras.Model(inputs, outputs)
+    assert peer_bench.set_bn_momentum(model, 0.9) == 2
+    assert [layer.momentum for layer in (inner.layers[1], model.layers[-1])] == [0.9, 0.9]
+
+
+@pytest.mark.slow
+def test_peer_yolo_trains_with_the_recipe_bn_momentum():
+    pytest.importorskip("keras_cv", reason="keras-cv is not installed (the peer section needs it)")
+    import dataclasses
+
+    import keras
+
+    from benchmarks import peer_bench
+    from pipelines.jobs.detection import EMBEDDED
+
+    recipe = dataclasses.replace(EMBEDDED, input_size=64)
+    model = peer_bench.yolo_model(5, recipe)
+    momenta = [layer.momentum for layer in model._flatten_layers(include_self=False)
+               if isinstance(layer, keras.layers.BatchNormalization)]
+    assert len(momenta) > 50 and set(momenta) == {recipe.bn_momentum}
+
+
 def test_peer_bad_settings_are_refused():
     from benchmarks import peer_bench
 
