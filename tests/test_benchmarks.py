@@ -224,6 +224,50 @@ def test_peer_yolo_targets_shift_labels_and_drop_crowds():
         np.allclose(box[[1, 3]], [0.4, 0.8], atol=1e-6)
 
 
+def test_peer_yolo_detections_of_the_ground_truth_score_ap50_one(tmp_path):
+    """keras-cv's predict output (rel_yxyx boxes, classes 0..C-1, -1 padding) through the bench's
+    conversion and the shared pycocotools evaluation: the ground truth itself scores AP50 1.0, a
+    class shift or a box-order slip would not."""
+    import dataclasses
+
+    import numpy as np
+
+    from benchmarks import peer_bench
+    from pipelines.data import coco, coco_eval
+    from pipelines.jobs import detection
+    from pipelines.synthetic import coco as synthetic_coco
+
+    synthetic_coco.generate(tmp_path, num_train=2, num_val=6, image_size=64, num_classes=3,
+                            crowd_fraction=0)
+    val = coco.load_coco(str(tmp_path), "val")
+    recipe = dataclasses.replace(detection.EMBEDDED, input_size=64, batch_size=4, cache=False)
+    truth = {int(e["image_id"]): (e["boxes"].numpy(), e["labels"].numpy())
+             for e in coco.coco_dataset(val)}
+
+    class GroundTruthModel:  # answers predict as keras-cv's YOLOV8Detector does
+        def predict(self, images, verbose=0):
+            del verbose
+            ids = self.ids
+            cap = 20
+            out = {"boxes": -np.ones((len(ids), cap, 4)), "confidence": -np.ones((len(ids), cap)),
+                   "classes": -np.ones((len(ids), cap)), "num_detections": np.zeros(len(ids))}
+            for i, image_id in enumerate(ids):
+                boxes, labels = truth[int(image_id)]
+                n = len(labels)
+                out["boxes"][i, :n], out["confidence"][i, :n] = boxes, 0.9
+                out["classes"][i, :n], out["num_detections"][i] = labels - 1, n
+            return out
+
+    model = GroundTruthModel()
+    detections = []
+    for images, ids in detection.eval_dataset(coco.coco_dataset(val), recipe):
+        model.ids = ids.numpy()
+        detections += peer_bench.yolo_detections(model, [(images, ids)])
+    assert sum(len(d["boxes"]) for d in detections) == sum(len(v[1]) for v in truth.values()) > 0
+    metrics = coco_eval.coco_evaluate(val.coco, detections, val.label_to_category)
+    assert metrics["AP50"] == pytest.approx(1.0)
+
+
 def test_peer_bn_momentum_reaches_nested_layers():
     """YOLOV8's AP50 of 0.000 came from keras-cv's backbone momentum 0.999: the helper must reach
     BatchNormalization layers inside nested models."""
