@@ -286,7 +286,7 @@ def test_peer_bn_momentum_reaches_nested_layers():
 
 @pytest.mark.slow
 def test_peer_yolo_trains_with_the_recipe_bn_momentum():
-    pytest.importorskip("keras_cv", reason="keras-cv is not installed (the peer section needs it)")
+    _keras_cv_or_skip()
     import dataclasses
 
     import keras
@@ -310,11 +310,36 @@ def test_peer_bad_settings_are_refused():
         peer_bench.peer_bench(train_images=0)
 
 
+def _keras_cv_or_skip():
+    from benchmarks import peer_bench
+
+    try:
+        peer_bench.import_keras_cv()
+    except ImportError as err:
+        pytest.skip(f"keras-cv is not installed (the peer section needs it): {err}")
+
+
+def test_keras_cv_imports_after_tfmot_in_a_fresh_process():
+    """TFMOT's import turns tensorflow.keras into tf_keras (TF_USE_LEGACY_KERAS=1), which broke
+    keras-cv's import in a test worker that had run a QAT test first."""
+    import subprocess
+    import sys
+
+    code = ("import tensorflow_model_optimization, tensorflow as tf; "
+            "assert not getattr(tf.keras, 'version', lambda: '2')().startswith('3.'); "
+            "from benchmarks import peer_bench; kcv = peer_bench.import_keras_cv(); "
+            "print('keras_cv', kcv.__version__, kcv.src.backend.config.keras_3())")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300, cwd=str(__import__("pathlib").Path(__file__).parents[1]))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().endswith("True"), done.stdout
+
+
 @pytest.mark.slow
 def test_peer_bench_tiny(tmp_path, capsys):
     """Both detectors trained ~2 s on 32 images at 96 px: the table's structure and the figures
     that follow from the models (no timing or accuracy assertions)."""
-    pytest.importorskip("keras_cv", reason="keras-cv is not installed (the peer section needs it)")
+    _keras_cv_or_skip()
     import math
 
     import keras_mnv2
