@@ -25,7 +25,6 @@ scores, no box decoding and no NMS: YOLOV8's decoder lives outside its functiona
 import argparse
 import dataclasses
 import json
-import math
 import os
 import shutil
 import tempfile
@@ -54,15 +53,19 @@ def _time_budget_callback():
                 raise ValueError("a time-based learning rate needs a time budget")
             self.budget_s, self.learning_rate = budget_s, learning_rate
             self.warmup, self.alpha = warmup, alpha
-            self.seconds, self.steps = 0.0, 0
+            self.seconds, self.steps, self.schedule = 0.0, 0, None
+
+        STEPS = 100_000  # the budget's resolution: a fraction of it is read as a step
 
         def rate(self, fraction):
-            fraction = min(max(fraction, 0.0), 1.0)
-            if fraction < self.warmup:
-                return self.learning_rate * fraction / self.warmup
-            decay = (fraction - self.warmup) / max(1e-9, 1.0 - self.warmup)
-            cosine = 0.5 * (1.0 + math.cos(math.pi * decay))
-            return self.learning_rate * (self.alpha + (1.0 - self.alpha) * cosine)
+            """The jobs' warm-up + cosine schedule (``training.cosine_schedule``), read at
+            ``fraction`` of the budget instead of a step count."""
+            if self.schedule is None:
+                from pipelines.jobs.training import cosine_schedule
+
+                self.schedule = cosine_schedule(self.learning_rate, self.STEPS,
+                                                round(self.warmup * self.STEPS), alpha=self.alpha)
+            return float(self.schedule(min(max(fraction, 0.0), 1.0) * self.STEPS))
 
         def on_train_begin(self, logs=None):
             self._start = time.perf_counter()
