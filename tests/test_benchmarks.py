@@ -191,6 +191,32 @@ def test_peer_time_based_learning_rate():
         peer_bench._time_budget_callback()(learning_rate=1e-3)
 
 
+def test_peer_budget_counts_from_the_end_of_the_first_step(monkeypatch):
+    import math
+    from types import SimpleNamespace
+
+    from benchmarks import peer_bench
+
+    now = [0.0]
+    monkeypatch.setattr(peer_bench.time, "perf_counter", lambda: now[0])
+    clock = peer_bench._time_budget_callback()(budget_s=10.0, learning_rate=1e-3)
+    model = SimpleNamespace(optimizer=SimpleNamespace(learning_rate=None), stop_training=False)
+    clock.set_model(model)
+    clock.on_train_begin()
+    rates = []
+    for end in (300.0, 305.0, 309.0, 310.5):  # the first step takes 300 s (tracing)
+        clock.on_train_batch_begin(0)
+        rates.append(model.optimizer.learning_rate)
+        now[0] = end
+        clock.on_train_batch_end(0)
+        assert model.stop_training == (end >= 310.0), end
+    clock.on_train_end()
+    assert (clock.first_step_s, clock.seconds, clock.steps) == (300.0, 10.5, 4)
+    assert rates[0] == rates[1] == pytest.approx(1e-3)  # no warm-up: the peak at fraction 0
+    assert rates[2] == pytest.approx(1e-3 * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * 0.5))))
+    assert rates[3] == pytest.approx(1e-3 * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * 0.9))))
+
+
 def test_peer_yolo_targets_shift_labels_and_drop_crowds():
     import dataclasses
 
