@@ -23,6 +23,7 @@ scores, no box decoding and no NMS: YOLOV8's decoder lives outside its functiona
 """
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -57,6 +58,7 @@ def _time_budget_callback():
             self.budget_s, self.learning_rate = budget_s, learning_rate
             self.warmup, self.alpha = warmup, alpha
             self.seconds, self.first_step_s, self.steps, self.schedule = 0.0, 0.0, 0, None
+            self.loss = float("nan")  # the training loss Keras reported after the last step
             self._start = self._steady = None
 
         STEPS = 100_000  # the budget's resolution: a fraction of it is read as a step
@@ -84,6 +86,8 @@ def _time_budget_callback():
 
         def on_train_batch_end(self, batch, logs=None):
             self.steps += 1
+            if logs and "loss" in logs:
+                self.loss = float(logs["loss"])
             if self._steady is None:
                 self._steady = time.perf_counter()
                 self.first_step_s = self._steady - self._start
@@ -109,6 +113,7 @@ class PeerRow:
     tflite_bytes: int = 0
     int8_wall_ms: float = float("nan")
     int8_cpu_ms: float = float("nan")
+    loss: float = float("nan")  # the last training step's loss
 
 
 def data_root_for(train_images, val_images):
@@ -160,6 +165,28 @@ def yolo_model(num_classes, recipe):
                                            prediction_decoder=decoder)
     set_bn_momentum(model, recipe.bn_momentum)
     return model
+
+
+@contextlib.contextmanager
+def without_constant_folding():
+    """Grappler's constant folding off for the ``tf.function`` graphs made inside.
+
+    keras-cv's YOLOV8 pads the ground truth with boxes at -1 (-input_size pixels once absolute)
+    and its task-aligned assigner takes their CIoU with every prediction. Its height,
+    ``(y_max - y_min) + epsilon``, is 1e-7 for such a box when computed as written (eagerly), but
+    constant folding pushes the constant into the sum, ``(y_max + epsilon) - y_min``, where
+    float32 loses the 1e-7 beside 160: width/height is then 0/0, the padding box's CIoU is NaN,
+    and NaN * 0 in the assigner makes every class target, and the loss, NaN from the first
+    traced step (``tests/test_benchmarks.py::test_peer_constant_folding_makes_yolo_ciou_nan``).
+    With folding off, the traced step computes what the eager one does, several times faster."""
+    import tensorflow as tf
+
+    before = tf.config.optimizer.get_experimental_options().get("constant_folding", True)
+    tf.config.optimizer.set_experimental_options({"constant_folding": False})
+    try:
+        yield
+    finally:
+        tf.config.optimizer.set_experimental_options({"constant_folding": before})
 
 
 def set_bn_momentum(model, momentum):
@@ -296,6 +323,7 @@ def peer_bench(wall_seconds=None, train_images=2000, val_images=250, input_size=
             ssd_metrics, ssd_model, recipe = read_ssdlite_run(ssdlite_run)
             root = ssd_metrics["dataset"]
             ssd_seconds, ssd_first, ssd_steps = float(ssd_metrics["train_seconds"]), np.nan, None
+            ssd_loss = np.nan
             notes.append(f"SSDLite read from {ssdlite_run} (its train_seconds: data loading and "
                          "model building included); its dataset and input size are used")
         else:
@@ -308,6 +336,7 @@ def peer_bench(wall_seconds=None, train_images=2000, val_images=250, input_size=
             ssd_metrics, ssd_model, clock = train_ssdlite(
                 root, recipe, wall_seconds, os.path.join(work, "ssdlite"), verbose)
             ssd_seconds, ssd_first, ssd_steps = clock.seconds, clock.first_step_s, clock.steps
+            ssd_loss = clock.loss
         budget = wall_seconds if wall_seconds is not None else ssd_seconds
         if wall_seconds is not None and ssdlite_run is None:
             notes.append(f"--wall-seconds {wall_seconds:g}: SSDLite stopped at the budget on its "
@@ -322,8 +351,7 @@ def peer_bench(wall_seconds=None, train_images=2000, val_images=250, input_size=
         keras.utils.set_random_seed(recipe.seed)
         yolo = yolo_model(train.num_classes, recipe)
         yolo.compile(optimizer=keras.optimizers.Adam(recipe.learning_rate, global_clipnorm=10.0),
-                     classification_loss="binary_crossentropy", box_loss="ciou",
-                     run_eagerly=True)  # traced (tf.function), its loss is NaN: see the note
+                     classification_loss="binary_crossentropy", box_loss="ciou")
         yolo.optimizer.build(yolo.trainable_variables)  # eagerly (see driver.fit)
         clock = _time_budget_callback()(
             budget_s=budget, learning_rate=recipe.learning_rate,
@@ -332,19 +360,23 @@ def peer_bench(wall_seconds=None, train_images=2000, val_images=250, input_size=
         print(f"YOLOV8: training for {budget:.1f} s after its first step (SSDLite's "
               f"{'fit time after its first step' if wall_seconds is None else 'budget'})",
               flush=True)
-        yolo.fit(yolo_train_dataset(train_source, recipe, max_boxes), epochs=10**6,
-                 steps_per_epoch=steps, callbacks=[clock], verbose=verbose)
-        yolo_dets = yolo_detections(yolo, detection.eval_dataset(val_source, recipe))
+        with without_constant_folding():  # else its traced loss is NaN (see there)
+            yolo.fit(yolo_train_dataset(train_source, recipe, max_boxes), epochs=10**6,
+                     steps_per_epoch=steps, callbacks=[clock], verbose=verbose)
+            yolo_dets = yolo_detections(yolo, detection.eval_dataset(val_source, recipe))
         yolo_stats = coco_eval.coco_evaluate(val.coco, yolo_dets, val.label_to_category)
 
         rows = {}
-        for name, model, seconds, first, step_count, stats in (
-            (NAMES[0], ssd_model, ssd_seconds, ssd_first, ssd_steps, ssd_metrics),
-            (NAMES[1], yolo, clock.seconds, clock.first_step_s, clock.steps, yolo_stats),
+        for name, model, seconds, first, step_count, stats, loss in (
+            (NAMES[0], ssd_model, ssd_seconds, ssd_first, ssd_steps, ssd_metrics, ssd_loss),
+            (NAMES[1], yolo, clock.seconds, clock.first_step_s, clock.steps, yolo_stats,
+             clock.loss),
         ):
             prof = profile(model)
             rows[name] = PeerRow(name, prof.params, prof.madds, seconds, first, step_count,
-                                 float(stats["AP50"]), float(stats["AP"]))
+                                 float(stats["AP50"]), float(stats["AP"]), loss=float(loss))
+        if not np.isfinite(clock.loss):
+            notes.append(f"YOLOV8's last training loss is {clock.loss}: its AP is not a result")
 
         samples = calibration_images(train_source, recipe, calibration)
         raw_yolo = keras.Model(yolo.inputs, yolo.outputs, name="yolov8_raw_head")
@@ -372,8 +404,9 @@ def peer_bench(wall_seconds=None, train_images=2000, val_images=250, input_size=
         "AP: pycocotools on the same val split; SSDLite class-wise NMS, YOLOV8 keras-cv "
         f"class-agnostic NMS; both score >= {recipe.score_threshold:g}, IoU {recipe.nms_iou:g}, "
         f"<= {recipe.max_detections} detections",
-        "YOLOV8 trains eagerly (run_eagerly=True, slower a step): traced by tf.function under "
-        "Keras 3.15 its loss is NaN from the first step (eagerly finite, on the same batch)",
+        "YOLOV8 trains traced with grappler's constant folding off "
+        "(peer_bench.without_constant_folding): with it on, the CIoU of keras-cv's padding "
+        "boxes is NaN and so is the loss from the first step",
         "train s: fit time after the first step, which is timed apart (1st s: graph tracing, "
         "the shuffle buffer's fill); YOLOV8's budget is SSDLite's train s",
         "MAdds: keras_mnv2.profile (Conv2D, DepthwiseConv2D and Dense multiply-adds) on both",

@@ -217,6 +217,37 @@ def test_peer_budget_counts_from_the_end_of_the_first_step(monkeypatch):
     assert rates[3] == pytest.approx(1e-3 * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * 0.9))))
 
 
+def test_peer_constant_folding_makes_yolo_ciou_nan():
+    """keras-cv's CIoU of a padding box (all four sides at -96 px) against a real one: finite
+    eagerly, NaN in a tf.function with grappler's constant folding (what made YOLOV8's traced
+    loss NaN), finite and equal to the eager value inside ``without_constant_folding``."""
+    _keras_cv_or_skip()
+    import numpy as np
+    import tensorflow as tf
+
+    from benchmarks import peer_bench
+
+    peer_bench.import_keras_cv()
+    from keras_cv.src.bounding_box.iou import compute_ciou
+
+    padding = tf.constant([[-96.0] * 4, [10.0, 10.0, 50.0, 40.0]])[:, None, :]
+    predicted = tf.constant([[5.0, 5.0, 30.0, 30.0], [0.0, 0.0, 1.0, 1.0]])[None, :, :]
+
+    def ciou(a, b):
+        return compute_ciou(a, b, bounding_box_format="xyxy")
+
+    eager = ciou(padding, predicted).numpy()
+    assert np.all(np.isfinite(eager))
+    folded = tf.function(ciou)(padding, predicted).numpy()
+    np.testing.assert_allclose(folded[1], eager[1], rtol=1e-6)  # real boxes: unaffected
+    if np.all(np.isfinite(folded[0])):
+        pytest.skip("this TensorFlow no longer folds the padding box's height away")
+    with peer_bench.without_constant_folding():
+        traced = tf.function(ciou)(padding, predicted).numpy()
+    np.testing.assert_allclose(traced, eager, rtol=1e-6)
+    assert tf.config.optimizer.get_experimental_options()["constant_folding"] is True  # restored
+
+
 def test_peer_yolo_targets_shift_labels_and_drop_crowds():
     import dataclasses
 
@@ -386,6 +417,7 @@ def test_peer_bench_tiny(tmp_path, capsys):
         # overhead (1.1-1.5 bytes a weight here); float32 would be 4
         assert 0.8 * row.params < row.tflite_bytes < 2 * row.params
         assert math.isfinite(row.int8_wall_ms) and row.int8_wall_ms > 0
+        assert math.isfinite(row.loss), row  # YOLOV8's traced loss was NaN before the fix
     lines = capsys.readouterr().out.splitlines()
     table = lines[lines.index(peer_bench.table_lines(rows)[0]):]
     assert table[2].startswith(ssd.name) and f"{ssd.params:,}" in table[2]
