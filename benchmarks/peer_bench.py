@@ -6,8 +6,9 @@ cannot reach). SSDLite-MobileNetV2 trains with the embedded recipe through
 ``pipelines.jobs.detection.run`` (or is read from a finished run, ``--ssdlite-run``); keras-cv's
 YOLOV8Detector on a MobileNetV3-Small backbone (given by its arguments, as in
 ``benchmarks/keras_cv_probe.py``) then trains on the same train split, at the same input size,
-batch size, flip augmentation and Adam learning rate, for SSDLite's measured ``fit`` time
-(``--wall-seconds`` gives both the same budget instead). Its learning rate follows the recipe's
+batch size, flip augmentation and Adam learning rate, for SSDLite's measured ``fit`` time after
+its first step (``--wall-seconds`` gives both the same budget instead; each model's first step,
+tracing included, is timed apart, ``TrainClock``). Its learning rate follows the recipe's
 warm-up and cosine decay over the time budget rather than over a step count it cannot know.
 Both are evaluated with the same pycocotools evaluation (``pipelines.data.coco_eval``) on the
 same val split, each through its own post-processing (SSDLite: class-wise NMS; YOLOV8:
@@ -18,7 +19,7 @@ scores, no box decoding and no NMS: YOLOV8's decoder lives outside its functiona
 ``predict_step``), converted by ``keras_mnv2.deploy.export.convert(mode="int8", output="raw")``
 (the converter's post-training quantization) and timed together by ``benchmarks.timing``.
 
-    python -m benchmarks.peer_bench                     # the full comparison (~15 min of CPU)
+    python -m benchmarks.peer_bench                     # the full comparison (16 min on 2 idle cores)
     python -m benchmarks.peer_bench --wall-seconds 5 --train-images 64 --input-size 96
 """
 
