@@ -21,6 +21,7 @@ scores, no box decoding and no NMS: YOLOV8's decoder lives outside its functiona
 
     python -m benchmarks.peer_bench                     # the full comparison (16 min on 2 idle cores)
     python -m benchmarks.peer_bench --wall-seconds 5 --train-images 64 --input-size 96
+    python -m benchmarks.peer_bench --step-times 30     # ms a training step, each model
 """
 
 import argparse
@@ -419,6 +420,80 @@ def peer_bench(wall_seconds=None, train_images=2000, val_images=250, input_size=
     return rows, notes
 
 
+CONFIGS = ("SSDLite", "SSDLite, trivial loss", "YOLOV8")
+
+
+def step_times(train_images=2000, val_images=250, input_size=160, data_root=None, steps=30,
+               batch_size=None, configs=CONFIGS, verbose=True):
+    """Milliseconds per training step (the median over ``steps``, after 3 warm-up steps) of both
+    detectors, untrained, each on one fixed batch of its own training input (cached, so neither
+    the input pipeline nor the loss's targets cost anything after the first); and SSDLite's again with a trivial loss
+    (the mean square of its outputs), to show what its SSD losses cost. ``configs``: which of
+    ``CONFIGS``; ``batch_size``: the recipe's by default. Returns {config: ms}."""
+    import keras
+    from keras import ops
+
+    from keras_mnv2.detection.losses import ssd_losses
+    from pipelines.data import coco
+    from pipelines.jobs import detection
+    from pipelines.synthetic import coco as synthetic_coco
+
+    unknown = set(configs) - set(CONFIGS)
+    if unknown:
+        raise ValueError(f"unknown step-time configs {sorted(unknown)}; known: {CONFIGS}")
+    recipe = dataclasses.replace(detection.EMBEDDED, input_size=input_size,
+                                 batch_size=batch_size or detection.EMBEDDED.batch_size)
+    root = data_root or data_root_for(train_images, val_images)
+    synthetic_coco.generate(root, **dict(detection.SYNTHETIC, num_train=train_images,
+                                         num_val=val_images))
+    train = coco.load_coco(root, "train")
+    source = coco.coco_dataset(train, size_mismatch=recipe.size_mismatch)
+    max_boxes = max(1, int(np.max(np.diff(train.box_starts))))
+
+    class StepClock(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.times = []
+
+        def on_train_batch_begin(self, batch, logs=None):
+            self.start = time.perf_counter()
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.times.append(time.perf_counter() - self.start)
+
+    def ms_per_step(model, dataset):
+        # each step timed by itself (batch begin to end), in one fit call: the time of the whole
+        # call, over fit's iterator set-up, was not proportional to its steps here
+        clock = StepClock()
+        history = model.fit(dataset.take(1).cache().repeat(), steps_per_epoch=steps + 3,
+                            epochs=1, verbose=0, callbacks=[clock])
+        if not np.isfinite(history.history["loss"][-1]):
+            raise FloatingPointError(f"{model.name}: the training loss is not finite")
+        return float(np.median(clock.times[3:])) * 1e3
+
+    keras.utils.set_random_seed(recipe.seed)
+    ssd = detection.build_model(recipe, train.num_classes, None)
+    ssd_input = detection.train_dataset(source, recipe, ssd.anchors)
+    times = {}
+    for name, loss in (("SSDLite", ssd_losses(mode=recipe.class_loss)),
+                       ("SSDLite, trivial loss", lambda y, p: ops.mean(ops.square(p)))):
+        if name not in configs:
+            continue
+        ssd.compile(optimizer=detection.make_optimizer(recipe, 100), loss=loss)
+        times[name] = ms_per_step(ssd, ssd_input)
+    if "YOLOV8" in configs:
+        yolo = yolo_model(train.num_classes, recipe)
+        yolo.compile(optimizer=keras.optimizers.Adam(recipe.learning_rate, global_clipnorm=10.0),
+                     classification_loss="binary_crossentropy", box_loss="ciou")
+        yolo.optimizer.build(yolo.trainable_variables)
+        with without_constant_folding():
+            times["YOLOV8"] = ms_per_step(yolo, yolo_train_dataset(source, recipe, max_boxes))
+    if verbose:
+        print(f"ms per training step on one fixed batch of {recipe.batch_size} at {input_size} "
+              f"px (median of {steps}, after 3): " + ", ".join(
+                  f"{name} {value:.0f}" for name, value in times.items()), flush=True)
+    return times
+
+
 def table_lines(rows):
     header = (f"{'model':<34} {'params':>10} {'MAdds':>8} {'1st s':>6} {'train s':>8} "
               f"{'steps':>6} {'AP50':>6} {'AP':>6} {'int8 KB':>8} {'int8 ms':>8} {'cpu ms':>7}")
@@ -447,7 +522,14 @@ def main(argv=None):
     parser.add_argument("--data-root", default=None)
     parser.add_argument("--repeats", type=int, default=100)
     parser.add_argument("--calibration", type=int, default=100)
+    parser.add_argument("--step-times", type=int, default=0, metavar="STEPS",
+                        help="only time STEPS training steps of each untrained model on one "
+                             "fixed batch (step_times) and stop")
     args = parser.parse_args(argv)
+    if args.step_times:
+        step_times(train_images=args.train_images, val_images=args.val_images,
+                   input_size=args.input_size, data_root=args.data_root, steps=args.step_times)
+        return
     peer_bench(wall_seconds=args.wall_seconds, train_images=args.train_images,
                val_images=args.val_images, input_size=args.input_size,
                ssdlite_run=args.ssdlite_run, data_root=args.data_root, repeats=args.repeats,

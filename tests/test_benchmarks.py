@@ -423,3 +423,17 @@ def test_peer_bench_tiny(tmp_path, capsys):
     assert table[2].startswith(ssd.name) and f"{ssd.params:,}" in table[2]
     assert table[3].startswith(yolo.name) and f"{yolo.params:,}" in table[3]
     assert any("--wall-seconds 2" in n for n in notes)
+
+
+def test_peer_step_times_tiny(tmp_path, capsys):
+    """The step-time probe at 64 px, batch 4, SSDLite with the trivial loss only (each
+    configuration traces a training step; the full probe's YOLOV8 path is the peer bench's)."""
+    from benchmarks import peer_bench
+
+    times = peer_bench.step_times(train_images=8, val_images=2, input_size=64, batch_size=4,
+                                  data_root=str(tmp_path / "coco"), steps=2,
+                                  configs=("SSDLite, trivial loss",))
+    assert list(times) == ["SSDLite, trivial loss"] and 0 < times["SSDLite, trivial loss"] < 60e3
+    assert "ms per training step on one fixed batch of 4 at 64 px" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="unknown step-time configs"):
+        peer_bench.step_times(configs=("RetinaNet",))
