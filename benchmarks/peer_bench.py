@@ -128,6 +128,16 @@ def data_root_for(train_images, val_images):
     return f"data/synthetic_coco_peer_{train_images}_{val_images}"
 
 
+def embedded_coco(train_images, val_images, data_root=None):
+    """The embedded synthetic COCO at these sizes, generated if not there; returns its root."""
+    from pipelines.jobs.detection import SYNTHETIC
+    from pipelines.synthetic import coco as synthetic_coco
+
+    root = data_root or data_root_for(train_images, val_images)
+    synthetic_coco.generate(root, **dict(SYNTHETIC, num_train=train_images, num_val=val_images))
+    return root
+
+
 def import_keras_cv():
     """keras_cv, imported so that it runs on Keras 3 in any process.
 
@@ -166,6 +176,19 @@ def yolo_model(num_classes, recipe):
                                            backbone=backbone, fpn_depth=1,
                                            prediction_decoder=decoder)
     set_bn_momentum(model, recipe.bn_momentum)
+    return model
+
+
+def compiled_yolo(num_classes, recipe):
+    """``yolo_model`` compiled as the bench trains it: Adam at the recipe's rate (global clipnorm
+    10), binary cross-entropy classes, CIoU boxes, the optimizer built eagerly (see driver.fit).
+    Train it inside ``without_constant_folding``."""
+    import keras
+
+    model = yolo_model(num_classes, recipe)
+    model.compile(optimizer=keras.optimizers.Adam(recipe.learning_rate, global_clipnorm=10.0),
+                  classification_loss="binary_crossentropy", box_loss="ciou")
+    model.optimizer.build(model.trainable_variables)
     return model
 
 
@@ -307,7 +330,6 @@ def peer_bench(wall_seconds=None, train_images=2000, val_images=250, input_size=
     from keras_mnv2.deploy import export
     from pipelines.data import coco, coco_eval
     from pipelines.jobs import detection
-    from pipelines.synthetic import coco as synthetic_coco
 
     if wall_seconds is not None and wall_seconds <= 0:
         raise ValueError(f"wall_seconds must be > 0, got {wall_seconds}")
@@ -331,12 +353,8 @@ def peer_bench(wall_seconds=None, train_images=2000, val_images=250, input_size=
             notes.append(f"SSDLite read from {ssdlite_run} (its train_seconds: data loading and "
                          "model building included); its dataset and input size are used")
         else:
-            from pipelines.jobs.detection import EMBEDDED, SYNTHETIC
-
-            recipe = dataclasses.replace(EMBEDDED, input_size=input_size)
-            root = data_root or data_root_for(train_images, val_images)
-            synthetic_coco.generate(root, **dict(SYNTHETIC, num_train=train_images,
-                                                 num_val=val_images))
+            recipe = dataclasses.replace(detection.EMBEDDED, input_size=input_size)
+            root = embedded_coco(train_images, val_images, data_root)
             ssd_metrics, ssd_model, clock = train_ssdlite(
                 root, recipe, wall_seconds, os.path.join(work, "ssdlite"), verbose)
             ssd_seconds, ssd_first, ssd_steps = clock.seconds, clock.first_step_s, clock.steps
@@ -353,10 +371,7 @@ def peer_bench(wall_seconds=None, train_images=2000, val_images=250, input_size=
         max_boxes = max(1, int(np.max(np.diff(train.box_starts))))
 
         keras.utils.set_random_seed(recipe.seed)
-        yolo = yolo_model(train.num_classes, recipe)
-        yolo.compile(optimizer=keras.optimizers.Adam(recipe.learning_rate, global_clipnorm=10.0),
-                     classification_loss="binary_crossentropy", box_loss="ciou")
-        yolo.optimizer.build(yolo.trainable_variables)  # eagerly (see driver.fit)
+        yolo = compiled_yolo(train.num_classes, recipe)
         clock = _time_budget_callback()(
             budget_s=budget, learning_rate=recipe.learning_rate,
             warmup=recipe.warmup_epochs / recipe.epochs)
@@ -367,7 +382,7 @@ def peer_bench(wall_seconds=None, train_images=2000, val_images=250, input_size=
         with without_constant_folding():  # else its traced loss is NaN (see there)
             yolo.fit(yolo_train_dataset(train_source, recipe, max_boxes), epochs=10**6,
                      steps_per_epoch=steps, callbacks=[clock], verbose=verbose)
-            yolo_dets = yolo_detections(yolo, detection.eval_dataset(val_source, recipe))
+        yolo_dets = yolo_detections(yolo, detection.eval_dataset(val_source, recipe))
         yolo_stats = coco_eval.coco_evaluate(val.coco, yolo_dets, val.label_to_category)
 
         rows = {}
@@ -439,17 +454,13 @@ def step_times(train_images=2000, val_images=250, input_size=160, data_root=None
     from keras_mnv2.detection.losses import ssd_losses
     from pipelines.data import coco
     from pipelines.jobs import detection
-    from pipelines.synthetic import coco as synthetic_coco
 
     unknown = set(configs) - set(CONFIGS)
     if unknown:
         raise ValueError(f"unknown step-time configs {sorted(unknown)}; known: {CONFIGS}")
     recipe = dataclasses.replace(detection.EMBEDDED, input_size=input_size,
                                  batch_size=batch_size or detection.EMBEDDED.batch_size)
-    root = data_root or data_root_for(train_images, val_images)
-    synthetic_coco.generate(root, **dict(detection.SYNTHETIC, num_train=train_images,
-                                         num_val=val_images))
-    train = coco.load_coco(root, "train")
+    train = coco.load_coco(embedded_coco(train_images, val_images, data_root), "train")
     source = coco.coco_dataset(train, size_mismatch=recipe.size_mismatch)
     max_boxes = max(1, int(np.max(np.diff(train.box_starts))))
 
@@ -484,10 +495,7 @@ def step_times(train_images=2000, val_images=250, input_size=160, data_root=None
         ssd.compile(optimizer=detection.make_optimizer(recipe, 100), loss=loss)
         times[name] = ms_per_step(ssd, ssd_input)
     if "YOLOV8" in configs:
-        yolo = yolo_model(train.num_classes, recipe)
-        yolo.compile(optimizer=keras.optimizers.Adam(recipe.learning_rate, global_clipnorm=10.0),
-                     classification_loss="binary_crossentropy", box_loss="ciou")
-        yolo.optimizer.build(yolo.trainable_variables)
+        yolo = compiled_yolo(train.num_classes, recipe)
         with without_constant_folding():
             times["YOLOV8"] = ms_per_step(yolo, yolo_train_dataset(source, recipe, max_boxes))
     if verbose:
