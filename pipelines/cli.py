@@ -1,4 +1,4 @@
-"""The ``keras-mnv2`` command line."""
+"""The ``keras-mnv2`` command line: ``keras-mnv2 <verb> <job> [flags]``."""
 
 import argparse
 import errno
@@ -8,6 +8,114 @@ import sys
 
 BACKENDS = ("tensorflow", "jax", "torch")
 TENSORFLOW_ONLY = ("export", "qat")  # TFLite conversion and TFMOT need the TF backend
+
+# The jobs, the same three under every verb that takes one (train, eval, export, qat, predict).
+JOBS = ("coco", "voc", "imagenet")
+JOB_HELP = {"coco": "SSDLite on COCO", "voc": "Mobile DeepLabv3 on PASCAL VOC",
+            "imagenet": "the MobileNetV2 classifier on ImageNet"}
+JOB_MODULES = {"coco": "detection", "voc": "segmentation", "imagenet": "classification"}
+# The flags naming real data: given one, ``train`` runs the paper's recipe unless --recipe says
+# otherwise; given none, the embedded synthetic data and recipe.
+DATA_FLAGS = {"coco": ("coco_dir", "tfds_data_dir"), "voc": ("voc_dir",),
+              "imagenet": ("data_dir", "tfds_data_dir", "tfds_manual_dir", "tfrecord_dir")}
+PAPER_SOURCES = {"coco": "the TF Object Detection API's ssdlite_mobilenet_v2_coco",
+                 "voc": "DeepLabv3 as the MobileNetV2 paper trained it, sec. 6.3",
+                 "imagenet": "the MobileNetV2 paper, sec. 6.1"}
+SIZE_FIELDS = {"coco": "input_size", "voc": "crop_size", "imagenet": "resolution"}
+
+# One flag per concept across the jobs: the recipe fields whose flag is not their own name.
+FIELD_FLAGS = {"resolution": "--input-size", "dropout": "--dropout-rate"}
+# Old spellings: parsed for one more release, with a warning on stderr.
+OLD_SPELLINGS = {"--input-size": ("--size", "--resolution"), "--dropout-rate": ("--dropout",)}
+
+
+def warn_deprecated(old, new):
+    print(f"keras-mnv2: warning: {old} is deprecated; use {new} (the old spelling goes in the "
+          "next release)", file=sys.stderr)
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Each flag's default after its help, except None and a store_true's False: there the help
+    says what applies."""
+
+    def _get_help_string(self, action):
+        if action.default is None or (action.default is False and action.nargs == 0):
+            return action.help
+        return super()._get_help_string(action)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with the old boolean spelling: ``--cache true`` / ``--cache false`` (now
+    ``--cache`` / ``--no-cache``) still parse, with a warning."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+        self.booleans = set()  # the --flag (of --flag/--no-flag) pairs
+
+    def parse_known_args(self, args=None, namespace=None):
+        if args is not None and self.booleans:
+            args = self._new_booleans(list(args))
+        return super().parse_known_args(args, namespace)
+
+    def _new_booleans(self, args):
+        """``--flag VALUE`` and ``--flag=VALUE`` of a boolean become ``--flag`` or ``--no-flag``
+        (a parser with booleans has no positionals, so a word after one is its old value)."""
+        out, i = [], 0
+        while i < len(args):
+            flag, eq, value = args[i].partition("=")
+            if args[i] == "--":
+                return out + args[i:]
+            if flag in self.booleans and not eq and i + 1 < len(args) \
+                    and not args[i + 1].startswith("-"):
+                eq, value = "=", args[i + 1]
+                i += 1
+            if flag in self.booleans and eq:
+                try:
+                    on = parse_bool(value)
+                except argparse.ArgumentTypeError as err:
+                    self.error(f"argument {flag}: {err}")
+                new = flag if on else "--no-" + flag[2:]
+                warn_deprecated(f"{flag} {value}", new)
+                out.append(new)
+            else:
+                out.append(args[i])
+            i += 1
+        return out
+
+
+class OldSpelling(argparse.Action):
+    """An old spelling of a flag, hidden from --help: sets the same field, with a warning."""
+
+    def __init__(self, option_strings, dest, new=None, **kwargs):
+        kwargs.update(default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        super().__init__(option_strings, dest, **kwargs)
+        self.new = new
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        warn_deprecated(option_string, self.new)
+        setattr(namespace, self.dest, values)
+
+
+def add_flag(parser, flag, **kwargs):
+    """``parser.add_argument(flag, ...)`` and the flag's OLD_SPELLINGS beside it."""
+    action = parser.add_argument(flag, **kwargs)
+    for old in OLD_SPELLINGS.get(flag, ()):
+        parser.add_argument(old, action=OldSpelling, new=flag, dest=action.dest,
+                            type=action.type, choices=action.choices, metavar=action.metavar)
+    return action
+
+
+def version():
+    """The installed package's version (keras_mnv2.__version__ when it is not installed)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("keras_mnv2")
+    except metadata.PackageNotFoundError:
+        import keras_mnv2
+
+        return keras_mnv2.__version__
 
 
 def select_backend(argv):
@@ -82,7 +190,7 @@ def _profile(args):
 
     model = keras_mnv2.MobileNetV2(
         alpha=args.alpha,
-        input_shape=(args.size, args.size, 3),
+        input_shape=(args.input_size, args.input_size, 3),
         include_top=not args.no_top,
         classes=args.classes,
         output_stride=args.output_stride,
@@ -113,12 +221,36 @@ def _recipe(args, module, embedded):
     return dataclasses.replace(recipe, **overrides)
 
 
+def recipe_choice(args):
+    """``(name, why)``: the recipe a ``train`` run starts from. --recipe when given; else paper
+    when a data flag names real data, embedded when none does (the synthetic data)."""
+    if getattr(args, "recipe", None):
+        return args.recipe, "from --recipe"
+    given = [name for name in DATA_FLAGS[args.job] if getattr(args, name, None) is not None]
+    if given:
+        flag = "--" + given[0].replace("_", "-")
+        return "paper", f"the default with {flag}; --recipe embedded for the small quick one"
+    return "embedded", "the default without a data flag; --recipe paper for the paper's"
+
+
+def chosen_recipe(args, module):
+    """The recipe ``train <job>`` runs, after printing one line saying which it is and why."""
+    name, why = recipe_choice(args)
+    recipe = _recipe(args, module, embedded=name == "embedded")
+    source = (PAPER_SOURCES[args.job] if name == "paper"
+              else "small and quick, for the synthetic data")
+    variant = ", fine-tuning variant" if getattr(args, "finetune", False) else ""
+    size = getattr(recipe, SIZE_FIELDS[args.job])
+    print(f"recipe: {name}{variant} ({source}: {recipe.epochs} epochs, batch "
+          f"{recipe.batch_size}, {size} px), {why}", flush=True)
+    return recipe
+
+
 def _train_coco(args):
     from pipelines.jobs import detection
 
-    embedded = args.coco_dir is None and args.tfds_data_dir is None
     metrics = detection.run(coco_dir=args.coco_dir, tfds_data_dir=args.tfds_data_dir,
-                            run_dir=args.run_dir, recipe=_recipe(args, detection, embedded),
+                            run_dir=args.run_dir, recipe=chosen_recipe(args, detection),
                             backbone_weights=args.backbone_weights, init=args.init,
                             freeze_bn=args.freeze_bn)
     return 1 if metrics.get("stopped_on_nan") else 0
@@ -127,9 +259,8 @@ def _train_coco(args):
 def _train_voc(args):
     from pipelines.jobs import segmentation
 
-    embedded = args.voc_dir is None
     metrics = segmentation.run(voc_dir=args.voc_dir, sbd_dir=args.sbd_dir, run_dir=args.run_dir,
-                               recipe=_recipe(args, segmentation, embedded),
+                               recipe=chosen_recipe(args, segmentation),
                                backbone_weights=args.backbone_weights, init=args.init,
                                freeze_bn=args.freeze_bn)
     return 1 if metrics.get("stopped_on_nan") else 0
@@ -138,13 +269,11 @@ def _train_voc(args):
 def _train_imagenet(args):
     from pipelines.jobs import classification
 
-    embedded = all(getattr(args, k) is None for k in
-                   ("data_dir", "tfds_data_dir", "tfds_manual_dir", "tfrecord_dir"))
     metrics = classification.run(
         data_dir=args.data_dir, tfds_data_dir=args.tfds_data_dir,
         tfds_manual_dir=args.tfds_manual_dir, tfrecord_dir=args.tfrecord_dir,
         val_labels=args.val_labels, run_dir=args.run_dir,
-        recipe=_recipe(args, classification, embedded), strategy=args.strategy,
+        recipe=chosen_recipe(args, classification), strategy=args.strategy,
         data_service=args.data_service, init=args.init, freeze_bn=args.freeze_bn)
     return 1 if metrics.get("stopped_on_nan") else 0
 
@@ -259,23 +388,64 @@ def _imagenet_data_flags(parser):
                         help="TF-slim/Inception TFRecord shards (train-*, validation-*)")
 
 
-def _add_recipe_flags(parser, recipe_class):
-    """One --flag per recipe field (default None: the recipe's own value applies)."""
+def field_comments(recipe_class):
+    """``{field: comment}`` from the recipe's source: the comment after each field, else the
+    comment line(s) right above it (the recipe dataclass is where each field is explained)."""
+    import inspect
+
+    comments, above = {}, []
+    for line in inspect.getsource(recipe_class).splitlines():
+        text = line.strip()
+        if text.startswith("#"):
+            above.append(text.lstrip("#").strip())
+            continue
+        found = re.match(r"(\w+): \w+ = [^#]*(?:#\s*(.*))?$", text)
+        if found:
+            comments[found.group(1)] = found.group(2) or " ".join(above)
+        above = []
+    return comments
+
+
+def recipe_flag(field_name):
+    """The ``--flag`` of a recipe field (FIELD_FLAGS, else the field's name)."""
+    return FIELD_FLAGS.get(field_name, "--" + field_name.replace("_", "-"))
+
+
+def _add_recipe_flags(parser, job):
+    """--recipe, --finetune, and one flag per field of the job's recipe. A field flag's default is
+    None (the chosen recipe's value applies); its help shows both recipes' values."""
     import dataclasses
+    import importlib
 
-    for field in dataclasses.fields(recipe_class):
-        kind = type(field.default)
-        flag = "--" + field.name.replace("_", "-")
-        if kind is bool:
-            parser.add_argument(flag, type=parse_bool, default=None, metavar="BOOL")
+    module = importlib.import_module(f"pipelines.jobs.{JOB_MODULES[job]}")
+    sources = ", ".join(f"--{f.replace('_', '-')}" for f in DATA_FLAGS[job])
+    group = parser.add_argument_group(
+        "recipe", "--recipe picks the recipe; each flag below overrides one of its fields, "
+                  "whose value in each recipe is the flag's default")
+    group.add_argument("--recipe", default=None, choices=("paper", "embedded"),
+                       help=f"paper: {PAPER_SOURCES[job]}; embedded: small and quick, for the "
+                            f"synthetic data (default: paper with {sources}, else embedded)")
+    group.add_argument("--finetune", action="store_true",
+                       help="the recipe's fine-tuning variant (1/10 learning rate and epochs, no "
+                            "warmup)")
+    comments = field_comments(type(module.PAPER))
+    for field in dataclasses.fields(module.PAPER):
+        paper, embedded = getattr(module.PAPER, field.name), getattr(module.EMBEDDED, field.name)
+        default = f"{embedded}" if paper == embedded else f"{embedded} embedded, {paper} paper"
+        flag = recipe_flag(field.name)
+        text = (comments.get(field.name) or field.name).replace("%", "%%")
+        kwargs = dict(dest=field.name, default=None, help=f"{text} (default: {default})")
+        if isinstance(paper, bool):
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
+            parser.booleans.add(flag)
         else:
-            parser.add_argument(flag, type=kind, default=None)
+            add_flag(group, flag, type=type(paper), metavar=flag[2:].upper().replace("-", "_"),
+                     **kwargs)
 
 
-def _deploy_flags(parser, jobs):
-    """What ``qat`` and ``export`` both take: the job, its run, the int8 file's input/output
-    type, the comparison table and the split expansions."""
-    parser.add_argument("job", choices=jobs)
+def _deploy_flags(parser):
+    """What ``qat`` and ``export`` both take: the run, the int8 file's input/output type, the
+    comparison table and the split expansions."""
     parser.add_argument("--run-dir", default=None, help="the trained run (default runs/<job>)")
     parser.add_argument("--io-dtype", default="float32", choices=("float32", "int8", "uint8"),
                         help="input/output type of the int8 file")
@@ -283,69 +453,129 @@ def _deploy_flags(parser, jobs):
     parser.add_argument("--expansion-splits", default=None, help=SPLITS_HELP)
 
 
+def _train_flags(parser, job):
+    from pipelines.jobs.classification import STRATEGIES
+
+    data = parser.add_argument_group("data", "none given: the embedded synthetic data "
+                                             "(generated once under data/)")
+    if job == "coco":
+        data.add_argument("--coco-dir", default=None, help="COCO-format directory "
+                          "(annotations/instances_<split>.json + images)")
+        data.add_argument("--tfds-data-dir", default=None, help="TFDS data dir holding coco/2017")
+    elif job == "voc":
+        data.add_argument("--voc-dir", default=None, help="VOCdevkit/VOC2012 directory")
+        data.add_argument("--sbd-dir", default=None,
+                          help="SBD 'dataset' directory (cls/*.mat) for the train_aug split")
+    else:
+        _imagenet_data_flags(data)
+        parser.add_argument("--strategy", default="default", choices=STRATEGIES,
+                            help="tf.distribute strategy")
+        parser.add_argument("--data-service", default=None,
+                            help="tf.data service dispatcher, e.g. grpc://host:5000")
+    parser.add_argument("--run-dir", default=None,
+                        help="where checkpoints and figures go (default runs/<job>)")
+    parser.add_argument("--backend", default=None, choices=BACKENDS,
+                        help="Keras backend to train on (default: KERAS_BACKEND, else "
+                             "tensorflow); the .keras checkpoints load on any backend")
+    if job != "imagenet":
+        parser.add_argument("--backbone-weights", default=None,
+                            help="'imagenet' or a MobileNetV2 weights file")
+    parser.add_argument("--init", default=None,
+                        help="start from another model: a .keras file, an official .tflite "
+                             "file or a TF checkpoint (layers matching in name and shape)")
+    parser.add_argument("--freeze-bn", action="store_true",
+                        help="with --init: freeze batch norm (inference statistics)")
+    _add_recipe_flags(parser, job)
+    parser.set_defaults(func={"coco": _train_coco, "voc": _train_voc,
+                              "imagenet": _train_imagenet}[job])
+
+
+def _eval_flags(parser, job):
+    parser.add_argument("--model", default=None, help=".keras model file")
+    parser.add_argument("--tflite", default=None, help=".tflite file (evaluated with the "
+                                                       "interpreter on the run's val split)")
+    parser.add_argument("--run-dir", default=None,
+                        help="the trained run whose data and recipe apply (default runs/<job>)")
+    parser.add_argument("--no-keras", action="store_true",
+                        help="with --tflite: skip the float Keras model's metric")
+    if job == "imagenet":
+        _imagenet_data_flags(parser)
+    parser.set_defaults(func=_eval)
+
+
+def _export_flags(parser, job):
+    _deploy_flags(parser)
+    parser.add_argument("--modes", default="float32,int8",
+                        help="comma-separated: float32, float16, dynamic, int8")
+    parser.add_argument("--no-metadata", action="store_true",
+                        help="leave out the TFLite metadata (labels, normalization) that "
+                             "MediaPipe Tasks needs")
+    parser.add_argument("--quantizer", default="converter", choices=("converter", "litert"),
+                        help="who makes the int8 file: the TFLite converter, or LiteRT Quantizer "
+                             "(file <job>_int8_litert.tflite)")
+    parser.set_defaults(func=_export)
+
+
+def _qat_flags(parser, job):
+    _deploy_flags(parser)
+    parser.add_argument("--epochs", type=int, default=2, help="QAT epochs")
+    parser.add_argument("--learning-rate", type=float, default=None,
+                        help="default: 1/50 of the recipe's peak")
+    parser.add_argument("--steps-per-epoch", type=int, default=None,
+                        help="default: the float run's")
+    parser.add_argument("--scheme", default="tfmot", choices=("tfmot", "keras"),
+                        help="tfmot (tf_keras twin + TFMOT) or keras (Keras 3 QAT, plain fit; "
+                             "file <job>_qat_keras.tflite)")
+    parser.set_defaults(func=_qat)
+
+
+def _predict_flags(parser, job):
+    parser.add_argument("--model", required=True, help=".keras or .tflite file")
+    parser.add_argument("images", nargs="+", metavar="IMAGE")
+    parser.add_argument("--runtime", default="litert", choices=("litert", "mediapipe"),
+                        help=".tflite files: LiteRT, or MediaPipe Tasks (in .venv-mediapipe)")
+    parser.add_argument("--out-dir", default=None, help="default <run dir>/predict")
+    parser.add_argument("--run-dir", default=None,
+                        help="the run whose class names apply (default runs/<job>)")
+    parser.add_argument("--min-score", type=float, default=0.3, help="detector boxes drawn")
+    parser.set_defaults(func=_predict)
+
+
+# The verbs that take a job: (help, the function adding a job's flags).
+JOB_VERBS = {
+    "train": ("train a model (embedded synthetic data unless a data flag names real data)",
+              _train_flags),
+    "eval": ("evaluate a .keras model or a .tflite file", _eval_flags),
+    "export": ("TFLite files of a trained run, then the comparison table (deploy.md/png)",
+               _export_flags),
+    "qat": ("quantization-aware fine-tuning of a trained run, then its int8 .tflite and the "
+            "comparison table", _qat_flags),
+    "predict": ("run a .keras or .tflite model on image files: an annotated PNG per image and a "
+                "JSON of the results", _predict_flags),
+}
+
+
 def build_parser():
-    parser = argparse.ArgumentParser(prog="keras-mnv2", description=__doc__)
+    parser = Parser(prog="keras-mnv2", description=(
+        "keras-mnv2 <verb> <job> [flags]: train, evaluate, export and run MobileNetV2 models; "
+        "jobs: coco (SSDLite), voc (Mobile DeepLabv3), imagenet (the classifier)."), epilog=(
+        "`keras-mnv2 <verb> --help` lists the jobs; `keras-mnv2 <verb> <job> --help` the flags. "
+        "convert and profile take no job: convert's file says what it holds, profile measures "
+        "the classifier."))
+    parser.add_argument("--version", action="version", version=f"keras-mnv2 {version()}")
     parser.add_argument("--debug", action="store_true",
                         help="show the full traceback of an error (also accepted after the "
-                             "subcommand)")
-    sub = parser.add_subparsers(dest="command", required=True)
+                             "verb)")
+    verbs = parser.add_subparsers(dest="command", required=True, metavar="<verb>")
+    for verb, (help_text, add_flags) in JOB_VERBS.items():
+        verb_parser = verbs.add_parser(verb, help=help_text, description=help_text)
+        jobs = verb_parser.add_subparsers(dest="job", required=True, metavar="<job>")
+        for job in JOBS:
+            add_flags(jobs.add_parser(job, help=JOB_HELP[job],
+                                      description=f"keras-mnv2 {verb} {job}: {help_text}"), job)
 
-    prof = sub.add_parser("profile", help="parameters, MAdds and peak memory of MobileNetV2")
-    prof.add_argument("--alpha", type=float, default=1.0)
-    prof.add_argument("--size", type=int, default=224)
-    prof.add_argument("--classes", type=int, default=1000)
-    prof.add_argument("--output-stride", type=int, default=None, choices=(8, 16, 32))
-    prof.add_argument("--no-top", action="store_true")
-    prof.add_argument("--all", action="store_true", help="print every layer")
-    prof.set_defaults(func=_profile)
-
-    train = sub.add_parser("train", help="train a model on a dataset")
-    jobs = train.add_subparsers(dest="job", required=True)
-    from pipelines.jobs.classification import STRATEGIES, ImagenetRecipe
-    from pipelines.jobs.detection import CocoRecipe
-    from pipelines.jobs.segmentation import VocRecipe
-
-    coco = jobs.add_parser("coco", help="SSDLite on COCO (embedded synthetic data by default)")
-    coco.add_argument("--coco-dir", default=None,
-                      help="COCO-format directory (annotations/instances_<split>.json + images)")
-    coco.add_argument("--tfds-data-dir", default=None, help="TFDS data dir holding coco/2017")
-    _add_recipe_flags(coco, CocoRecipe)
-    coco.set_defaults(func=_train_coco)
-
-    voc = jobs.add_parser("voc", help="DeepLabV3 on PASCAL VOC (embedded synthetic by default)")
-    voc.add_argument("--voc-dir", default=None, help="VOCdevkit/VOC2012 directory")
-    voc.add_argument("--sbd-dir", default=None,
-                     help="SBD 'dataset' directory (cls/*.mat) for the train_aug split")
-    _add_recipe_flags(voc, VocRecipe)
-    voc.set_defaults(func=_train_voc)
-
-    imagenet = jobs.add_parser("imagenet", help="the classifier on ImageNet (embedded synthetic "
-                                                "data by default)")
-    _imagenet_data_flags(imagenet)
-    imagenet.add_argument("--strategy", default="default", choices=STRATEGIES)
-    imagenet.add_argument("--data-service", default=None,
-                          help="tf.data service dispatcher, e.g. grpc://host:5000")
-    _add_recipe_flags(imagenet, ImagenetRecipe)
-    imagenet.set_defaults(func=_train_imagenet)
-
-    for job in (coco, voc, imagenet):
-        job.add_argument("--run-dir", default=None, help="where checkpoints and figures go")
-        job.add_argument("--backend", default=None, choices=BACKENDS,
-                         help="Keras backend to train on (default: KERAS_BACKEND, else "
-                              "tensorflow); the .keras checkpoints load on any backend")
-        if job is not imagenet:
-            job.add_argument("--backbone-weights", default=None,
-                             help="'imagenet' or a MobileNetV2 weights file")
-        job.add_argument("--init", default=None,
-                         help="start from another model: a .keras file, an official .tflite "
-                              "file or a TF checkpoint (layers matching in name and shape)")
-        job.add_argument("--finetune", action="store_true",
-                         help="the recipe's fine-tuning variant (1/10 learning rate and epochs)")
-        job.add_argument("--freeze-bn", action="store_true",
-                         help="with --init: freeze batch norm (inference statistics)")
-
-    conv = sub.add_parser("convert", help="an official .tflite file or TF checkpoint into a "
-                                          ".keras model")
+    conv = verbs.add_parser("convert", help="an official .tflite file or TF checkpoint into a "
+                                            ".keras model")
     conv.add_argument("source", help=".tflite file or TF1 checkpoint prefix")
     conv.add_argument("-o", "--output", required=True, help="the .keras file to write")
     conv.add_argument("--drop-background", action="store_true",
@@ -357,61 +587,15 @@ def build_parser():
                       help="DeepLab checkpoints: the output stride (default 16)")
     conv.set_defaults(func=_convert, job="convert")
 
-    from pipelines.jobs.deploy import JOBS
-
-    qat_cmd = sub.add_parser("qat", help="quantization-aware fine-tuning of a trained run, "
-                                         "then its int8 .tflite and the comparison table")
-    _deploy_flags(qat_cmd, JOBS)
-    qat_cmd.add_argument("--epochs", type=int, default=2)
-    qat_cmd.add_argument("--learning-rate", type=float, default=None,
-                         help="default: 1/50 of the recipe's peak")
-    qat_cmd.add_argument("--steps-per-epoch", type=int, default=None,
-                         help="default: the float run's")
-    qat_cmd.add_argument("--scheme", default="tfmot", choices=("tfmot", "keras"),
-                         help="tfmot (tf_keras twin + TFMOT) or keras (Keras 3 QAT, plain fit; "
-                              "file <job>_qat_keras.tflite)")
-    qat_cmd.set_defaults(func=_qat)
-
-    exp = sub.add_parser("export", help="TFLite files of a trained run, then the comparison "
-                                        "table (deploy.md/png)")
-    _deploy_flags(exp, JOBS)
-    exp.add_argument("--modes", default="float32,int8",
-                     help="comma-separated: float32, float16, dynamic, int8")
-    exp.add_argument("--no-metadata", action="store_true",
-                     help="leave out the TFLite metadata (labels, normalization) that MediaPipe "
-                          "Tasks needs")
-    exp.add_argument("--quantizer", default="converter", choices=("converter", "litert"),
-                     help="who makes the int8 file: the TFLite converter, or LiteRT Quantizer "
-                          "(file <job>_int8_litert.tflite)")
-    exp.set_defaults(func=_export)
-
-    pred = sub.add_parser("predict", help="run a .keras or .tflite model on image files: an "
-                                          "annotated PNG per image and a JSON of the results")
-    pred.add_argument("job", choices=JOBS)
-    pred.add_argument("--model", required=True, help=".keras or .tflite file")
-    pred.add_argument("images", nargs="+", metavar="IMAGE")
-    pred.add_argument("--runtime", default="litert", choices=("litert", "mediapipe"),
-                      help=".tflite files: LiteRT, or MediaPipe Tasks (in .venv-mediapipe)")
-    pred.add_argument("--out-dir", default=None, help="default <run dir>/predict")
-    pred.add_argument("--run-dir", default=None,
-                      help="the run whose class names apply (default runs/<job>)")
-    pred.add_argument("--min-score", type=float, default=0.3, help="detector boxes drawn")
-    pred.set_defaults(func=_predict)
-
-    ev = sub.add_parser("eval", help="evaluate a .keras model or a .tflite file")
-    evjobs = ev.add_subparsers(dest="job", required=True)
-    for name in JOBS:
-        job = evjobs.add_parser(name)
-        job.add_argument("--model", default=None, help=".keras model file")
-        job.add_argument("--tflite", default=None, help=".tflite file (evaluated with the "
-                                                        "interpreter on the run's val split)")
-        job.add_argument("--run-dir", default=None,
-                         help="the trained run whose data and recipe apply (default runs/<job>)")
-        job.add_argument("--no-keras", action="store_true",
-                         help="with --tflite: skip the float Keras model's metric")
-        if name == "imagenet":
-            _imagenet_data_flags(job)
-        job.set_defaults(func=_eval)
+    prof = verbs.add_parser("profile", help="parameters, MAdds and peak memory of MobileNetV2")
+    prof.add_argument("--alpha", type=float, default=1.0, help="width multiplier")
+    add_flag(prof, "--input-size", type=int, default=224, help="input side in pixels")
+    prof.add_argument("--classes", type=int, default=1000, help="classifier outputs")
+    prof.add_argument("--output-stride", type=int, default=None, choices=(8, 16, 32),
+                      help="input side / feature side (default 32: no dilation)")
+    prof.add_argument("--no-top", action="store_true", help="without the classifier head")
+    prof.add_argument("--all", action="store_true", help="print every layer")
+    prof.set_defaults(func=_profile)
     return parser
 
 

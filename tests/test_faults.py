@@ -412,6 +412,9 @@ def test_cli_expected_failures_are_one_line_exit_2(tmp_path, capsys):
 
 def test_cli_booleans_are_strict(capsys):
     parser = cli.build_parser()
+    assert parser.parse_args(["train", "coco", "--cache"]).cache is True
+    assert parser.parse_args(["train", "coco", "--no-cache"]).cache is False
+    # the old spelling (--cache VALUE, deprecated; tests/test_cli.py) takes booleans only
     for text, value in (("true", True), ("False", False), ("1", True), ("no", False)):
         assert parser.parse_args(["train", "coco", "--cache", text]).cache is value
     with pytest.raises(SystemExit) as info:

@@ -257,7 +257,7 @@ def check_examples(index, labels=True):
             continue
         if not index.skip_bad:
             raise VocFormatError(f"{problem[0]}: {problem[1]} (split {index.split!r}; "
-                                 "--skip-bad true skips and counts such examples)")
+                                 "--skip-bad skips and counts such examples)")
         index.skipped.add(*problem)
         dropped += 1
     if dropped:

@@ -41,35 +41,35 @@ class ImagenetRecipe:
     epoch count; 300 epochs take the lr down ~400-fold.
     """
 
-    alpha: float = 1.0
-    resolution: int = 224
-    batch_size: int = 96  # global (all replicas)
-    epochs: int = 300
-    steps_per_epoch: int = 0  # 0: one pass over the training split
-    optimizer: str = "rmsprop"  # rmsprop, adam, sgd
-    learning_rate: float = 0.045  # for lr_batch_size images; scaled linearly with batch_size
-    lr_batch_size: int = 96
-    schedule: str = "exponential"  # exponential (staircase), cosine
-    lr_decay: float = 0.98
-    lr_decay_epochs: float = 1.0
-    warmup_epochs: float = 0.0
-    rmsprop_rho: float = 0.9
-    momentum: float = 0.9
-    rmsprop_epsilon: float = 1.0
-    weight_decay: float = 4e-5
-    label_smoothing: float = 0.1
-    use_ema: bool = True
-    ema_momentum: float = 0.9999
-    dropout: float = 0.2
-    bn_momentum: float = 0.997
+    alpha: float = 1.0  # width multiplier
+    resolution: int = 224  # the model's input side in pixels
+    batch_size: int = 96  # images per training step, over all replicas
+    epochs: int = 300  # passes over the training split (see steps_per_epoch)
+    steps_per_epoch: int = 0  # training steps per epoch; 0: one pass over the train split
+    optimizer: str = "rmsprop"  # rmsprop, adam or sgd
+    learning_rate: float = 0.045  # peak, for lr_batch_size images; scaled linearly to batch_size
+    lr_batch_size: int = 96  # the batch size learning_rate is given for
+    schedule: str = "exponential"  # exponential (staircase) or cosine
+    lr_decay: float = 0.98  # exponential: the factor applied every lr_decay_epochs
+    lr_decay_epochs: float = 1.0  # exponential: epochs between decays
+    warmup_epochs: float = 0.0  # linear warmup to the peak learning rate
+    rmsprop_rho: float = 0.9  # RMSProp's decay of the squared-gradient average
+    momentum: float = 0.9  # RMSProp and SGD momentum
+    rmsprop_epsilon: float = 1.0  # RMSProp's epsilon (inside the square root)
+    weight_decay: float = 4e-5  # L2 on conv and logits kernels (pipelines.jobs.weight_decay)
+    label_smoothing: float = 0.1  # of the cross-entropy targets
+    use_ema: bool = True  # evaluate and save an exponential moving average of the weights
+    ema_momentum: float = 0.9999  # decay of that average
+    dropout: float = 0.2  # dropout before the logits
+    bn_momentum: float = 0.997  # batch-norm moving-average decay
     sync_bn: bool = False  # batch-norm statistics over all replicas
     min_crop_area: float = 0.08  # Inception crop: area in [min_crop_area, 1]
     crop_fraction: float = 0.875  # evaluation centre crop
-    shuffle_buffer: int = 10_000
+    shuffle_buffer: int = 10_000  # images in the training shuffle buffer
     cache: bool = False  # keep the encoded images in memory after the first epoch
     validate: bool = False  # also evaluate the val split after every epoch
-    jit_compile: bool = False
-    seed: int = 0
+    jit_compile: bool = False  # compile the training step with XLA
+    seed: int = 0  # data order, augmentation and initial weights
 
 
 PAPER = ImagenetRecipe()

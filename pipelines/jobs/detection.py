@@ -23,23 +23,23 @@ class CocoRecipe:
     (320 px, batch 24, RMSProp 0.004 momentum 0.9 decay 0.9, L2 4e-5, 3:1 hard negatives).
     ``weight_decay`` is the shared rule of ``pipelines.jobs.weight_decay`` (L2 on conv kernels)."""
 
-    alpha: float = 1.0
-    input_size: int = 320
-    batch_size: int = 24
-    epochs: int = 100
-    optimizer: str = "rmsprop"
-    learning_rate: float = 0.004
-    warmup_epochs: float = 1.0
-    weight_decay: float = 4e-5
-    class_loss: str = "softmax"
-    background_prior: float = 0.99
-    bn_momentum: float = 0.999
+    alpha: float = 1.0  # width multiplier of the MobileNetV2 backbone
+    input_size: int = 320  # the model's input side in pixels
+    batch_size: int = 24  # images per training step
+    epochs: int = 100  # passes over the training split
+    optimizer: str = "rmsprop"  # rmsprop (momentum 0.9, decay 0.9), adam or sgd (momentum 0.9)
+    learning_rate: float = 0.004  # the peak, after warmup; cosine decay to 1% of it
+    warmup_epochs: float = 1.0  # linear warmup to learning_rate
+    weight_decay: float = 4e-5  # L2 on conv kernels (pipelines.jobs.weight_decay)
+    class_loss: str = "softmax"  # "softmax" (3:1 hard negatives) or "focal"
+    background_prior: float = 0.99  # background probability the class predictors start at
+    bn_momentum: float = 0.999  # batch-norm moving-average decay
     augment: str = "ssd"  # "ssd" (crop, expand, flip, photometric) or "flip"
-    cache: bool = False
-    score_threshold: float = 0.01
-    nms_iou: float = 0.6
-    max_detections: int = 100
-    seed: int = 0
+    cache: bool = False  # keep decoded images in memory (small datasets only)
+    score_threshold: float = 0.01  # detections scoring less are dropped before NMS
+    nms_iou: float = 0.6  # NMS drops a box whose IoU with a higher-scoring one is above this
+    max_detections: int = 100  # boxes kept per image
+    seed: int = 0  # data order and augmentation
     # an image whose decoded size differs from its JSON record: "skip" (and count) or "stop"
     size_mismatch: str = "skip"
 

@@ -26,30 +26,30 @@ class VocRecipe:
     poly schedule (power 0.9) for 30K steps on train_aug, weight decay 4e-5, BN decay 0.9997,
     random scale 0.5-2.0 in steps of 0.25 and left-right flips."""
 
-    alpha: float = 1.0
-    crop_size: int = 513
+    alpha: float = 1.0  # width multiplier of the MobileNetV2 backbone
+    crop_size: int = 513  # training crops (the training model's input side), pixels
     eval_size: int = 513  # val images are padded (label 255) to eval_size x eval_size
-    output_stride: int = 16
-    aspp: bool = True
-    dropout_rate: float = 0.1
-    batch_size: int = 16
-    epochs: int = 46  # 30K steps of 16 over the 10,582 train_aug images
+    output_stride: int = 16  # input side / feature side: 8 or 16 (dilated backbone)
+    aspp: bool = True  # the three 3x3 atrous ASPP branches; else image pooling + 1x1 only
+    dropout_rate: float = 0.1  # dropout after the head's projection
+    batch_size: int = 16  # images per training step
+    epochs: int = 46  # passes over the training split; 46: 30K steps of 16 on train_aug
     optimizer: str = "sgd"  # "sgd" (momentum 0.9) or "adam"
-    learning_rate: float = 0.007
+    learning_rate: float = 0.007  # the peak learning rate
     schedule: str = "poly"  # "poly" or "cosine"
-    poly_power: float = 0.9
-    warmup_epochs: float = 0.0  # cosine only
+    poly_power: float = 0.9  # poly only: (1 - step / steps) ** poly_power
+    warmup_epochs: float = 0.0  # linear warmup to learning_rate (cosine only)
     weight_decay: float = 4e-5  # L2 on conv kernels (pipelines.jobs.weight_decay)
-    bn_momentum: float = 0.9997
-    min_scale: float = 0.5
-    max_scale: float = 2.0
-    scale_step: float = 0.25  # 0: any scale in [min_scale, max_scale]
-    flip: bool = True
-    eval_scales: str = "1.0"  # e.g. "0.5,0.75,1.0,1.25,1.5,1.75" for multi-scale evaluation
-    eval_flip: bool = False
+    bn_momentum: float = 0.9997  # batch-norm moving-average decay
+    min_scale: float = 0.5  # random scaling of training images, smallest
+    max_scale: float = 2.0  # random scaling of training images, largest
+    scale_step: float = 0.25  # random scales in these steps; 0: any in [min_scale, max_scale]
+    flip: bool = True  # random left-right flips of training images
+    eval_scales: str = "1.0"  # evaluation scales, e.g. "0.5,0.75,1.0,1.25,1.5,1.75"
+    eval_flip: bool = False  # evaluation also averages the flipped image's scores
     cache: bool = False  # keep decoded images in memory (small datasets only)
     skip_bad: bool = False  # skip and count bad examples instead of stopping with an error
-    seed: int = 0
+    seed: int = 0  # data order, augmentation and initial weights
 
 
 PAPER = VocRecipe()
