@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: venv mediapipe-venv test test-fast test-torch bench train-coco train-imagenet eval-imagenet train-voc qat tflite clean
+.PHONY: venv mediapipe-venv test test-fast test-torch docs bench train-coco train-imagenet eval-imagenet train-voc qat tflite clean
 
 venv: $(STAMP)
 
@@ -23,10 +23,12 @@ $(MP_STAMP): requirements-mediapipe.txt
 	$(MP_VENV)/bin/python -m pip install -r requirements-mediapipe.txt
 	touch $(MP_STAMP)
 
+# The library and the keras-mnv2 command with what the tests, the benchmarks and the docs need:
+# jax (the JAX backend checks), bench (keras-cv, for the peer benchmark), docs (mkdocs).
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
-	$(PY) -m pip install -e ".[test]"
+	$(PY) -m pip install -e ".[test,jax,bench,docs]"
 	touch $(STAMP)
 
 # Two pytest workers (pytest-xdist), a test file per worker so module fixtures are built once:
@@ -35,11 +37,17 @@ $(STAMP): pyproject.toml
 PYTEST_WORKERS ?= 2
 XDIST := $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadfile)
 
+# tests/test_docs.py builds the documentation site too (mkdocs build --strict) and checks its links.
 test: $(STAMP) $(MP_STAMP)
 	$(PY) -m pytest -ra --durations=15 $(XDIST) $(PYTEST_ARGS)
 
+# The documentation site into site/ (mkdocs.yml); any warning fails the build. (The two variables
+# silence a notice about MkDocs 2 that the installed plugins print.)
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 DISABLE_MKDOCS_2_WARNING=true $(PY) -m mkdocs build --strict
+
 # On another backend: KERAS_BACKEND=jax make test-fast (torch: install the torch extra first);
-# tests/conftest.py skips the TensorFlow-only tests there, saying why (README, backends section).
+# tests/conftest.py skips the TensorFlow-only tests there, saying why (docs/backends.md).
 test-fast: $(STAMP)
 	$(PY) -m pytest -ra -m "not slow" $(XDIST) $(PYTEST_ARGS)
 
@@ -98,4 +106,4 @@ qat: $(STAMP)
 		$(PY) -m pipelines.cli qat $(job) --epochs $(QAT_EPOCHS) --scheme keras $(ARGS);)
 
 clean:
-	rm -rf $(VENV) $(MP_VENV) build *.egg-info
+	rm -rf $(VENV) $(MP_VENV) build *.egg-info site

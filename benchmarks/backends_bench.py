@@ -1,4 +1,4 @@
-"""``make bench`` section "backends" (issue 17): training and inference img/s of MobileNetV2 and
+"""``make bench`` section "backends": training and inference img/s of MobileNetV2 and
 SSDLite on the TensorFlow, JAX and torch Keras backends, side by side.
 
 KERAS_BACKEND is fixed at import, so each backend runs in its own subprocess

@@ -1,4 +1,4 @@
-"""What keras-cv 0.9 does here, offline, under Keras 3.15 / TF 2.21 (README, Notes: keras-cv).
+"""What keras-cv 0.9 does here, offline, under Keras 3.15 / TF 2.21 (docs/notes.md, keras-cv).
 
 ``python -m benchmarks.keras_cv_probe`` (not in ``make bench``)
 builds keras-cv's YOLOV8Detector and RetinaNet on a MobileNetV3-Small backbone given by its

@@ -1,4 +1,4 @@
-"""``make bench`` section "peer" (issue 12): our SSDLite beside a keras-cv detector, trained for
+"""``make bench`` section "peer": our SSDLite beside a keras-cv detector, trained for
 the same wall time on the same embedded COCO.
 
 Both detectors start from random weights (keras-cv's presets come from Kaggle, which a run here
@@ -336,7 +336,7 @@ def peer_bench(wall_seconds=None, train_images=2000, val_images=250, input_size=
     if train_images < 1 or val_images < 1:
         raise ValueError(f"train_images and val_images must be >= 1, got {train_images}, "
                          f"{val_images}")
-    print("\n== Peer detector (issue 12): SSDLite vs keras-cv YOLOV8, same data, same wall "
+    print("\n== Peer detector: SSDLite vs keras-cv YOLOV8, same data, same wall "
           "time ==", flush=True)
     start = time.time()
     keras_cv = import_keras_cv()  # timed: its import is a cost of using it

@@ -73,8 +73,7 @@ def main(argv=None):
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--repeats", type=int, default=100)
     parser.add_argument("--sections", default="classifier,memory,latency,imagenet,backends,peer",
-                        help="comma-separated: classifier, memory (issue 7), latency (issue 6), "
-                             "imagenet (issue 3), backends (issue 17), peer (issue 12)")
+                        help="comma-separated: classifier, memory, latency, imagenet, backends, peer")
     parser.add_argument("--peer-wall-seconds", type=float, default=None,
                         help="peer section: each detector's training budget (default: SSDLite "
                              "trains the full embedded recipe, YOLOV8 for as long)")

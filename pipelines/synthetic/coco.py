@@ -14,7 +14,7 @@ side, sometimes overlapping. A few images hold a crowd: a tight group of small s
 annotated as a single ``iscrowd=1`` region with an uncompressed RLE mask, as COCO annotates crowds.
 Category ids are deliberately not contiguous (1, 3, 7, 10, 12, ...), so a reader has to map them.
 
-    python -m pipelines.synthetic.coco /tmp/shapes_coco
+    python -m pipelines.synthetic.coco data/shapes_coco
 """
 
 import argparse

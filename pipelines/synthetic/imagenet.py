@@ -17,7 +17,7 @@ the object. The object's side spans 30% to 75% of the image's shorter side, at a
 with a small rotation; up to three irregular blobs of other colours lie around it and may cover
 part of it (occlusion). Image sides vary (the shorter side is 80-100% of the longer).
 
-    python -m pipelines.synthetic.imagenet /tmp/shapes_imagenet
+    python -m pipelines.synthetic.imagenet data/shapes_imagenet
 """
 
 import argparse
