@@ -291,11 +291,13 @@ def test_run_killed_and_restarted_continues(tmp_path):
 @pytest.mark.slow
 def test_embedded_run_learns(tmp_path):
     """The embedded job, 3 epochs instead of 30, must beat chance (0.10 for its 10 classes) by
-    far. `keras-mnv2 train imagenet --epochs 3` printed val top-1 0.212, 0.364, 0.488 after
-    epochs 1-3 (top-5 0.924) in 99 s on the 2-core machine; the whole 30-epoch run gives 0.980.
-    An untrained or broken model stays near 0.10."""
+    far. Its floors (tests/measure_floors.py, FLOORS): `keras-mnv2 train imagenet --epochs 3
+    --seed S` printed val top-1 0.478, 0.528, 0.392, 0.470, 0.496 and top-5 0.950, 0.952, 0.906,
+    0.948, 0.920 (S = 0-4, AMD EPYC); with `--learning-rate 1e-7` (a model that learns
+    nothing) top-1 0.090 and 0.058, top-5 0.492 and 0.512 (S = 0, 1). Each floor lies at least
+    twice as far below the worst trained figure as above the best broken one."""
     recipe = dataclasses.replace(job.EMBEDDED, epochs=3)
     metrics = job.run(data_root=str(tmp_path / "data"), run_dir=str(tmp_path / "run"), recipe=recipe,
                       verbose=0)
-    assert metrics["top1"] > 0.3, f"top-1 {metrics['top1']:.3f} (printed 0.488)"
-    assert metrics["top5"] > 0.7, f"top-5 {metrics['top5']:.3f} (printed 0.924)"
+    assert metrics["top1"] > 0.18, f"top-1 {metrics['top1']:.3f} (trained 0.392-0.528)"
+    assert metrics["top5"] > 0.63, f"top-5 {metrics['top5']:.3f} (trained 0.906-0.952)"

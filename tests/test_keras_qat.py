@@ -113,18 +113,30 @@ def test_keras_qat_converts_to_int8_and_matches_its_tflite(kind, images, tmp_pat
     step = keras_qat.output_steps(q)[-1]  # classes (SSDLite), logits (the others)
     assert step and step > 0
     error = np.abs(got - expected) / step
-    # Integer kernels round differently from the float simulation (fixed-point multipliers,
-    # round half away from zero); the differences add up over a spatial output. They depend
-    # on the weights, so build() seeds them. Measured: classifier all within one step;
-    # SSDLite 99.94% (at most 2); DeepLabV3, over seeds 0-7 of build(kind, seed), 77-99.9%
-    # within one step, at most 4, for both upsamplings (its bilinear upsampling and
-    # image pooling add integer rounding of their own); seed 0 gives 81% (half-pixel) and 84%
-    # (align_corners). An unseeded CI run once drew weights giving 38% (at most 6 steps).
-    limits = {"classifier": (1.0, 1.0), "ssdlite": (0.999, 2.0), "deeplab": (0.8, 4.0),
-              "deeplab_half_pixel": (0.8, 4.0)}
-    within, worst = limits[kind]
-    assert np.mean(error <= 1.0 + 1e-3) >= within, (kind, error.mean())
-    assert error.max() <= worst + 1e-3, (kind, error.max())
+    # The rule: the integer kernels and the float simulation may differ by one code wherever a
+    # tensor is requantized (a fixed-point multiplier and round-half-away-from-zero against a
+    # float multiply and round-half-to-even; a float product that lands near a rounding tie in
+    # the simulation rounds either way with the CPU's last bits), and each such difference
+    # travels through the layers after it. The classifier's pooled logits and SSDLite's shallow
+    # heads stay within a step or two; DeepLabV3 adds integer bilinear
+    # upsampling (fixed-point weights) and image pooling (an integer mean), and its random
+    # weights amplify the codes that flip. So the bounds are statistics of the whole output,
+    # set from the spread over build() seeds 0-7 (AMD EPYC; the one Intel figure, seed 0 of
+    # "deeplab", was identical), with margin: `python tests/measure_floors.py qat` prints them.
+    #   classifier: mean 0.08-0.33 steps, max 1-2;  SSDLite: mean 0.02-0.11, max 1-2;
+    #   DeepLabV3, both upsamplings: mean 0.32-0.95 steps, within 2 steps 95.3-100%, max 2-5.
+    # What the bounds tell apart: a file with other weights (the fake-quant model of another
+    # seed) is off by 79-203 steps on average; they do not tell the two upsamplings apart on
+    # these noise images (the half-pixel model's simulation is as close to the align_corners
+    # file as its own: mean 0.34-1.05 steps), which tests/test_deeplab.py checks in float.
+    limits = {"classifier": (0.6, 0.95, 3.0), "ssdlite": (0.3, 0.99, 3.0),
+              "deeplab": (1.5, 0.9, 8.0), "deeplab_half_pixel": (1.5, 0.9, 8.0)}
+    mean_limit, within_two, worst = limits[kind]
+    figure = (f"{kind}: mean {error.mean():.3f} steps, within 2 steps "
+              f"{np.mean(error <= 2.0 + 1e-3):.4f}, max {error.max():.2f}")
+    assert error.mean() <= mean_limit, figure
+    assert np.mean(error <= 2.0 + 1e-3) >= within_two, figure
+    assert error.max() <= worst + 1e-3, figure
     if kind == "ssdlite":  # the served form: the detection post-process op appended
         served = export.export_tflite(q, tmp_path / "det.tflite", mode="qat")
         assert served.ops[export.POSTPROCESS_OP] == 1

@@ -12,7 +12,7 @@ classes (the shapes and colour families of ``pipelines.synthetic.coco``), which 
 each other. The mask holds 0 for background, 1..num_classes for the shapes, and 255 (ignore) on a
 band ``2 * border`` px wide along every boundary between labels, as VOC outlines its objects.
 
-    python -m pipelines.synthetic.voc /tmp/shapes_voc
+    python -m pipelines.synthetic.voc data/shapes_voc
 """
 
 import argparse
@@ -40,12 +40,14 @@ def class_names(num_classes=MAX_CLASSES):
 
 
 def generate(root, num_train=1000, num_val=200, image_size=128, num_classes=MAX_CLASSES, seed=0,
-             border=1, jpeg_quality=90):
+             border=1, jpeg_quality=90, min_scale=MIN_SCALE, max_scale=MAX_SCALE,
+             max_objects=MAX_OBJECTS):
     """Writes the dataset under ``root`` unless a manifest with the same parameters is there.
 
     ``image_size`` is the longer image side; the shorter side is drawn per image from
-    [0.75, 1] times it. ``border`` is the half width in px of the 255 band. Returns ``root`` as a
-    ``Path``.
+    [0.75, 1] times it. ``border`` is the half width in px of the 255 band. Object sides are
+    drawn log-uniformly from [``min_scale``, ``max_scale``] times the shorter side, 1 to
+    ``max_objects`` objects an image. Returns ``root`` as a ``Path``.
     """
     if not 1 <= num_classes <= MAX_CLASSES:
         raise ValueError(f"num_classes must be in 1..{MAX_CLASSES}, got {num_classes}")
@@ -53,6 +55,10 @@ def generate(root, num_train=1000, num_val=200, image_size=128, num_classes=MAX_
         raise ValueError(f"image_size must be at least 32, got {image_size}")
     if border < 0:
         raise ValueError(f"border must be >= 0, got {border}")
+    if not 0 < min_scale <= max_scale <= 1:
+        raise ValueError(f"need 0 < min_scale <= max_scale <= 1, got {min_scale}, {max_scale}")
+    if max_objects < 1:
+        raise ValueError(f"max_objects must be >= 1, got {max_objects}")
     root = Path(root)
     params = {
         "format_version": FORMAT_VERSION,
@@ -65,6 +71,10 @@ def generate(root, num_train=1000, num_val=200, image_size=128, num_classes=MAX_
         "jpeg_quality": int(jpeg_quality),
         "class_names": list(class_names(num_classes)),
     }
+    if (min_scale, max_scale, max_objects) != (MIN_SCALE, MAX_SCALE, MAX_OBJECTS):
+        # (only when changed: the manifests of datasets written before these existed still match)
+        params.update(min_scale=float(min_scale), max_scale=float(max_scale),
+                      max_objects=int(max_objects))
     voc = root / "VOC2012"
     lists = voc / "ImageSets" / "Segmentation"
     required = [f"VOC2012/ImageSets/Segmentation/{s}.txt" for s in ("train", "val", "trainval")]
@@ -80,7 +90,8 @@ def generate(root, num_train=1000, num_val=200, image_size=128, num_classes=MAX_
             image_id = f"{prefix}_{i + 1:06d}"
             # One generator per image: the image depends only on (seed, split, index).
             rng = np.random.default_rng([seed, split_number, i])
-            pixels, labels = render(rng, image_size, num_classes, border)
+            pixels, labels = render(rng, image_size, num_classes, border, min_scale, max_scale,
+                                    max_objects)
             Image.fromarray(pixels).save(voc / "JPEGImages" / f"{image_id}.jpg",
                                          quality=jpeg_quality)
             mask = Image.fromarray(labels)
@@ -110,7 +121,8 @@ def void_band(labels, border):
     return out
 
 
-def render(rng, image_size, num_classes, border=1):
+def render(rng, image_size, num_classes, border=1, min_scale=MIN_SCALE, max_scale=MAX_SCALE,
+           max_objects=MAX_OBJECTS):
     """One image (uint8 [H, W, 3]) and its mask (uint8 [H, W], 255 bands included)."""
     long_side = image_size
     short_side = int(round(image_size * rng.uniform(0.75, 1.0)))
@@ -119,11 +131,11 @@ def render(rng, image_size, num_classes, border=1):
     labels = np.zeros((height, width), dtype=np.uint8)
     side = min(height, width)
     placed = []
-    for _ in range(int(rng.integers(1, MAX_OBJECTS + 1))):
+    for _ in range(int(rng.integers(1, max_objects + 1))):
         cls = int(rng.integers(num_classes))
         _, kind, base = synthetic_coco.CLASSES[cls]
         for _attempt in range(20):
-            s = side * math.exp(rng.uniform(math.log(MIN_SCALE), math.log(MAX_SCALE)))
+            s = side * math.exp(rng.uniform(math.log(min_scale), math.log(max_scale)))
             aspect = math.exp(rng.uniform(-0.22, 0.22))
             w = min(width, max(6, int(round(s * aspect))))
             h = min(height, max(6, int(round(s / aspect))))
