@@ -15,6 +15,13 @@ from keras_mnv2.segmentation import (
 )
 from keras_mnv2.split import split_expansion
 from keras_mnv2.weights import copy_weights
+from keras_mnv2 import presets  # a module one can call: keras_mnv2.presets() is the table
+from keras_mnv2.inference import load_image, predict
+
+# keras-hub's convention: the builders load official models by name (keras_mnv2.presets).
+MobileNetV2.from_preset = presets.loader("classifier")
+SSDLite.from_preset = presets.loader("ssdlite")
+DeepLabV3.from_preset = presets.loader("deeplab")
 
 __version__ = "0.1.0"
 
@@ -34,7 +41,10 @@ __all__ = [
     "feature_extractor",
     "inverted_residual",
     "iou_from_confusion",
+    "load_image",
     "make_divisible",
+    "predict",
+    "presets",
     "preprocess_input",
     "profile",
     "split_expansion",

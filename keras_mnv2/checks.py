@@ -9,6 +9,8 @@ import numbers
 
 import numpy as np
 
+from keras_mnv2.errors import InputError
+
 
 def _is_integer(value):
     return isinstance(value, (numbers.Integral, np.integer)) and not isinstance(
@@ -34,7 +36,7 @@ def real(value, name, minimum=0, maximum=None, low_open=False, high_open=False):
     else:
         expected = (f"a number in {'(' if low_open else '['}{minimum:g}, {maximum:g}"
                     f"{')' if high_open else ']'}")
-    raise ValueError(f"{name} must be {expected}, got {value!r}")
+    raise InputError(f"{name} must be {expected}, got {value!r}")
 
 
 def integer(value, name, minimum=None, maximum=None):
@@ -44,7 +46,7 @@ def integer(value, name, minimum=None, maximum=None):
         return int(value)
     bounds = f" >= {minimum}" if minimum is not None else ""
     bounds += f" and <= {maximum}" if maximum is not None else ""
-    raise ValueError(f"{name} must be an integer{bounds}, got {value!r}")
+    raise InputError(f"{name} must be an integer{bounds}, got {value!r}")
 
 
 def image_shape(input_shape, min_size, static=False, name="input_shape"):
@@ -55,7 +57,7 @@ def image_shape(input_shape, min_size, static=False, name="input_shape"):
     """
     if isinstance(input_shape, (str, bytes)) or not hasattr(input_shape, "__len__") \
             or len(input_shape) != 3:
-        raise ValueError(
+        raise InputError(
             f"{name} must be (height, width, channels) (channels-last), got {input_shape!r}"
         )
     shape = []
@@ -65,20 +67,20 @@ def image_shape(input_shape, min_size, static=False, name="input_shape"):
         elif _is_integer(side) and side >= 1:
             shape.append(int(side))
         elif side is None:
-            raise ValueError(f"{name} needs static sides (no None), got {input_shape!r}")
+            raise InputError(f"{name} needs static sides (no None), got {input_shape!r}")
         else:
             what = "channels" if i == 2 else "height and width"
-            raise ValueError(f"{name} {what} must be positive integers"
+            raise InputError(f"{name} {what} must be positive integers"
                              f"{'' if static or i == 2 else ' or None'}, got {input_shape!r}")
     height, width, channels = shape
     if height is not None and height <= 4 and (channels is None or channels > 4):
-        raise ValueError(
+        raise InputError(
             f"{name} {input_shape!r} looks channels-first: keras_mnv2 models are channels-last, "
             f"(height, width, channels), e.g. {(width, channels, height)!r}"
         )
     for side in (height, width):
         if side is not None and side < min_size:
-            raise ValueError(f"{name} height and width must be at least {min_size} px, "
+            raise InputError(f"{name} height and width must be at least {min_size} px, "
                              f"got {input_shape!r}")
     return tuple(shape)
 
@@ -88,7 +90,7 @@ def channels_last(keras):
     builders make channels-last models."""
     data_format = keras.backend.image_data_format()
     if data_format != "channels_last":
-        raise ValueError(
+        raise InputError(
             "keras_mnv2 builds channels-last models, but the Keras image data format is "
             f"{data_format!r}: call keras.config.set_image_data_format('channels_last')"
         )

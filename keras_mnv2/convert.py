@@ -2,8 +2,10 @@
 
 ``from_tflite(path)`` reads a MobileNetV2-family ``.tflite`` file (the TF-slim classifiers, Mobile
 DeepLabv3, SSDLite up to its ``TFLite_Detection_PostProcess`` op, or a file keras_mnv2 itself
-exported) in float32, float16 or uint8/int8, tells what it is (kind, width multiplier, channel
-rounding, input size, classes, output stride, ASPP), builds the matching model with
+exported) in float32, float16 or uint8/int8, tells what it is from its graph, whatever its tensors
+are called (``keras_mnv2.structure``; official or keras_mnv2 tensor names only confirm): kind,
+width multiplier, channel rounding, input size, classes, output stride, ASPP; builds the
+matching model with
 ``MobileNetV2`` / ``DeepLabV3`` / ``SSDLite`` and loads the weights, dequantized. The converter
 has folded batch norm into the convolutions: the folded kernels go into the convolutions and
 each folded bias into the batch norm after it, which is set to the identity plus that bias
@@ -25,9 +27,12 @@ import re
 import numpy as np
 
 from keras_mnv2.blocks import BN_EPSILON
+from keras_mnv2.errors import InputError, MissingFileError
 from keras_mnv2.official import (  # noqa: F401  (the readers are public here too)
     DEEPLAB_HEAD_EPSILON, TfliteGraph, is_official_path, layer_key, load_folded, load_into,
     load_unfolded, read_checkpoint_weights, read_tflite_weights)
+from keras_mnv2.labels import (  # noqa: F401  (the official class names, public here too)
+    COCO_LABELS, VOC_LABELS, coco_label, voc_label)
 
 KINDS = ("classifier", "deeplab", "ssdlite")
 _ALPHAS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)
@@ -42,7 +47,7 @@ def _block_widths(widths):
     names = ["Conv1", "expanded_conv_project"] + [f"block_{i}_project" for i in range(1, 17)]
     missing = [n for n in names if n not in widths]
     if missing:
-        raise ValueError(f"the MobileNetV2 backbone is incomplete: no {', '.join(missing[:3])}")
+        raise InputError(f"the MobileNetV2 backbone is incomplete: no {', '.join(missing[:3])}")
     return [widths[n] for n in names]
 
 
@@ -59,7 +64,7 @@ def infer_width(widths):
             width = channel_rounding(alpha, divisible_by, min_depth)
             if [width(32, stem=True)] + [width(c) for c in paper] == found:
                 return float(alpha), divisible_by, min_depth
-    raise ValueError(f"backbone widths {found} fit no width multiplier of MobileNetV2")
+    raise InputError(f"backbone widths {found} fit no width multiplier of MobileNetV2")
 
 
 def describe(weights, input_shape):
@@ -74,7 +79,7 @@ def describe(weights, input_shape):
         from keras_mnv2.detection.ssdlite import EXTRA_DEPTHS, MIN_EXTRA_DEPTH
 
         if height != width:
-            raise ValueError(f"SSDLite needs a square input, the file has {height}x{width}")
+            raise InputError(f"SSDLite needs a square input, the file has {height}x{width}")
         boxes = [widths[f"box_predictor_{i}"] // 4 for i in range(6)]
         num_classes = widths["class_predictor_1"] // boxes[1] - 1
         kwargs = {"num_classes": num_classes, "alpha": alpha, "input_size": height}
@@ -84,10 +89,10 @@ def describe(weights, input_shape):
                 next(d for d in range(1, 8192) if max(int(d * alpha), MIN_EXTRA_DEPTH) == w)
                 for w in extra)
         if boxes != [3, 6, 6, 6, 6, 6]:
-            raise ValueError(f"SSDLite boxes per cell {boxes}: only the default anchor layout "
+            raise InputError(f"SSDLite boxes per cell {boxes}: only the default anchor layout "
                              "(3 on the lowest layer, 6 elsewhere) is supported")
         if rounding:
-            raise ValueError("SSDLite with DeepLab channel rounding is not supported")
+            raise InputError("SSDLite with DeepLab channel rounding is not supported")
         return "ssdlite", kwargs
     if "aspp0" in weights or "logits" in weights:
         feature = weights["block_16_project"][3]
@@ -97,7 +102,7 @@ def describe(weights, input_shape):
                   "aspp": "aspp1" in weights, **rounding}
         return "deeplab", kwargs
     if "predictions" not in weights:
-        raise ValueError("no classifier, DeepLab or SSDLite head found")
+        raise InputError("no classifier, DeepLab or SSDLite head found")
     kwargs = {"alpha": alpha, "input_shape": (height, width, 3),
               "classes": widths["predictions"], **rounding}
     return "classifier", kwargs
@@ -125,9 +130,9 @@ def _drop_background(kind, kwargs, drop_background, source):
     if not drop_background:
         return
     if kind != "classifier":
-        raise ValueError("drop_background applies to 1001-class classifiers only")
+        raise InputError("drop_background applies to 1001-class classifiers only")
     if kwargs["classes"] != 1001:
-        raise ValueError(f"drop_background needs a 1001-class {source}, got "
+        raise InputError(f"drop_background needs a 1001-class {source}, got "
                          f"{kwargs['classes']} classes")
     kwargs["classes"] = 1000
 
@@ -156,10 +161,11 @@ def from_tflite(path, drop_background=False, name=None):
     load_folded(model, weights, drop_background)
     if kind == "ssdlite" and facts["anchors"] is not None:
         if facts["anchors"].shape != model.anchors.shape:
-            raise ValueError(f"the file's anchors {facts['anchors'].shape} do not line up with "
+            raise InputError(f"the file's anchors {facts['anchors'].shape} do not line up with "
                              f"the model's {model.anchors.shape}")
         model.anchors = facts["anchors"].astype(np.float32)
-    model.official = {"kind": kind, "source": os.path.basename(os.fspath(path)), **kwargs}
+    model.official = {"kind": kind, "source": os.path.basename(os.fspath(path)), **kwargs,
+                      "recognized_by": facts["recognized"]}
     return model
 
 
@@ -231,46 +237,8 @@ def load(path, **kwargs):
         return from_tflite(path, **kwargs)
     if os.path.exists(path + ".index") or os.path.isdir(path):
         return from_tf_checkpoint(path, **kwargs)
-    raise ValueError(f"{path}: expected a .tflite file or a TF checkpoint prefix (with a "
+    raise InputError(f"{path}: expected a .tflite file or a TF checkpoint prefix (with a "
                      ".index file beside it)")
-
-
-# ----------------------------------------------------------------------------------------------
-# Class ids of the official models
-
-# COCO category ids 1..90 of the Object Detection API label map (mscoco_label_map): 80 named,
-# 10 unused ids. ssdlite_mobilenet_v2_coco predicts 91 scores: 0 is background, k is COCO id k.
-COCO_LABELS = dict(enumerate((
-    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
-    "traffic light", "fire hydrant", None, "stop sign", "parking meter", "bench", "bird", "cat",
-    "dog", "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe", None, "backpack",
-    "umbrella", None, None, "handbag", "tie", "suitcase", "frisbee", "skis", "snowboard",
-    "sports ball", "kite", "baseball bat", "baseball glove", "skateboard", "surfboard",
-    "tennis racket", "bottle", None, "wine glass", "cup", "fork", "knife", "spoon", "bowl",
-    "banana", "apple", "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut",
-    "cake", "chair", "couch", "potted plant", "bed", None, "dining table", None, None, "toilet",
-    None, "tv", "laptop", "mouse", "remote", "keyboard", "cell phone", "microwave", "oven",
-    "toaster", "sink", "refrigerator", None, "book", "clock", "vase", "scissors", "teddy bear",
-    "hair drier", "toothbrush"), start=1))
-# PASCAL VOC 2012 segmentation classes, as the official DeepLab models number them.
-VOC_LABELS = ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car",
-              "cat", "chair", "cow", "diningtable", "dog", "horse", "motorbike", "person",
-              "pottedplant", "sheep", "sofa", "train", "tvmonitor")
-
-
-def coco_label(index):
-    """The name of class ``index`` of an official COCO detector's 91 scores ("background" for
-    0, None for the 10 ids COCO leaves unused)."""
-    if not 0 <= int(index) <= 90:
-        raise ValueError(f"COCO class index must be in [0, 90], got {index}")
-    return "background" if int(index) == 0 else COCO_LABELS[int(index)]
-
-
-def voc_label(index):
-    """The name of class ``index`` (0..20) of an official PASCAL VOC DeepLab model."""
-    if not 0 <= int(index) < len(VOC_LABELS):
-        raise ValueError(f"VOC class index must be in [0, 20], got {index}")
-    return VOC_LABELS[int(index)]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -299,14 +267,14 @@ def init_from(model, source, freeze_batch_norm=False, log=print):
         path = os.fspath(source)
         if path.endswith(".keras"):
             if not os.path.exists(path):
-                raise FileNotFoundError(f"--init model not found: {path}")
+                raise MissingFileError(f"--init model not found: {path}")
             import keras_mnv2.detection.losses  # noqa: F401  (losses a compiled model names)
 
             source = keras.saving.load_model(path, compile=False)
         elif is_official_path(path) or os.path.isdir(path):
             source = load(path)
         else:
-            raise ValueError(f"{path}: expected a .keras model, a .tflite file or a TF "
+            raise InputError(f"{path}: expected a .keras model, a .tflite file or a TF "
                              "checkpoint prefix")
     found = {layer.name: layer for layer in _all_layers(source) if layer.weights}
     loaded, left = [], []
@@ -321,7 +289,7 @@ def init_from(model, source, freeze_batch_norm=False, log=print):
         else:
             left.append(layer.name)
     if not loaded:
-        raise ValueError(f"no layer of {model.name!r} matches {source.name!r} in name and shape")
+        raise InputError(f"no layer of {model.name!r} matches {source.name!r} in name and shape")
     if freeze_batch_norm:
         for layer in _all_layers(model):
             if isinstance(layer, keras.layers.BatchNormalization):

@@ -1,10 +1,14 @@
-"""Files a run writes, written whole: a temporary name in the same folder, then a rename, so a
-kill leaves the old file or the new one, never half of one. Shared by the training driver
-(``pipelines.jobs.driver``), the TFMOT QAT loop (``keras_mnv2.deploy.qat``) and
-``pipelines.manifest.write_atomic`` (every other text file a run or a generator writes).
+"""Files a run writes, written whole: ``write_file`` writes the content under a temporary name in
+the same folder, fsyncs it and the folder, renames it into place and fsyncs the folder again, so
+a kill or a power loss leaves the old file or the new one, never half of one. It is the one way a
+file is written whole here: the training driver (``pipelines.jobs.driver``: history.csv,
+last.keras, the resume state, curves.png), the TFMOT QAT loop (``keras_mnv2.deploy.qat``),
+``pipelines.manifest.write_atomic`` (every other text file a run or a generator writes), the
+exported .tflite files and ``keras-mnv2 convert``.
 
 ``KERAS_MNV2_KILL_AT=<point>@<epoch>`` kills the process at that point of that epoch (0-based),
-between a write and its rename: the kill-and-resume tests set it.
+between a write and its rename: the kill-and-resume tests set it (tests/test_faults.py also
+kills the command from outside, at moments it does not choose).
 """
 
 import csv
@@ -30,16 +34,57 @@ def temporary_name(path):
     return os.path.join(folder, f".{stem}.tmp{dot}{suffix}")
 
 
-def write_text(path, text, before_rename=None):
-    """Writes ``text`` to ``path`` whole; ``before_rename`` runs between write and rename."""
+def _fsync(path, directory=False):
+    """Flushes ``path`` (a file, or a folder's entries) to the disk."""
+    flags = os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if directory else 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError:
+        if directory:  # a platform whose folders cannot be opened (Windows): nothing to flush
+            return
+        raise
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_file(path, write, before_rename=None):
+    """Writes ``path`` whole: ``write(tmp)`` writes the new content under ``temporary_name(path)``
+    (e.g. ``model.save``), which is fsynced with its folder, then renamed to ``path``, and the
+    folder fsynced again (the rename itself on the disk). ``before_rename`` runs just before the
+    rename. Returns ``path``."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
     tmp = temporary_name(path)
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
+    write(tmp)
+    _fsync(tmp)
+    _fsync(folder, directory=True)
     if before_rename is not None:
         before_rename()
     os.replace(tmp, path)
+    _fsync(folder, directory=True)
+    return path
+
+
+def write_text(path, text, before_rename=None):
+    """Writes ``text`` to ``path`` whole (``write_file``)."""
+
+    def write(tmp):
+        with open(tmp, "w") as f:
+            f.write(text)
+
+    return write_file(path, write, before_rename)
+
+
+def write_bytes(path, content, before_rename=None):
+    """Writes ``content`` (bytes) to ``path`` whole (``write_file``)."""
+
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            f.write(content)
+
+    return write_file(path, write, before_rename)
 
 
 def read_rows(path):

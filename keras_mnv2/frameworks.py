@@ -6,6 +6,8 @@ training only accepts tf_keras models; both builds run through the same builder 
 architectures cannot drift apart.
 """
 
+from keras_mnv2.errors import InputError
+
 FRAMEWORKS = ("keras", "tf_keras")
 
 
@@ -23,7 +25,7 @@ def get_keras(framework="keras"):
                 "framework='tf_keras' needs the tf-keras package (pip install tf-keras)"
             ) from err
         return tf_keras
-    raise ValueError(f"framework must be one of {FRAMEWORKS}, got {framework!r}")
+    raise InputError(f"framework must be one of {FRAMEWORKS}, got {framework!r}")
 
 
 def framework_of(model):

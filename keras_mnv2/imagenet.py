@@ -6,6 +6,7 @@ import warnings
 
 import numpy as np
 
+from keras_mnv2.errors import InputError
 from keras_mnv2.mobilenet_v2 import keras_cache_dir
 
 CLASS_INDEX_FILE = "imagenet_class_index.json"
@@ -59,22 +60,42 @@ def class_index():
     return _class_index
 
 
-def decode_predictions(preds, top=5):
+def decode_predictions(preds, top=5, labels=None):
     """Top ``top`` (wnid, name, score) tuples for each row of a [batch, 1000] prediction array
-    (or [batch, 1001] from a TF-slim model, whose background column 0 is left out)."""
+    (or [batch, 1001] from a TF-slim model, whose background column 0 is left out).
+
+    With ``labels`` (one name per column, or a model carrying them as ``model.labels``, e.g.
+    one from ``from_preset``), any number of columns: (column index, name, score) tuples."""
     preds = np.asarray(preds)
+    if labels is not None:
+        return _decode_with(preds, top, labels)
     if preds.ndim == 2 and preds.shape[1] == 1001:  # TF-slim: column 0 is "background"
         preds = preds[:, 1:]
     if preds.ndim != 2 or preds.shape[1] != 1000:
-        raise ValueError(
+        raise InputError(
             "decode_predictions expects predictions of shape (batch, 1000) or (batch, 1001) "
             f"(TF-slim, background first), got {preds.shape}"
         )
     if not 1 <= top <= 1000:
-        raise ValueError(f"top must be in [1, 1000], got {top}")
+        raise InputError(f"top must be in [1, 1000], got {top}")
     index = class_index()
     results = []
     for row in preds:
         best = np.argsort(row)[::-1][:top]
         results.append([(*index[int(i)], float(row[i])) for i in best])
     return results
+
+
+def _decode_with(preds, top, labels):
+    from keras_mnv2.labels import model_labels, name
+
+    names = model_labels(labels) if hasattr(labels, "output") else tuple(labels)
+    if names is None:
+        raise InputError(f"model {labels.name!r} carries no class names (model.labels)")
+    if preds.ndim != 2 or preds.shape[1] != len(names):
+        raise InputError(f"decode_predictions: predictions of shape {preds.shape} for "
+                         f"{len(names)} class names")
+    if not 1 <= top <= preds.shape[1]:
+        raise InputError(f"top must be in [1, {preds.shape[1]}], got {top}")
+    return [[(int(i), name(names, int(i)), float(row[i])) for i in np.argsort(row)[::-1][:top]]
+            for row in preds]

@@ -11,6 +11,7 @@ import numpy as np
 
 from keras_mnv2.blocks import conv_bn, conv_bn_layers, inverted_residual
 from keras_mnv2.checks import channels_last, image_shape, integer, real
+from keras_mnv2.errors import InputError, MissingFileError
 from keras_mnv2.frameworks import framework_of, get_keras
 from keras_mnv2.record import functional, records_arguments
 from keras_mnv2.weight_files import load_weights_file  # noqa: F401  (public here too)
@@ -31,54 +32,54 @@ def _validate(alpha, input_shape, include_top, weights, pooling, classes, output
     Python numbers (numpy scalars accepted). One ValueError naming the argument on a problem."""
     alpha = real(alpha, "alpha", minimum=0, low_open=True)
     if pooling not in POOLINGS:
-        raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        raise InputError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
     classes = integer(classes, "classes", minimum=1)
     if output_stride not in OUTPUT_STRIDES:
-        raise ValueError(f"output_stride must be one of {OUTPUT_STRIDES}, got {output_stride!r}")
+        raise InputError(f"output_stride must be one of {OUTPUT_STRIDES}, got {output_stride!r}")
     dropout_rate = real(dropout_rate, "dropout_rate", 0, 1, high_open=True)
     bn_momentum = real(bn_momentum, "bn_momentum", 0, 1)
     if not isinstance(include_top, (bool, np.bool_)):
-        raise ValueError(f"include_top must be True or False, got {include_top!r}")
+        raise InputError(f"include_top must be True or False, got {include_top!r}")
     if input_shape is not None:
         input_shape = image_shape(input_shape, MIN_INPUT_SIZE)
         if include_top and shape_given and None in input_shape[:2]:
             # as keras.applications: the top is built for one static size
-            raise ValueError(
+            raise InputError(
                 "include_top=True needs a static input_shape (height and width given), got "
                 f"{input_shape!r}; use include_top=False for any input size"
             )
     if weights is not None and include_top and classifier_activation not in ("softmax", None):
-        raise ValueError(
+        raise InputError(
             "with pretrained weights and include_top=True, classifier_activation must be "
             f"'softmax' or None (as keras.applications), got {classifier_activation!r}"
         )
     if weights == "imagenet":
         if input_shape is not None and input_shape[-1] != 3:
-            raise ValueError(
+            raise InputError(
                 f"weights='imagenet' needs 3-channel input, got input_shape={input_shape!r}"
             )
         if alpha not in IMAGENET_ALPHAS:
-            raise ValueError(
+            raise InputError(
                 f"weights='imagenet' exists only for alpha in {IMAGENET_ALPHAS}, got {alpha!r}"
             )
         if include_top and classes != 1000:
-            raise ValueError(
+            raise InputError(
                 f"weights='imagenet' with include_top=True needs classes=1000, got {classes!r}"
             )
         if include_top and input_shape is not None and (
             input_shape[0] != input_shape[1] or input_shape[0] not in IMAGENET_SIZES
         ):
-            raise ValueError(
+            raise InputError(
                 "weights='imagenet' with include_top=True needs a square input_shape with "
                 f"side in {IMAGENET_SIZES}, got {input_shape!r}"
             )
     elif weights is not None and not isinstance(weights, (str, os.PathLike)):
-        raise ValueError(
+        raise InputError(
             f"weights must be None, 'imagenet' or a path to a weights file, got {weights!r}"
         )
     elif weights is not None and not os.path.exists(weights) and \
             not os.path.exists(os.fspath(weights) + ".index"):
-        raise FileNotFoundError(f"weights file not found: {weights}")
+        raise MissingFileError(f"weights file not found: {weights}")
     return alpha, input_shape, classes, dropout_rate, bn_momentum
 
 
@@ -126,8 +127,9 @@ def MobileNetV2(
         classes: number of classes of the top.
         classifier_activation: activation of the top ("softmax", None for logits, ...); with
             pretrained weights only "softmax" or None, as keras.applications.
-        dropout_rate: > 0 adds a ``Dropout`` before the classifier (training only; TF-slim trains
-            with 0.2, as ``pipelines.jobs.classification`` does). The default 0 leaves it out.
+        dropout_rate: a rate above 0 adds a ``Dropout`` before the classifier (training only;
+            TF-slim trains with 0.2, as ``pipelines.jobs.classification`` does). The default 0
+            leaves it out.
         output_stride: None or 32 (classification), 16 or 8 (atrous convolution, for
             segmentation).
         name: model name; defaults to ``mobilenetv2_{alpha:.2f}_{rows}`` as keras.applications.
@@ -165,7 +167,7 @@ def MobileNetV2(
 
     if input_tensor is not None:
         if not hasattr(input_tensor, "shape") or len(input_tensor.shape) != 4:
-            raise ValueError(
+            raise InputError(
                 f"input_tensor must be a 4-D Keras tensor (batch, height, width, channels), got "
                 f"{input_tensor!r}"
             )
@@ -173,7 +175,7 @@ def MobileNetV2(
         if input_shape is not None and any(
                 a is not None and b is not None and a != b
                 for a, b in zip(input_shape, tensor_shape)):
-            raise ValueError(
+            raise InputError(
                 f"input_tensor has shape {tensor_shape}, which conflicts with input_shape="
                 f"{input_shape}; pass one of them, or the same shape"
             )
@@ -208,7 +210,9 @@ def MobileNetV2(
         x = layers.GlobalAveragePooling2D(name="global_average_pooling2d")(x)
         if dropout_rate:
             x = layers.Dropout(dropout_rate, name="dropout")(x)
-        x = layers.Dense(classes, activation=classifier_activation, name="predictions")(x)
+        # float32 logits under a mixed-precision policy (as the loss and the softmax want)
+        x = layers.Dense(classes, activation=classifier_activation, name="predictions",
+                         dtype="float32")(x)
     elif pooling == "avg":
         x = layers.GlobalAveragePooling2D(name="global_average_pooling2d")(x)
     elif pooling == "max":
@@ -263,7 +267,7 @@ def imagenet_weights_path(alpha, rows, include_top=True):
     try:
         return keras.utils.get_file(filename, WEIGHTS_BASE_URL + filename, cache_subdir="models")
     except Exception as err:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"ImageNet weights for MobileNetV2 alpha={alpha} at {rows} px are not cached and "
             f"could not be downloaded ({type(err).__name__}). Put the file {filename} "
             f"(from {WEIGHTS_BASE_URL + filename}) at {local}, or pass weights=<path>."
@@ -282,7 +286,7 @@ def feature_extractor(model, layer_names=("block_13_expand_relu", "out_relu"), n
         try:
             outputs[layer_name] = model.get_layer(layer_name).output
         except ValueError as err:
-            raise ValueError(
+            raise InputError(
                 f"model {model.name!r} has no layer named {layer_name!r}"
             ) from err
     return keras.Model(model.inputs, outputs, name=name or f"{model.name}_features")

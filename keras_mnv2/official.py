@@ -3,9 +3,11 @@ keras_mnv2 model that is already built (the ``weights=`` argument of the builder
 
 Two sources: ``.tflite`` files (float32, float16 or uint8/int8, weights dequantized; batch norm
 folded into the convolutions, as the converter leaves it) and TF1 name-based checkpoints (batch
-norm kept). Layers are found by name: TF-slim, Object Detection API and DeepLab scopes, or
-keras_mnv2's own. ``keras_mnv2.convert`` recognizes what a file is and builds the model for it;
-this module only reads and loads, so the builders can use it without importing themselves back.
+norm kept). In a ``.tflite`` file the layers are found by the graph's structure
+(``keras_mnv2.structure``), confirmed by the tensor names where they are TF-slim, Object
+Detection API, DeepLab or keras_mnv2 names; in a checkpoint, by those names.
+``keras_mnv2.convert`` recognizes what a file is and builds the model for it; this module only
+reads and loads, so the builders can use it without importing themselves back.
 """
 
 import os
@@ -14,6 +16,7 @@ import re
 import numpy as np
 
 from keras_mnv2.blocks import BN_EPSILON
+from keras_mnv2.errors import InputError, MissingFileError
 from keras_mnv2.weights import _all_layers
 
 # TF-slim / TF Object Detection API / DeepLab scope names -> keras_mnv2 layer names.
@@ -87,11 +90,11 @@ class TfliteGraph:
 
         self.path = os.fspath(path)
         if not os.path.exists(self.path):
-            raise FileNotFoundError(f"TFLite file not found: {self.path}")
+            raise MissingFileError(f"TFLite file not found: {self.path}")
         try:
             self.interpreter = interpreter(self.path, delegates=False)
         except (ValueError, RuntimeError) as err:
-            raise ValueError(f"{self.path} is not a readable TFLite model: {err}") from err
+            raise InputError(f"{self.path} is not a readable TFLite model: {err}") from err
         self.tensors = {t["index"]: t for t in self.interpreter.get_tensor_details()}
         self.ops = self.interpreter._get_ops_details()
         self.producer, self.consumers = {}, {}
@@ -114,7 +117,7 @@ class TfliteGraph:
         if op is not None and op["op_name"] == "DEQUANTIZE":
             return self.constant(op["inputs"][0])
         if op is not None:
-            raise ValueError(f"{self.path}: tensor {self.name(index)!r} is not a constant")
+            raise InputError(f"{self.path}: tensor {self.name(index)!r} is not a constant")
         return _dequantize(np.asarray(self.interpreter.get_tensor(index)), self.tensors[index])
 
     def is_constant(self, index):
@@ -160,21 +163,18 @@ def read_tflite_weights(path):
     ``facts`` holds the input shape and dtype, whether a softmax ends the graph, and the
     anchors of a ``TFLite_Detection_PostProcess`` op (None without one)."""
     graph = TfliteGraph(path)
-    weights, unnamed = {}, []
+    keys, recognized = _layer_keys(graph)
+    weights = {}
     facts = {"input_shape": graph.shape(graph.input["index"])[1:],
-             "input_dtype": np.dtype(graph.input["dtype"]).name,
+             "input_dtype": np.dtype(graph.input["dtype"]).name, "recognized": recognized,
              "softmax": False, "anchors": None, "ops": [op["op_name"] for op in graph.ops]}
     for op in graph.ops:
         kind = op["op_name"]
-        if kind in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"):
+        if op["index"] in keys:
             inputs = [i for i in op["inputs"]]
-            name = graph.weight_name(inputs[1])
-            key = layer_key(name)
-            if key is None:
-                unnamed.append(name)
-                continue
+            key = keys[op["index"]]
             if key in weights:
-                raise ValueError(f"{graph.path}: two {kind} ops map to layer {key!r}")
+                raise InputError(f"{graph.path}: two {kind} ops map to layer {key!r}")
             kernel = graph.constant(inputs[1])
             bias = graph.constant(inputs[2]) if len(inputs) > 2 and inputs[2] >= 0 else None
             scale, offset = graph.affine_after(op["outputs"][0])
@@ -194,15 +194,42 @@ def read_tflite_weights(path):
         elif kind == "TFLite_Detection_PostProcess" or "PostProcess" in kind:
             if len(op["inputs"]) > 2 and op["inputs"][2] not in graph.producer:
                 facts["anchors"] = graph.constant(op["inputs"][2])
-    if unnamed:
-        raise ValueError(
-            f"{graph.path}: {len(unnamed)} convolution(s) whose weights name no MobileNetV2 "
-            f"layer (TF-slim, Object Detection API, DeepLab or keras_mnv2 names), e.g. "
-            f"{unnamed[0]!r}: not a MobileNetV2-family model this converter knows"
-        )
-    if not weights:
-        raise ValueError(f"{graph.path}: no convolution found")
     return weights, facts
+
+
+def _layer_keys(graph):
+    """``({op index: keras_mnv2 layer}, how)`` for every convolution and fully connected op:
+    from the graph's structure (``keras_mnv2.structure``), which the tensor names, where they
+    name layers (TF-slim, Object Detection API, DeepLab or keras_mnv2's own), confirm; from the
+    names alone where the structure is not one the walk knows. ``how`` says which."""
+    from keras_mnv2 import structure
+
+    convolutions = [op for op in graph.ops if op["op_name"] in structure.CONVOLUTIONS]
+    if not convolutions:
+        raise InputError(f"{graph.path}: no convolution found")
+    by_name = {op["index"]: layer_key(graph.weight_name(op["inputs"][1])) for op in convolutions}
+    try:
+        by_graph, _ = structure.layer_names(graph)
+    except structure.NotMobileNetV2 as err:
+        unnamed = [graph.weight_name(op["inputs"][1]) for op in convolutions
+                   if by_name[op["index"]] is None]
+        if unnamed:
+            raise InputError(
+                f"{graph.path}: not a MobileNetV2-family model this converter knows: its graph "
+                f"is not one ({err}), and {len(unnamed)} convolution(s) have weights that name "
+                f"no MobileNetV2 layer (TF-slim, Object Detection API, DeepLab or keras_mnv2 "
+                f"names), e.g. {unnamed[0]!r}") from err
+        return by_name, f"tensor names (graph not recognized: {err})"
+    named = {index: key for index, key in by_name.items() if key is not None}
+    differ = [(by_graph[index], key) for index, key in named.items() if key != by_graph[index]]
+    if differ:
+        import warnings
+
+        warnings.warn(f"{graph.path}: {len(differ)} of {len(named)} tensor names disagree with "
+                      f"the graph's structure (e.g. the graph's {differ[0][0]!r} is named "
+                      f"{differ[0][1]!r}); the structure is used", stacklevel=3)
+        return by_graph, f"graph ({len(differ)} tensor names disagree)"
+    return by_graph, "graph, names agree" if named else "graph (no layer names in the file)"
 
 # ----------------------------------------------------------------------------------------------
 # Loading into a built model
@@ -214,18 +241,18 @@ def _layer_map(model):
 
 def _layer(layers, model, key):
     if key not in layers:
-        raise ValueError(f"the file has layer {key!r}, which {model.name!r} lacks")
+        raise InputError(f"the file has layer {key!r}, which {model.name!r} lacks")
     return layers[key]
 
 
 def _check_complete(model, layers, loaded, partial, source):
     if partial:
         if not loaded:
-            raise ValueError(f"no layer of the {source} matches a layer of {model.name!r}")
+            raise InputError(f"no layer of the {source} matches a layer of {model.name!r}")
         return
     left = [name for name, layer in layers.items() if layer.weights and name not in loaded]
     if left:
-        raise ValueError(f"{len(left)} weighted layer(s) of {model.name!r} got no weights from "
+        raise InputError(f"{len(left)} weighted layer(s) of {model.name!r} got no weights from "
                          f"the {source}: {', '.join(left[:5])}")
 
 
@@ -251,7 +278,7 @@ def _keras_kernel(kind, kernel, layer, drop_background=False):
     if drop_background:
         kernel = kernel[..., 1:]
     if tuple(kernel.shape) != target:
-        raise ValueError(f"layer {layer.name!r}: kernel {kernel.shape} from the file, "
+        raise InputError(f"layer {layer.name!r}: kernel {kernel.shape} from the file, "
                          f"{target} in the model")
     return kernel
 
@@ -280,7 +307,7 @@ def load_folded(model, weights, drop_background=False, partial=False):
             layer.set_weights([kernel])
             bn = _bn_after(layers, key)
             if bn is None:
-                raise ValueError(f"layer {key!r} has no bias and no batch norm after it")
+                raise InputError(f"layer {key!r} has no bias and no batch norm after it")
             ones = np.ones_like(bias)
             bn.set_weights([ones, bias, np.zeros_like(bias), ones - BN_EPSILON])
             loaded.add(bn.name)
@@ -313,7 +340,7 @@ def read_checkpoint_weights(path):
     try:
         reader = tf.train.load_checkpoint(path)
     except (ValueError, tf.errors.OpError) as err:
-        raise ValueError(f"{path} is not a readable TF checkpoint: {err}") from err
+        raise InputError(f"{path} is not a readable TF checkpoint: {err}") from err
     shapes = reader.get_variable_to_shape_map()
     layers = {}
     for name in sorted(shapes):
@@ -321,7 +348,7 @@ def read_checkpoint_weights(path):
                           "/ExponentialMovingAverage")) or "/ExponentialMovingAverage" in name:
             continue
         if re.search(r"(?:^|/)aspp\d_(depthwise|pointwise)/", name):
-            raise ValueError(f"{path}: {name!r} is a separable ASPP branch; keras_mnv2's "
+            raise InputError(f"{path}: {name!r} is a separable ASPP branch; keras_mnv2's "
                              "DeepLabV3 has plain atrous ASPP convolutions (the official "
                              "MobileNetV2 DeepLab models have no ASPP)")
         part = name.rsplit("/", 1)[-1]
@@ -342,14 +369,14 @@ def read_checkpoint_weights(path):
             entry["bias"] = value
         else:
             if "kernel" in entry:
-                raise ValueError(f"{path}: two kernels map to layer {key!r}")
+                raise InputError(f"{path}: two kernels map to layer {key!r}")
             entry["kernel"], entry["depthwise"] = value, part == "depthwise_weights"
     if not any("kernel" in entry for entry in layers.values()):
-        raise ValueError(f"{path}: no MobileNetV2 variable found (expected TF-slim, Object "
+        raise InputError(f"{path}: no MobileNetV2 variable found (expected TF-slim, Object "
                          "Detection API or DeepLab names such as MobilenetV2/Conv/weights)")
     missing = [key for key, entry in layers.items() if "kernel" not in entry]
     if missing:
-        raise ValueError(f"{path}: batch norm without weights for {', '.join(missing[:5])}")
+        raise InputError(f"{path}: batch norm without weights for {', '.join(missing[:5])}")
     return layers
 
 
@@ -370,20 +397,20 @@ def load_unfolded(model, weights, drop_background=False, head_epsilon=BN_EPSILON
         if drop_background and key == "predictions":
             kernel = kernel[:, 1:]
         if tuple(kernel.shape) != target:
-            raise ValueError(f"layer {key!r}: kernel {kernel.shape} in the checkpoint, "
+            raise InputError(f"layer {key!r}: kernel {kernel.shape} in the checkpoint, "
                              f"{target} in the model")
         values = [kernel]
         if len(layer.weights) == 2:
             bias = entry.get("bias")
             if bias is None:
-                raise ValueError(f"layer {key!r}: no biases in the checkpoint")
+                raise InputError(f"layer {key!r}: no biases in the checkpoint")
             values.append(bias[1:] if drop_background and key == "predictions" else bias)
         layer.set_weights(values)
         loaded.add(key)
         if entry["bn"]:
             bn = _bn_after(layers, key)
             if bn is None:
-                raise ValueError(f"layer {key!r} has batch norm in the checkpoint, not in the "
+                raise InputError(f"layer {key!r} has batch norm in the checkpoint, not in the "
                                  "model")
             stats = entry["bn"]
             channels = stats["moving_mean"].shape

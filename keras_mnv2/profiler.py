@@ -24,6 +24,8 @@ import dataclasses
 import math
 import re
 
+from keras_mnv2.errors import InputError
+
 _CONV_TYPES = ("Conv2D", "Conv1D", "Conv3D")
 
 
@@ -96,7 +98,7 @@ def profile(model, bytes_per_element=None, schedule="keras"):
     whose rows follow that order; ``print(profile(model))`` shows the table.
     """
     if schedule not in SCHEDULES:
-        raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+        raise InputError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
     nodes = _nodes_in_order(model)
     if schedule == "memory":
         nodes = _memory_order(nodes, model, bytes_per_element)
@@ -249,7 +251,7 @@ def _layer_madds(layer, inputs, outputs):
 def _tensor_bytes(tensor, bytes_per_element, model_name):
     shape = tuple(tensor.shape[1:])
     if any(d is None for d in shape):
-        raise ValueError(
+        raise InputError(
             f"profile needs static input sizes; {model_name!r} has a tensor of shape "
             f"{tuple(tensor.shape)} (build the model with a fixed input_shape)"
         )

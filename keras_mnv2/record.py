@@ -4,10 +4,13 @@ Every public builder (``MobileNetV2``, ``SSDLite``, ``DeepLabV3``) is a plain fu
 ``records_arguments``: it binds the call to the builder's signature (defaults filled in, so an
 argument added to a builder later is recorded with no change here) and keeps the result on the
 model. For Keras 3 the builders return a ``BuiltModel``, a functional ``keras.Model`` registered
-with Keras (as keras-hub's ``Backbone``) whose ``get_config`` is that record and whose
-``from_config`` calls the builder again; so ``model.save("x.keras")`` and
-``keras.saving.load_model("x.keras")`` (after ``import keras_mnv2``, no ``custom_objects``)
-give back the same graph, its weights and what the builder attaches (SSDLite's ``anchors``).
+with Keras (as keras-hub's ``Backbone``) whose ``get_config`` is the functional model's own
+config plus that record; so ``model.save("x.keras")`` and ``keras.saving.load_model("x.keras")``
+(after ``import keras_mnv2``, no ``custom_objects``) give back everything a plain functional
+model keeps (the graph, the weights, and what was set after building: trainable flags,
+regularizers, dtype policies), the record, and SSDLite's ``anchors`` (saved with the weights).
+Every model the package makes through ``functional`` (quantized, folded, split copies) saves
+that way; one without a record says so: ``builder_config`` returns None.
 
 What the record holds (``builder_config(model)`` returns it as ``(builder, kwargs)``):
 every argument of the call, numpy scalars as Python numbers and sequences as tuples, except
@@ -29,9 +32,12 @@ import os
 import keras
 import numpy as np
 
+from keras_mnv2.errors import InputError, MissingFileError
+
 # Arguments saying where weights come from rather than what the graph is.
 WEIGHT_ARGUMENTS = ("weights", "backbone_weights")
 _PACKAGE = "keras_mnv2"
+_ANCHORS = "anchors"  # the key of a detector's anchors among a BuiltModel's own saved variables
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,6 +123,13 @@ def with_record(model, source, **changes):
         arguments.update(_plain(changes))
         arguments["name"] = model.name
         model._builder_record = Record(builder, arguments)
+    return _with_labels(model, getattr(source, "labels", None))
+
+
+def _with_labels(model, labels):
+    """``model`` with ``labels`` (class names, one per output column) as ``model.labels``."""
+    if labels is not None:
+        model.labels = tuple(labels)
     return model
 
 
@@ -125,13 +138,13 @@ def resolve_builder(path):
     wrapped by ``records_arguments`` are accepted, so a config cannot call other code."""
     module_name, _, attribute = str(path).rpartition(".")
     if module_name != _PACKAGE and not module_name.startswith(_PACKAGE + "."):
-        raise ValueError(f"builder {path!r} is not a keras_mnv2 builder")
+        raise InputError(f"builder {path!r} is not a keras_mnv2 builder")
     try:
         builder = getattr(importlib.import_module(module_name), attribute)
     except (ImportError, AttributeError) as err:
-        raise ValueError(f"builder {path!r} not found in this keras_mnv2") from err
+        raise InputError(f"builder {path!r} not found in this keras_mnv2") from err
     if not getattr(builder, "records_arguments", False):
-        raise ValueError(f"{path!r} is not a keras_mnv2 builder")
+        raise InputError(f"{path!r} is not a keras_mnv2 builder")
     return builder
 
 
@@ -145,44 +158,68 @@ def functional(keras_module, inputs, outputs, name=None):
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class BuiltModel(keras.Model):
-    """A functional model made by a keras_mnv2 builder, saved as the builder's call.
+    """A functional model made by a keras_mnv2 builder (or rewritten from one), saved as a plain
+    functional model plus its builder record.
 
-    ``get_config()`` is ``{"builder": "keras_mnv2.<module>.<name>", "arguments": {...}}`` and
-    ``from_config`` calls that builder with those arguments (Keras then loads the weights by
-    layer name, as for any functional model). Without a record (built on an ``input_tensor``)
-    it saves and loads as a plain functional model.
+    ``get_config()`` is the functional config (every layer's own config, as Keras saves any
+    functional model) with ``"builder": "keras_mnv2.<module>.<name>"`` and ``"arguments"``
+    added when the model has a record; ``from_config`` rebuilds the graph from the functional
+    config and gives it the record back. A config of an older keras_mnv2, the record alone,
+    calls the builder. The ``anchors`` of a detector (``model.anchors``) are saved with the
+    weights (``save_own_variables``), so they survive a round trip with or without a record.
+    Its class names (``model.labels``, ``keras_mnv2.labels``) are saved in the config as
+    ``"labels"``.
     """
 
     def __init__(self, inputs, outputs, name=None, **kwargs):
         super().__init__(inputs=inputs, outputs=outputs, name=name, **kwargs)
 
     def get_config(self):
+        config = super().get_config()
+        if getattr(self, "labels", None) is not None:  # class names (keras_mnv2.labels)
+            config["labels"] = [None if n is None else str(n) for n in self.labels]
         record = getattr(self, "_builder_record", None)
         if record is None:
-            return super().get_config()
+            return config
         builder = record.builder
-        return {
-            "name": self.name,
-            "builder": f"{builder.__module__}.{builder.__name__}",
-            "arguments": _json(record.arguments),
-        }
+        return {**config, "builder": f"{builder.__module__}.{builder.__name__}",
+                "arguments": _json(record.arguments)}
 
     @classmethod
     def from_config(cls, config, custom_objects=None):
-        if "builder" not in config:
-            return super().from_config(config, custom_objects=custom_objects)
-        builder = resolve_builder(config["builder"])
-        arguments = _plain(config.get("arguments") or {})
-        return builder(**arguments)
+        config = dict(config)
+        labels = config.pop("labels", None)
+        path = config.pop("builder", None)
+        arguments = _plain(config.pop("arguments", None) or {})
+        builder = None if path is None else resolve_builder(path)
+        if builder is not None and "layers" not in config:  # the record alone (older files)
+            return _with_labels(builder(**arguments), labels)
+        model = super().from_config(config, custom_objects=custom_objects)
+        if builder is not None:
+            model._builder_record = Record(builder, arguments)
+        return _with_labels(model, labels)
+
+    def save_own_variables(self, store):
+        super().save_own_variables(store)
+        anchors = getattr(self, "anchors", None)
+        if anchors is not None:
+            store[_ANCHORS] = np.asarray(anchors, np.float32)
+
+    def load_own_variables(self, store):
+        keys = list(store.keys())
+        if _ANCHORS in keys:
+            self.anchors = np.asarray(store[_ANCHORS], np.float32)
+            store = {key: store[key] for key in keys if key != _ANCHORS}
+        super().load_own_variables(store)
 
 
 def load_keras_model(path):
     """A Keras 3 model from a .keras file (as the training driver writes), without compiling."""
     path = os.fspath(path)
     if not os.path.exists(path):
-        raise FileNotFoundError(f"model file not found: {path}")
+        raise MissingFileError(f"model file not found: {path}")
     if not path.endswith(".keras"):
-        raise ValueError(f"expected a .keras model file, got {os.path.basename(path)}")
+        raise InputError(f"expected a .keras model file, got {os.path.basename(path)}")
     import keras_mnv2.detection.losses  # noqa: F401  (registers the SSD losses a compiled model names)
 
     return keras.saving.load_model(path, compile=False)
@@ -199,7 +236,7 @@ def read_record(path):
         with zipfile.ZipFile(path) as archive:
             config = json.loads(archive.read("config.json"))
     except (zipfile.BadZipFile, KeyError, ValueError) as err:
-        raise ValueError(f"{path} is not a .keras model file ({err})") from err
+        raise InputError(f"{path} is not a .keras model file ({err})") from err
     inner = config.get("config") or {}
     if config.get("registered_name") != f"{_PACKAGE}>BuiltModel" or "builder" not in inner:
         return None

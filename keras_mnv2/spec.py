@@ -7,6 +7,7 @@ import re
 import numpy as np
 
 from keras_mnv2.blocks import make_divisible
+from keras_mnv2.errors import InputError
 
 # Paper Table 2: expansion t, output channels c, repeats n, first stride s.
 BLOCK_SPECS = (
@@ -33,7 +34,7 @@ def block_plan(output_stride=None):
     doubles for the blocks after it (atrous convolution, DeepLabv3 section 3.1).
     """
     if output_stride not in OUTPUT_STRIDES:
-        raise ValueError(f"output_stride must be one of {OUTPUT_STRIDES}, got {output_stride!r}")
+        raise InputError(f"output_stride must be one of {OUTPUT_STRIDES}, got {output_stride!r}")
     plan = []
     current_stride, rate, block_id = 2, 1, 0  # Conv1 has stride 2.
     for t, c, n, s in BLOCK_SPECS:
@@ -66,7 +67,7 @@ def splits_per_block(expansion_splits=1, whole=(), argument="expansion_splits"):
         counts = [0]
     if any(not isinstance(c, (int, np.integer)) or isinstance(c, bool) or not
            1 <= c <= MAX_EXPANSION_SPLITS for c in counts):
-        raise ValueError(
+        raise InputError(
             f"{argument} must be an integer >= 1 or a sequence of {num_blocks} of them (one per "
             f"block), each at most {MAX_EXPANSION_SPLITS}, got {expansion_splits!r}"
         )
@@ -90,10 +91,10 @@ def channel_rounding(alpha, divisible_by=8, min_depth=None):
     TF-slim's ``make_divisible(c * alpha, divisible_by, min_depth)`` everywhere.
     """
     if not isinstance(divisible_by, int) or isinstance(divisible_by, bool) or divisible_by < 1:
-        raise ValueError(f"divisible_by must be an integer >= 1, got {divisible_by!r}")
+        raise InputError(f"divisible_by must be an integer >= 1, got {divisible_by!r}")
     if min_depth is not None and (not isinstance(min_depth, int) or isinstance(min_depth, bool)
                                   or min_depth < 1):
-        raise ValueError(f"min_depth must be None or an integer >= 1, got {min_depth!r}")
+        raise InputError(f"min_depth must be None or an integer >= 1, got {min_depth!r}")
     if (divisible_by, min_depth) == (8, None):
         return lambda c, stem=False: make_divisible(c * alpha if stem else int(c * alpha))
     return lambda c, stem=False: make_divisible(c * alpha, divisible_by, min_depth)

@@ -38,6 +38,7 @@ import re
 import numpy as np
 
 from keras_mnv2.blocks import clone_layer, split_branch, split_sizes
+from keras_mnv2.errors import InputError
 from keras_mnv2.frameworks import framework_of, get_keras
 from keras_mnv2.spec import splits_per_block
 from keras_mnv2.record import functional, with_record
@@ -90,13 +91,13 @@ def split_expansion(model, splits, name=None):
     nodes = _nodes_in_order(model)
     already = [layer.name for layer in model.layers if _SPLIT_NAME.fullmatch(layer.name)]
     if already:
-        raise ValueError(
+        raise InputError(
             f"model {model.name!r} is already split (it has layer {already[0]!r}); split the "
             "original model instead"
         )
     branches = _find_branches(model, nodes)
     if not branches:
-        raise ValueError(
+        raise InputError(
             f"model {model.name!r} has no inverted residual with an expansion layer "
             "(block_{i}_expand ... block_{i}_project) in its top-level graph"
         )
@@ -173,7 +174,7 @@ def _block_count(first_layer, counts, model_name):
     block_id = 0 if first_layer == STEM[0] else int(_EXPAND_NAME.fullmatch(first_layer)
                                                       .group(1).split("_")[1])
     if block_id >= len(counts):
-        raise ValueError(f"model {model_name!r} has block {block_id}, beyond the "
+        raise InputError(f"model {model_name!r} has block {block_id}, beyond the "
                          f"{len(counts)} split counts given")
     return counts[block_id]
 
@@ -208,7 +209,7 @@ def _find_branches(model, nodes):
     for names in candidates:
         missing = [name for name in names if name not in layers and not name.endswith("_pad")]
         if missing:
-            raise ValueError(f"model {model.name!r}: the block of {names[0]!r} lacks {missing}")
+            raise InputError(f"model {model.name!r}: the block of {names[0]!r} lacks {missing}")
         branch = [layers[name] for name in names if name in layers]
         if _is_chain(branch, nodes, consumers, model_outputs):
             branches[names[0]] = branch
@@ -316,7 +317,7 @@ def fold_projection_bn(model, name=None):
     keras = get_keras(framework)
     blocks = foldable_blocks(model)
     if not blocks:
-        raise ValueError(f"model {model.name!r} has no split-expansion block with a projection "
+        raise InputError(f"model {model.name!r} has no split-expansion block with a projection "
                          "BN to fold (none split, or folded already)")
     nodes = _nodes_in_order(model)
     layers = {layer.name: layer for layer in model.layers}
@@ -324,7 +325,7 @@ def fold_projection_bn(model, name=None):
     for prefix, groups in blocks.items():
         bn = layers[prefix + "project_BN"]
         if len(_nodes_of(bn, nodes)) != 1:
-            raise ValueError(f"model {model.name!r}: {bn.name} is called more than once")
+            raise InputError(f"model {model.name!r}: {bn.name} is called more than once")
         folds[bn.name] = (prefix, groups)
     projections = {f"{prefix}project_s{i}": prefix for prefix, groups in blocks.items()
                    for i in range(groups)}

@@ -6,6 +6,7 @@ import os
 import re
 
 from keras_mnv2 import official
+from keras_mnv2.errors import InputError, MissingFileError
 from keras_mnv2.spec import block_plan
 from keras_mnv2.split import split_blocks, split_expansion
 from keras_mnv2.weights import copy_weights
@@ -30,31 +31,31 @@ def load_weights_file(model, path, unsplit=None):
     name = os.path.basename(path)
     if official.is_official_path(path):  # an official .tflite file or TF1 checkpoint
         if not os.path.exists(path) and not os.path.exists(path + ".index"):
-            raise FileNotFoundError(f"weights file not found: {path}")
+            raise MissingFileError(f"weights file not found: {path}")
         official.load_into(model, path)
         return
     if not os.path.exists(path):
-        raise FileNotFoundError(f"weights file not found: {path}")
+        raise MissingFileError(f"weights file not found: {path}")
     if path.endswith(".keras"):
         import keras
 
         if not zipfile.is_zipfile(path):
-            raise ValueError(f"weights file {path} is not a .keras model file (not a zip "
+            raise InputError(f"weights file {path} is not a .keras model file (not a zip "
                              "archive: corrupt, truncated or another format)")
         try:
             source = keras.saving.load_model(path, compile=False)
         except Exception as err:  # keras says little more than "File not found" here
-            raise ValueError(f"weights file {path} could not be loaded as a Keras model: "
+            raise InputError(f"weights file {path} could not be loaded as a Keras model: "
                              f"{type(err).__name__}: {err}") from err
         if unsplit is not None and not _has_split_layers(layer.name for layer in source.layers):
             source = split_expansion(source, _split_counts(model))
         copy_weights(source, model)
         return
     if not (path.endswith(".weights.h5") or path.endswith(".h5")):
-        raise ValueError("weights file must end in .weights.h5, .h5 or .keras (or be an official "
+        raise InputError("weights file must end in .weights.h5, .h5 or .keras (or be an official "
                          f".tflite file or TF checkpoint prefix), got {name}")
     if not h5py.is_hdf5(path):
-        raise ValueError(f"weights file {path} is not an HDF5 file (corrupt, truncated or "
+        raise InputError(f"weights file {path} is not an HDF5 file (corrupt, truncated or "
                          "another format)")
     if unsplit is not None:
         with h5py.File(path, "r") as f:

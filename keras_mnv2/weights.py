@@ -2,6 +2,8 @@
 
 import numpy as np
 
+from keras_mnv2.errors import InputError
+
 
 def copy_weights(source, target, skip_missing=False):
     """Copies every weighted layer of ``source`` into the layer of the same name in ``target``.
@@ -20,12 +22,12 @@ def copy_weights(source, target, skip_missing=False):
         if other is None:
             if skip_missing:
                 continue
-            raise ValueError(f"layer {layer.name!r} of {source.name!r} is not in {target.name!r}")
+            raise InputError(f"layer {layer.name!r} of {source.name!r} is not in {target.name!r}")
         other_weights = other.get_weights()
         shapes = [np.shape(w) for w in weights]
         other_shapes = [np.shape(w) for w in other_weights]
         if shapes != other_shapes:
-            raise ValueError(
+            raise InputError(
                 f"layer {layer.name!r}: weight shapes differ, {shapes} in {source.name!r} vs "
                 f"{other_shapes} in {target.name!r}"
             )

@@ -5,6 +5,7 @@ import errno
 import os
 import re
 import sys
+import traceback
 
 BACKENDS = ("tensorflow", "jax", "torch")
 TENSORFLOW_ONLY = ("export", "qat")  # TFLite conversion and TFMOT need the TF backend
@@ -134,7 +135,9 @@ def select_backend(argv):
     if "keras" in sys.modules:
         current = sys.modules["keras"].backend.backend()
         if current != backend:
-            raise ValueError(f"Keras was already imported with the {current} backend; "
+            from keras_mnv2.errors import InputError  # keras_mnv2 imports Keras: not before
+
+            raise InputError(f"Keras was already imported with the {current} backend; "
                              f"{backend} must be chosen before (KERAS_BACKEND={backend})")
     os.environ["KERAS_BACKEND"] = backend
     return backend
@@ -150,17 +153,42 @@ def parse_bool(text):
     raise argparse.ArgumentTypeError(f"expected true or false (1/0, yes/no), got {text!r}")
 
 
-# The ones our readers raise inside tf.data (py_function), found again in TensorFlow's message.
-_WRAPPED = re.compile(r"\b((?:Voc|Coco)FormatError|FileNotFoundError|ValueError): (.+)")
+def _wrapped_input_error(message):
+    """An input error our readers raised inside tf.data (a py_function), found again in
+    TensorFlow's message: the match (group 2 its own message), or None."""
+    from keras_mnv2.errors import InputError
+
+    names, todo = set(), [InputError]
+    while todo:  # InputError and every subclass defined so far (VocFormatError, ...)
+        cls = todo.pop()
+        names.add(cls.__name__)
+        todo.extend(cls.__subclasses__())
+    return re.search(r"\b(" + "|".join(sorted(names)) + r"): (.+)", message or "")
+
+
+def is_input_error(err):
+    """Whether ``err`` is an expected failure, bad input rather than a bug: an ``InputError``
+    (``keras_mnv2.errors``: raised where an argument, recipe field, file or folder is checked),
+    one raised inside the input pipeline, a file TensorFlow did not find, or a full disk."""
+    from keras_mnv2.errors import InputError
+
+    if isinstance(err, InputError):
+        return True
+    if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+        return True
+    tf = sys.modules.get("tensorflow")
+    if tf is not None and isinstance(err, tf.errors.OpError):
+        return (isinstance(err, tf.errors.NotFoundError)
+                or _wrapped_input_error(err.message) is not None)
+    return False
 
 
 def error_line(err):
     """One line for an expected failure: the message naming the file or argument, without
     TensorFlow's wrapping (an error raised inside the input pipeline)."""
-    import tensorflow as tf
-
-    if isinstance(err, tf.errors.OpError):
-        found = _WRAPPED.search(err.message or "")
+    tf = sys.modules.get("tensorflow")
+    if tf is not None and isinstance(err, tf.errors.OpError):
+        found = _wrapped_input_error(err.message)
         if found:
             return found.group(2).strip().rstrip(".")
         if isinstance(err, tf.errors.NotFoundError):
@@ -177,12 +205,6 @@ def error_line(err):
     if isinstance(err, KeyError):
         text = f"missing key {text}"
     return text.splitlines()[0] if len(text.splitlines()) > 3 else text
-
-
-def _expected_errors():
-    import tensorflow as tf
-
-    return (ValueError, OSError, KeyError, tf.errors.OpError)
 
 
 def _profile(args):
@@ -252,7 +274,9 @@ def _train_coco(args):
     metrics = detection.run(coco_dir=args.coco_dir, tfds_data_dir=args.tfds_data_dir,
                             run_dir=args.run_dir, recipe=chosen_recipe(args, detection),
                             backbone_weights=args.backbone_weights, init=args.init,
-                            freeze_bn=args.freeze_bn)
+                            freeze_bn=args.freeze_bn, strategy=args.strategy,
+                            mixed_precision=args.mixed_precision,
+                            data_service=args.data_service)
     return 1 if metrics.get("stopped_on_nan") else 0
 
 
@@ -262,7 +286,9 @@ def _train_voc(args):
     metrics = segmentation.run(voc_dir=args.voc_dir, sbd_dir=args.sbd_dir, run_dir=args.run_dir,
                                recipe=chosen_recipe(args, segmentation),
                                backbone_weights=args.backbone_weights, init=args.init,
-                               freeze_bn=args.freeze_bn)
+                               freeze_bn=args.freeze_bn, strategy=args.strategy,
+                               mixed_precision=args.mixed_precision,
+                               data_service=args.data_service)
     return 1 if metrics.get("stopped_on_nan") else 0
 
 
@@ -274,7 +300,8 @@ def _train_imagenet(args):
         tfds_manual_dir=args.tfds_manual_dir, tfrecord_dir=args.tfrecord_dir,
         val_labels=args.val_labels, run_dir=args.run_dir,
         recipe=chosen_recipe(args, classification), strategy=args.strategy,
-        data_service=args.data_service, init=args.init, freeze_bn=args.freeze_bn)
+        data_service=args.data_service, init=args.init, freeze_bn=args.freeze_bn,
+        mixed_precision=args.mixed_precision)
     return 1 if metrics.get("stopped_on_nan") else 0
 
 
@@ -283,22 +310,20 @@ SPLITS_HELP = ("split-expansion blocks (paper sec. 5.1): an int (every block), o
 
 
 def _convert(args):
-    import os
-
     from keras_mnv2 import convert
+    from keras_mnv2.errors import InputError
+    from keras_mnv2.files import write_file
 
     if not args.output.endswith(".keras"):
-        raise ValueError(f"--output must end in .keras, got {args.output}")
+        raise InputError(f"--output must end in .keras, got {args.output}")
     kwargs = {"drop_background": args.drop_background}
     if not args.source.endswith(".tflite"):
         kwargs.update(input_size=args.input_size, output_stride=args.output_stride)
     elif args.input_size or args.output_stride:
-        raise ValueError("--input-size and --output-stride apply to checkpoints; a .tflite file "
+        raise InputError("--input-size and --output-stride apply to checkpoints; a .tflite file "
                          "has its own")
     model = convert.load(args.source, **kwargs)
-    tmp = args.output[: -len(".keras")] + ".tmp.keras"
-    model.save(tmp)
-    os.replace(tmp, args.output)
+    write_file(args.output, model.save)
     facts = ", ".join(f"{k}={v}" for k, v in model.official.items() if k != "source")
     print(f"{args.source} -> {args.output}: {facts}; {model.count_params():,} parameters")
     return 0
@@ -335,14 +360,33 @@ def _predict(args):
     return predict.main(args)
 
 
+def _predict_model(args):
+    from pipelines import predict
+
+    args.preset = args.preset or args.model
+    return predict.main(args)
+
+
+def _export_model(args):
+    from pipelines.export_model import export_model
+
+    modes = tuple(m.strip() for m in args.modes.split(",") if m.strip()) if args.modes else None
+    export_model(args.preset or args.model, modes=modes,
+                 calibration_images=args.calibration_images, out_dir=args.out_dir,
+                 io_dtype=args.io_dtype, metadata=False if args.no_metadata else "auto",
+                 quantizer=args.quantizer)
+    return 0
+
+
 def _eval(args):
     import json
     import os
 
+    from keras_mnv2.errors import InputError
     from pipelines.jobs import deploy
 
     if (args.model is None) == (args.tflite is None):
-        raise ValueError("give one of --model PATH (a .keras file) and --tflite PATH")
+        raise InputError("give one of --model PATH (a .keras file) and --tflite PATH")
     if args.tflite is not None:
         run_dir = args.run_dir or f"runs/{args.job}"
         result = deploy.evaluate_tflite(args.job, args.tflite, run_dir,
@@ -369,10 +413,12 @@ def _check_model_file(path):
     import os
     import zipfile
 
+    from keras_mnv2.errors import InputError, MissingFileError
+
     if not os.path.exists(path):
-        raise FileNotFoundError(f"model file not found: {path}")
+        raise MissingFileError(f"model file not found: {path}")
     if path.endswith(".keras") and not zipfile.is_zipfile(path):
-        raise ValueError(f"{path} is not a .keras model file (not a zip archive: cut short, or "
+        raise InputError(f"{path} is not a .keras model file (not a zip archive: cut short, or "
                          "another kind of file)")
 
 
@@ -454,7 +500,7 @@ def _deploy_flags(parser):
 
 
 def _train_flags(parser, job):
-    from pipelines.jobs.classification import STRATEGIES
+    from pipelines.jobs.training import STRATEGIES
 
     data = parser.add_argument_group("data", "none given: the embedded synthetic data "
                                              "(generated once under data/)")
@@ -468,10 +514,13 @@ def _train_flags(parser, job):
                           help="SBD 'dataset' directory (cls/*.mat) for the train_aug split")
     else:
         _imagenet_data_flags(data)
-        parser.add_argument("--strategy", default="default", choices=STRATEGIES,
-                            help="tf.distribute strategy")
-        parser.add_argument("--data-service", default=None,
-                            help="tf.data service dispatcher, e.g. grpc://host:5000")
+    parser.add_argument("--strategy", default="default", choices=STRATEGIES,
+                        help="tf.distribute strategy (multi_worker: TF_CONFIG names the cluster)")
+    parser.add_argument("--data-service", default=None,
+                        help="tf.data service dispatcher, e.g. grpc://host:5000")
+    parser.add_argument("--mixed-precision", action="store_true",
+                        help="train in mixed_float16 (GPU, loss scaling) or mixed_bfloat16 "
+                             "(CPU, TPU); the saved model stays float32")
     parser.add_argument("--run-dir", default=None,
                         help="where checkpoints and figures go (default runs/<job>)")
     parser.add_argument("--backend", default=None, choices=BACKENDS,
@@ -531,7 +580,7 @@ def _qat_flags(parser, job):
 
 def _predict_flags(parser, job):
     parser.add_argument("--model", required=True, help=".keras or .tflite file")
-    parser.add_argument("images", nargs="+", metavar="IMAGE")
+    parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders")
     parser.add_argument("--runtime", default="litert", choices=("litert", "mediapipe"),
                         help=".tflite files: LiteRT, or MediaPipe Tasks (in .venv-mediapipe)")
     parser.add_argument("--out-dir", default=None, help="default <run dir>/predict")
@@ -546,13 +595,67 @@ JOB_VERBS = {
     "train": ("train a model (embedded synthetic data unless a data flag names real data)",
               _train_flags),
     "eval": ("evaluate a .keras model or a .tflite file", _eval_flags),
-    "export": ("TFLite files of a trained run, then the comparison table (deploy.md/png)",
-               _export_flags),
+    "export": ("TFLite files of a trained run, then the comparison table (deploy.md/png); "
+               "any model: keras-mnv2 export --model FILE.keras | --preset NAME "
+               "[--calibration-images DIR]", _export_flags),
     "qat": ("quantization-aware fine-tuning of a trained run, then its int8 .tflite and the "
             "comparison table", _qat_flags),
     "predict": ("run a .keras or .tflite model on image files: an annotated PNG per image and a "
-                "JSON of the results", _predict_flags),
+                "JSON of the results; an official model: keras-mnv2 predict --preset NAME "
+                "IMAGE...", _predict_flags),
 }
+
+
+# The verbs that also take a model instead of a job: ``keras-mnv2 predict --preset NAME
+# IMAGE...``, ``keras-mnv2 export --model FILE.keras``; the model says what it is.
+MODEL_VERBS = ("predict", "export")
+
+
+def takes_a_model(argv):
+    """Whether ``argv`` is a model form: a ``MODEL_VERBS`` verb followed by a flag, not a job."""
+    return (len(argv) > 1 and argv[0] in MODEL_VERBS and argv[1].startswith("-")
+            and argv[1] not in ("-h", "--help"))
+
+
+def build_model_parser(verb):
+    """The parser of ``keras-mnv2 <verb> --preset NAME | --model FILE.keras ...`` (no job)."""
+    parser = Parser(prog=f"keras-mnv2 {verb}", description=(
+        f"keras-mnv2 {verb} --preset NAME | --model FILE.keras: "
+        + ("run a model on image files or folders: an annotated PNG per image and a JSON of "
+           "the results, named with the model's own class names" if verb == "predict" else
+           "TFLite files of any model, with its class names in the metadata")
+        + "; the model says what it is (no job)."))
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--preset", default=None,
+                        help="a name of keras_mnv2.presets() (downloaded once into the Keras "
+                             "cache), or a local official file or folder: the publisher's "
+                             "archive, a checkpoint, a .tflite or .h5 file")
+    source.add_argument("--model", default=None, help="a .keras model file")
+    if verb == "predict":
+        parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders")
+        parser.add_argument("--out-dir", default=None,
+                            help="default runs/<preset or model name>/predict")
+        parser.add_argument("--min-score", type=float, default=0.3, help="detector boxes drawn")
+        parser.set_defaults(func=_predict_model)
+    else:
+        parser.add_argument("--calibration-images", default=None, metavar="DIR",
+                            help="photos like those the model will see, for int8 (up to 100)")
+        parser.add_argument("--modes", default=None, help="comma-separated: float32, float16, "
+                            "dynamic, int8 (default float32, and int8 with "
+                            "--calibration-images)")
+        parser.add_argument("--io-dtype", default="float32",
+                            choices=("float32", "int8", "uint8"),
+                            help="input/output type of the int8 file")
+        parser.add_argument("--out-dir", default=None, help="default: the .keras file's folder; "
+                            "runs/<preset>/tflite for a preset")
+        parser.add_argument("--no-metadata", action="store_true",
+                            help="leave out the TFLite metadata (labels, normalization)")
+        parser.add_argument("--quantizer", default="converter", choices=("converter", "litert"),
+                            help="who makes the int8 file: the TFLite converter or LiteRT "
+                                 "Quantizer")
+        parser.set_defaults(func=_export_model)
+    parser.set_defaults(command=verb, job=None)
+    return parser
 
 
 def build_parser():
@@ -600,9 +703,10 @@ def build_parser():
 
 
 def main(argv=None):
-    """Runs a command. An expected failure (bad data, a bad file or argument, a full disk) is one
-    line on stderr naming the file or argument, exit status 2; anything else is one line too,
-    exit status 1. ``--debug`` (anywhere) shows the traceback instead."""
+    """Runs a command. An expected failure (``is_input_error``: bad data, a bad file or
+    argument, a full disk) is one line on stderr naming the file or argument, exit status 2;
+    anything else is a bug: its traceback, then one line, exit status 1. ``--debug`` (anywhere)
+    raises every error as it is."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
@@ -611,7 +715,10 @@ def main(argv=None):
     except ValueError as err:
         print(f"keras-mnv2: error: {err}", file=sys.stderr)
         return 2
-    args = build_parser().parse_args(argv)
+    if takes_a_model(argv):  # predict / export --preset NAME | --model FILE: no job
+        args = build_model_parser(argv[0]).parse_args(argv[1:])
+    else:
+        args = build_parser().parse_args(argv)
     if getattr(args, "run_dir", "") is None and args.command != "eval":
         args.run_dir = f"runs/{args.job}"
     try:
@@ -622,14 +729,15 @@ def main(argv=None):
         print("keras-mnv2: interrupted (a training run resumes from its last finished epoch "
               "when the same command is run again)", file=sys.stderr)
         return 130
-    except Exception as err:  # noqa: BLE001 - every failure becomes one readable line
+    except Exception as err:  # noqa: BLE001 - input errors one line, bugs their traceback
         if debug:
             raise
-        if isinstance(err, _expected_errors()):
+        if is_input_error(err):
             print(f"keras-mnv2: error: {error_line(err)}", file=sys.stderr)
             return 2
-        print(f"keras-mnv2: internal error: {type(err).__name__}: {error_line(err)} (run again "
-              "with --debug for the traceback)", file=sys.stderr)
+        traceback.print_exc()
+        print(f"keras-mnv2: internal error: {type(err).__name__}: {error_line(err)} (a bug, "
+              "not bad input: please report it with the traceback above)", file=sys.stderr)
         return 1
 
 

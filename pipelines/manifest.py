@@ -44,8 +44,8 @@ def write_manifest(root, params):
 
 
 def write_atomic(path, text):
-    """Writes ``text`` to ``path`` through a temporary file and a rename: never half a file
-    (``keras_mnv2.files.write_text``: ``a.json`` is written as ``.a.tmp.json`` first)."""
+    """Writes ``text`` to ``path`` whole, never half a file: ``keras_mnv2.files.write_text``
+    (``a.json`` is written as ``.a.tmp.json``, fsynced and renamed)."""
     from keras_mnv2.files import write_text
 
     write_text(os.fspath(path), text)

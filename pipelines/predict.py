@@ -1,5 +1,7 @@
 """``keras-mnv2 predict <job> --model FILE IMAGE...``: a trained (.keras) or converted (.tflite)
-model on image files, one annotated PNG per image and one JSON of the results.
+model on image files (or folders of them), one annotated PNG per image and one JSON of the
+results. ``keras-mnv2 predict --preset NAME IMAGE...``: an official model by name (or a local
+official file, ``keras_mnv2.presets``), named with its own class names.
 
 Runtimes: Keras for .keras files; for .tflite files LiteRT (``ai_edge_litert``, in process) or
 MediaPipe Tasks (ImageClassifier / ObjectDetector / ImageSegmenter, which read the file's TFLite
@@ -22,6 +24,13 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from keras_mnv2.errors import InputError, MissingFileError
+from keras_mnv2.inference import load_image
+from keras_mnv2.inference import model_input as _model_input
+from keras_mnv2.inference import softmax as _softmax
+from keras_mnv2.inference import top as _top
+from keras_mnv2.labels import name as _name
 
 RUNTIMES = ("litert", "mediapipe")
 KIND = {"imagenet": "classifier", "coco": "detector", "voc": "segmenter"}
@@ -121,90 +130,47 @@ def run_labels(job, run_dir):
     return None
 
 
-def load_image(path):
-    """RGB uint8 [H, W, 3] of an image file; ValueError naming the file it cannot read."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as image:
-            return np.asarray(image.convert("RGB"), np.uint8)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"image not found: {path}") from None
-    except (UnidentifiedImageError, OSError) as err:
-        raise ValueError(f"cannot read the image {path}: {err}") from None
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
-def _model_input(pixels, size):
-    """Pixels resized (bilinear stretch) to ``size`` (H, W), scaled to [-1, 1]: [1, H, W, 3]."""
-    from PIL import Image
-
-    resized = Image.fromarray(pixels).resize((int(size[1]), int(size[0])), Image.BILINEAR)
-    return (np.asarray(resized, np.float32)[None] - 127.5) / 127.5
-
-
-def _name(names, index):
-    return names[index] if names is not None and 0 <= index < len(names) else f"class {index}"
-
-
-def _top(scores, names, k=5):
-    order = np.argsort(-scores)[:k]
-    return [{"index": int(i), "name": _name(names, int(i)), "score": float(scores[i])}
-            for i in order]
-
-
-def _softmax(x):
-    x = np.asarray(x, np.float64)
-    e = np.exp(x - x.max(-1, keepdims=True))
-    return (e / e.sum(-1, keepdims=True)).astype(np.float32)
+def image_files(paths):
+    """The image files of ``paths``: files as given, folders as their image files (sorted)."""
+    found = []
+    for path in paths:
+        if os.path.isdir(path):
+            inside = sorted(str(p) for p in Path(path).iterdir()
+                            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not inside:
+                raise InputError(f"{path}: a folder with no image file "
+                                 f"({', '.join(IMAGE_SUFFIXES)})")
+            found += inside
+        else:
+            found.append(str(path))
+    return found
 
 
 class KerasRunner:
-    """A .keras model of a job: classifier top-5, detector class-wise NMS, segmenter argmax."""
+    """A Keras model (a .keras file, or a model already loaded: a preset) through
+    ``keras_mnv2.predict``: its own class names first (else the run's), a detector decoded with
+    its own anchors."""
 
-    def __init__(self, job, path, labels, min_score):
+    def __init__(self, job, path, labels, min_score, model=None):
         from keras_mnv2.deploy import qat
+        from keras_mnv2.inference import task
+        from keras_mnv2.labels import model_labels
 
-        self.job, self.kind, self.min_score = job, KIND[job], min_score
-        self.model = qat.load_keras_model(path)
+        self.model = model if model is not None else qat.load_keras_model(path)
+        self.kind, self.min_score = KIND[job] if job else task(self.model), min_score
         shape = self.model.input_shape[1:3]
         if None in shape:
-            raise ValueError(f"{path} has no static input size {tuple(shape)}: export it at a "
+            raise InputError(f"{path} has no static input size {tuple(shape)}: export it at a "
                              "fixed size, or predict with its .tflite file")
-        self.size = tuple(int(s) for s in shape)
-        self.labels = labels
-        if self.kind == "detector":
-            from keras_mnv2.detection import ssdlite_anchors
-
-            self.anchors = ssdlite_anchors(self.size[0])
+        self.labels = model_labels(self.model) or labels
 
     def __call__(self, pixels):
-        x = _model_input(pixels, self.size)
-        outputs = self.model(x, training=False)
-        h, w = pixels.shape[:2]
-        if self.kind == "classifier":
-            from keras_mnv2.deploy.outputs import _ends_in_softmax
+        from keras_mnv2.inference import predict as run
 
-            scores = np.asarray(outputs)[0]
-            if not _ends_in_softmax(self.model):
-                scores = _softmax(scores)
-            return {"top5": _top(scores, self.labels)}
-        if self.kind == "detector":
-            from keras_mnv2.detection.postprocess import decode_detections
-
-            decoded = decode_detections(outputs["boxes"], outputs["classes"], self.anchors,
-                                        score_threshold=self.min_score)
-            n = int(decoded["num_detections"][0])
-            found = []
-            for box, score, label in zip(decoded["boxes"][0, :n].numpy(),
-                                         decoded["scores"][0, :n].numpy(),
-                                         decoded["classes"][0, :n].numpy()):
-                ymin, xmin, ymax, xmax = box
-                found.append({"box": [float(xmin * w), float(ymin * h), float(xmax * w),
-                                      float(ymax * h)],
-                              "index": int(label) - 1, "name": _name(self.labels, int(label)),
-                              "score": float(score)})
-            return {"detections": found}
-        return {"mask": np.asarray(outputs)[0].argmax(-1).astype(np.uint8)}
+        return run(self.model, pixels, min_score=self.min_score, labels=self.labels)
 
 
 class LiteRTRunner:
@@ -223,7 +189,7 @@ class LiteRTRunner:
             embedded = ["background"] + embedded  # the metadata leaves background out
         self.labels = embedded or labels
         if self.kind == "detector" and "detection_boxes" not in self.outputs:
-            raise ValueError(f"{path} has outputs {sorted(self.outputs)}: predict draws the "
+            raise InputError(f"{path} has outputs {sorted(self.outputs)}: predict draws the "
                              "post-processed detections (export output='detections'; the "
                              "'tasks' export runs with --runtime mediapipe)")
 
@@ -352,23 +318,23 @@ def draw(pixels, result, kind, labels=None):
 
 def predict(job, model, images, out_dir=None, runtime="litert", run_dir=None, min_score=0.3):
     """Runs ``model`` (.keras or .tflite) of ``job`` on ``images``; writes ``out_dir/<image
-    name>.png`` (annotated) and ``out_dir/predictions.json``; returns the JSON's dict."""
-    from pipelines.manifest import write_atomic
-
+    name>.png`` (annotated) and ``out_dir/predictions.json``; returns the JSON's dict.
+    ``images``: files, or folders of them."""
     if job not in KIND:
-        raise ValueError(f"job must be one of {tuple(KIND)}, got {job!r}")
+        raise InputError(f"job must be one of {tuple(KIND)}, got {job!r}")
     if runtime not in RUNTIMES:
-        raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
+        raise InputError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
     if not images:
-        raise ValueError("give at least one image file")
+        raise InputError("give at least one image file")
     if not os.path.exists(model):
-        raise FileNotFoundError(f"model not found: {model}")
+        raise MissingFileError(f"model not found: {model}")
     suffix = Path(model).suffix
     if suffix not in (".keras", ".tflite"):
-        raise ValueError(f"--model must be a .keras or a .tflite file, got {model}")
+        raise InputError(f"--model must be a .keras or a .tflite file, got {model}")
     if suffix == ".keras" and runtime == "mediapipe":
-        raise ValueError("MediaPipe Tasks runs .tflite files: export the model first "
+        raise InputError("MediaPipe Tasks runs .tflite files: export the model first "
                          f"(keras-mnv2 export {job})")
+    images = image_files(images)
     pixels = [load_image(p) for p in images]
     run_dir = run_dir or f"runs/{job}"
     out_dir = Path(out_dir or Path(run_dir) / "predict")
@@ -390,6 +356,18 @@ def predict(job, model, images, out_dir=None, runtime="litert", run_dir=None, mi
                                                                      min_score)
         labels = runner.labels
         results = [runner(p) for p in pixels]
+    report = {"job": job, "model": str(model), "runtime": runtime if suffix == ".tflite"
+              else "keras", "min_score": min_score}
+    if versions:
+        report["versions"] = versions
+    return write_results(report, kind, images, pixels, results, labels, out_dir)
+
+
+def write_results(report, kind, images, pixels, results, labels, out_dir):
+    """Draws each image's result into ``out_dir/<image name>.png``, adds one entry per image to
+    ``report`` ("results") and writes it to ``out_dir/predictions.json``; returns it."""
+    from pipelines.manifest import write_atomic
+
     entries = []
     used = set()
     for path, image, result in zip(images, pixels, results):
@@ -410,19 +388,42 @@ def predict(job, model, images, out_dir=None, runtime="litert", run_dir=None, mi
         else:
             entry.update({k: v for k, v in result.items()})
         entries.append(entry)
-    report = {"job": job, "model": str(model), "runtime": runtime if suffix == ".tflite"
-              else "keras", "min_score": min_score, "results": entries}
-    if versions:
-        report["versions"] = versions
+    report["results"] = entries
     write_atomic(out_dir / "predictions.json", json.dumps(report, indent=1))
     return report
+
+
+def predict_preset(preset, images, out_dir=None, min_score=0.3):
+    """``keras-mnv2 predict --preset NAME IMAGE...``: a preset (a name of
+    ``keras_mnv2.presets()`` or a local file or folder, ``keras_mnv2.presets.load``) on image
+    files and folders, in Keras, named with the model's own class names; writes the PNGs and
+    the JSON into ``out_dir`` (default ``runs/<preset>/predict``) and returns the JSON's dict."""
+    from keras_mnv2 import presets
+
+    images = image_files(images)
+    if not images:
+        raise InputError("give at least one image file or folder")
+    model = presets.load(preset)
+    out_dir = Path(out_dir or Path("runs") / presets.short_name(preset) / "predict")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    runner = KerasRunner(None, preset, None, min_score, model=model)
+    pixels = [load_image(p) for p in images]
+    results = [runner(p) for p in pixels]
+    report = {"preset": str(preset), "model": model.name, "runtime": "keras",
+              "min_score": min_score}
+    return write_results(report, runner.kind, images, pixels, results, runner.labels, out_dir)
 
 
 def main(args):
     """``keras-mnv2 predict``."""
     try:
-        report = predict(args.job, args.model, args.images, out_dir=args.out_dir,
-                         runtime=args.runtime, run_dir=args.run_dir, min_score=args.min_score)
+        if getattr(args, "preset", None) is not None:
+            report = predict_preset(args.preset, args.images, out_dir=args.out_dir,
+                                    min_score=args.min_score)
+        else:
+            report = predict(args.job, args.model, args.images, out_dir=args.out_dir,
+                             runtime=args.runtime, run_dir=args.run_dir,
+                             min_score=args.min_score)
     except RuntimeError as err:  # MediaPipe missing or refusing the file
         print(f"keras-mnv2: error: {err}", file=sys.stderr)
         return 2

@@ -68,6 +68,7 @@ _KERAS_QAT = ("the Keras 3 QAT lowers its fake quantization to TF ops for the TF
 TF_ONLY = {
     "test_tflite.py": _TFLITE,
     "test_export.py": _TFLITE,
+    "test_export_model.py": _TFLITE,
     "test_metadata.py": _TFLITE + " (metadata goes into exported .tflite files)",
     "test_predict.py": _TFLITE + " (the fixture exports a .tflite file)",
     "test_benchmarks.py": _TFLITE + " (latency of .tflite files)",

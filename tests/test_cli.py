@@ -8,6 +8,7 @@ import re
 import pytest
 
 import keras_mnv2
+from keras_mnv2.errors import InputError, MissingFileError
 from pipelines import cli
 from pipelines.jobs import classification, deploy, detection, segmentation
 
@@ -187,3 +188,29 @@ def test_train_runs_the_chosen_recipe_and_prints_it_first(tmp_path, capsys, monk
     assert printed.startswith("recipe: paper (the TF Object Detection API's")
     assert cli.main(["train", "coco", "--run-dir", run_dir]) == 0
     assert calls[1][0]["recipe"] == detection.EMBEDDED
+
+
+@pytest.mark.parametrize("error, code", [
+    (KeyError("num_anchors"), 1),  # a bug of ours: not bad input
+    (ValueError("operands could not be broadcast together"), 1),
+    (OSError("[Errno 5] Input/output error"), 1),
+    (InputError("--epochs must be >= 1, got 0"), 2),
+    (MissingFileError("COCO dataset root not found: /nope"), 2),
+])
+def test_input_errors_are_one_line_exit_2_and_bugs_show_their_traceback(
+        tmp_path, capsys, monkeypatch, error, code):
+    def run(**kwargs):
+        raise error
+
+    monkeypatch.setattr(detection, "run", run)
+    argv = ["train", "coco", "--run-dir", str(tmp_path / "run")]
+    assert cli.main(argv) == code
+    err = capsys.readouterr().err
+    if code == 2:
+        assert err == f"keras-mnv2: error: {error}\n"
+    else:
+        assert "Traceback (most recent call last)" in err and "in run" in err
+        assert err.rstrip().splitlines()[-1].startswith(
+            f"keras-mnv2: internal error: {type(error).__name__}: ")
+    with pytest.raises(type(error)):  # --debug: raised as it is, either kind
+        cli.main(argv + ["--debug"])

@@ -184,7 +184,7 @@ def test_official_deeplab_mask_agrees_with_the_uint8_file(real_dir):
     model = convert.from_tflite(path)
     assert model.official == {"kind": "deeplab", "source": DEEPLAB_FILE, "num_classes": 21,
                               "alpha": 1.0, "input_shape": (513, 513, 3), "output_stride": 16,
-                              "aspp": False}
+                              "aspp": False, "recognized_by": "graph, names agree"}
     assert model.get_layer("logits_upsample").align_corners
     pixels = _image(os.path.join(real_dir, "bird_segmentation.bmp"))
     official = _run_official(path, pixels)
@@ -199,6 +199,76 @@ def test_official_deeplab_mask_agrees_with_the_uint8_file(real_dir):
           f"mIoU against the mask: ours {iou_ours:.4f}, official {iou_official:.4f}")
     assert agreement >= 0.98
     assert iou_ours > 0.8
+
+
+# ----------------------------------------------------------------------------------------------
+# Files recognized by their graph, whatever their tensors are called
+
+
+def _renamed(path, out):
+    """``path`` with every tensor renamed ``t0``, ``t1``, ... (the graph and weights as they
+    are; TFLite metadata is not carried over)."""
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model(str(path))
+    for graph in model.subgraphs:
+        for i, tensor in enumerate(graph.tensors):
+            tensor.name = f"t{i}".encode()
+    flatbuffer_utils.write_model(model, str(out))
+    return out
+
+
+def test_a_file_whose_tensors_name_nothing_imports_by_its_graph(tmp_path, images):
+    # 3 classes: box and class predictors both have 4 values per anchor, told apart by order
+    source = _perturbed(keras_mnv2.SSDLite(num_classes=3, alpha=0.35, input_size=96))
+    named = tmp_path / "named.tflite"
+    named.write_bytes(export.convert(source, output="raw"))
+    renamed = _renamed(named, tmp_path / "renamed.tflite")
+    graph = convert.TfliteGraph(renamed)
+    assert not any(convert.layer_key(graph.name(i)) for i in graph.tensors)  # names say nothing
+    converted = convert.from_tflite(renamed)
+    assert converted.official["recognized_by"] == "graph (no layer names in the file)"
+    assert convert.from_tflite(named).official["recognized_by"] == "graph, names agree"
+    x = images(1)
+    expected, got = source.predict(x, verbose=0), converted.predict(x, verbose=0)
+    for key in ("boxes", "classes"):
+        np.testing.assert_allclose(got[key], expected[key], atol=1e-4)
+
+
+@pytest.mark.slow
+def test_official_files_renamed_inside_give_the_same_top1_and_mask(real_dir, tmp_path):
+    for name in (CLASSIFIER_FILE, DEEPLAB_FILE):
+        path = os.path.join(real_dir, name)
+        renamed = _renamed(path, tmp_path / name)
+        original, other = convert.from_tflite(path), convert.from_tflite(renamed)
+        assert original.official["recognized_by"] == "graph, names agree"
+        assert other.official["recognized_by"] == "graph (no layer names in the file)"
+        facts = {k: v for k, v in original.official.items() if k != "recognized_by"}
+        assert {k: v for k, v in other.official.items() if k != "recognized_by"} == facts
+        for a, b in zip(original.weights, other.weights):
+            np.testing.assert_array_equal(np.asarray(b), np.asarray(a))
+        photos = PHOTOS if name == CLASSIFIER_FILE else ("bird_segmentation.bmp",)
+        size = original.input_shape[1]
+        for photo in photos:
+            x = _as_float(_image(os.path.join(real_dir, photo), size))
+            a, b = original.predict(x, verbose=0)[0], other.predict(x, verbose=0)[0]
+            if name == CLASSIFIER_FILE:
+                print(f"{photo}: top-1 {a.argmax()} (original), {b.argmax()} (renamed)")
+                assert a.argmax() == b.argmax()
+            else:
+                assert (a.argmax(-1) == b.argmax(-1)).all()
+
+
+def test_a_graph_that_is_not_mobilenet_v2_says_where_it_stops(tmp_path):
+    from keras_mnv2 import structure
+
+    inputs = keras.Input((32, 32, 3))
+    x = keras.layers.Conv2D(8, 3, strides=2, padding="same", name="stem")(inputs)
+    x = keras.layers.Conv2D(8, 3, name="plain")(x)
+    path = tmp_path / "plain.tflite"
+    path.write_bytes(export.convert(keras.Model(inputs, x), output="raw"))
+    with pytest.raises(structure.NotMobileNetV2, match="block 0: the 3x3 depthwise"):
+        structure.layer_names(convert.TfliteGraph(path))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -100,6 +100,222 @@ def test_sigkill_driver_at_every_other_moment(tmp_path):
     assert _history_epochs(run_dir) == [0, 1, 2, 3]
 
 
+# ``keras-mnv2`` with tf.functions run eagerly: tracing SSDLite's training step costs about a
+# minute on 2 cores, and every rerun after a kill would pay it again. What is written, when and
+# how is the same as in graph mode.
+_EAGER_CLI = ("import sys; import tensorflow as tf; tf.config.run_functions_eagerly(True); "
+              "from pipelines.cli import main; sys.exit(main(sys.argv[1:]))")
+# The temporary names of the checkpoint files (keras_mnv2.files.temporary_name).
+_CHECKPOINT_TEMPORARIES = {"last.keras": ".last.tmp.keras", "resume state": ".tmp.weights.h5"}
+
+
+def _start_cli(args, log):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    return subprocess.Popen([sys.executable, "-c", _EAGER_CLI, *map(str, args)], cwd=REPO,
+                            stdout=log, stderr=subprocess.STDOUT, env=env)
+
+
+def _temporaries(run_dir):
+    """The temporary files under ``run_dir`` (TensorBoard's logs/ aside)."""
+    found = []
+    for folder, dirs, files in os.walk(run_dir):
+        dirs[:] = [d for d in dirs if d != "logs"]
+        found += [os.path.join(folder, name) for name in files if ".tmp." in name]
+    return found
+
+
+def _stamps(run_dir):
+    """{temporary file: (inode, mtime)}: a file written anew gets another stamp."""
+    stamps = {}
+    for path in _temporaries(run_dir):
+        try:
+            info = os.stat(path)
+        except FileNotFoundError:  # renamed in between
+            continue
+        stamps[path] = (info.st_ino, info.st_mtime_ns)
+    return stamps
+
+
+def _check_whole(run_dir):
+    """Reads every file of the run but the temporaries a kill left (never read: the next write
+    of that file replaces them) and TensorBoard's event files (appended to, not written whole):
+    each must be whole. Returns their paths, relative to ``run_dir``."""
+    import zipfile
+
+    import h5py
+    from PIL import Image
+
+    checked = []
+    for folder, dirs, files in os.walk(run_dir):
+        dirs[:] = [d for d in dirs if d != "logs"]
+        for name in sorted(files):
+            path = os.path.join(folder, name)
+            if ".tmp." in name:
+                continue
+            if name.endswith(".keras"):
+                with zipfile.ZipFile(path) as archive:
+                    assert archive.testzip() is None, path
+            elif name.endswith(".h5"):
+                h5py.File(path, "r").close()
+            elif name.endswith(".json"):
+                with open(path) as f:
+                    json.load(f)
+            elif name == "history.csv":
+                epochs = _history_epochs(folder)
+                assert epochs == sorted(set(epochs)), epochs  # cut back on resume, never torn
+            elif name.endswith(".png"):
+                Image.open(path).verify()
+            checked.append(os.path.relpath(path, run_dir))
+    return checked
+
+
+@pytest.mark.slow
+def test_sigkill_from_outside_at_random_moments_then_rerun_finishes(tmp_path):
+    """``keras-mnv2 train coco`` on a tiny recipe, SIGKILLed from outside (as a pre-empted VM or
+    the out-of-memory killer would) at seeded random moments across the run and the moment a
+    checkpoint file is being written, the same command rerun after each kill: the run finishes,
+    history.csv has each epoch once, and every file reads whole after every kill."""
+    import time
+
+    import keras
+
+    from pipelines.synthetic import coco as synthetic_coco
+
+    coco_dir = synthetic_coco.generate(tmp_path / "coco", num_train=8, num_val=2, image_size=64,
+                                       num_classes=2)
+    epochs = 4
+
+    def args(run_dir):
+        return ["train", "coco", "--coco-dir", coco_dir, "--recipe", "embedded", "--alpha",
+                "0.35", "--input-size", "64", "--epochs", epochs, "--batch-size", "8",
+                "--run-dir", run_dir]
+
+    # The moments are fractions of an uninterrupted run's time, measured here.
+    with open(tmp_path / "reference.log", "w") as log:
+        start = time.monotonic()
+        code = _start_cli(args(tmp_path / "reference"), log).wait(timeout=600)
+        run_time = time.monotonic() - start
+    assert code == 0, (tmp_path / "reference.log").read_text()[-3000:]
+
+    run_dir = str(tmp_path / "run")
+    rng = np.random.RandomState(14)
+    # First 4 kills while a checkpoint file is being written (the moment its temporary file
+    # appears, polled every millisecond) at the end of the first or second epoch the rerun
+    # trains: each ends before that epoch is recorded as done, so they never finish the run.
+    # Then kills at random moments until there are 10 in all.
+    plan = [str(rng.choice(sorted(_CHECKPOINT_TEMPORARIES))) for _ in range(4)]
+    kills, finished = [], 0
+    stale = {}  # the temporary files a kill left: the next write of the file reuses the name
+
+    def writing(target):
+        """The temporary files of ``target`` being written now (not one a kill left)."""
+        return [path for path, stamp in _stamps(run_dir).items()
+                if path.endswith(_CHECKPOINT_TEMPORARIES[target]) and stale.get(path) != stamp]
+
+    log = open(tmp_path / "run.log", "w")
+    while len(kills) < 10:
+        assert len(kills) + finished < 20, kills
+        target = plan.pop(0) if plan else "moment"
+        done = _state(run_dir) if os.path.exists(run_dir) else 0
+        proc = _start_cli(args(run_dir), log)
+        start = time.monotonic()
+        if target == "moment":
+            try:
+                proc.wait(timeout=rng.uniform(0.05, 1.0) * run_time)
+            except subprocess.TimeoutExpired:
+                pass
+        else:
+            at = rng.randint(1, min(2, epochs - done) + 1)  # this or the next epoch's write
+            seen, present = 0, False
+            while proc.poll() is None:
+                now = bool(writing(target))
+                seen += now and not present
+                present = now
+                if seen == at:
+                    break
+                time.sleep(0.001)
+        if proc.poll() is not None:  # finished before the moment: a finished run's rerun next
+            assert proc.returncode == 0, (tmp_path / "run.log").read_text()[-3000:]
+            finished += 1
+            continue
+        proc.kill()  # SIGKILL
+        proc.wait()
+        mid_write = target != "moment" and bool(writing(target))  # still there: not renamed
+        left = [os.path.relpath(p, run_dir) for p in _temporaries(run_dir)]
+        kills.append((target, round(time.monotonic() - start, 1), mid_write, left, done,
+                      _state(run_dir)))
+        _check_whole(run_dir)
+        stale = _stamps(run_dir)
+    proc = _start_cli(args(run_dir), log)  # the same command once more, to the end
+    assert proc.wait(timeout=600) == 0, (tmp_path / "run.log").read_text()[-3000:]
+    log.close()
+
+    print(f"\nuninterrupted run {run_time:.1f} s; {len(kills)} kills (what was waited for, "
+          "seconds after the start, killed mid-write, temporary files left, epochs in the "
+          "resume state before and after):")
+    for kill in kills:
+        print("  ", *kill)
+    print(f"{finished} reruns finished before their kill moment")
+    assert sum(kill[2] for kill in kills) == 4, kills  # killed while a checkpoint was written
+    assert _history_epochs(run_dir) == list(range(epochs))  # each epoch once, in order
+    assert _state(run_dir) == epochs
+    checked = _check_whole(run_dir)
+    print(f"after the last rerun: history.csv epochs {_history_epochs(run_dir)}, "
+          f"{len(checked)} files whole: {', '.join(checked)}")
+    assert sorted(checked) == sorted(_check_whole(str(tmp_path / "reference")))
+    model = keras.saving.load_model(os.path.join(run_dir, "last.keras"), compile=False)
+    assert model.anchors.shape == (model.output["boxes"].shape[1], 4)
+
+
+def test_every_file_is_fsynced_with_its_folder_and_renamed_by_one_function(tmp_path,
+                                                                           monkeypatch):
+    """Each file a run writes whole goes through ``keras_mnv2.files.write_file``: the new
+    content is fsynced, and its folder, before the rename, and the folder after it (so a power
+    loss leaves the old file or the new one); no other rename is made."""
+    from keras_mnv2 import files
+    from pipelines import manifest
+    from tests.test_driver import _data, _model
+
+    events, names = [], {}
+    real_open, real_fsync, real_replace = os.open, os.fsync, os.replace
+
+    def opened(path, flags, *args, **kwargs):
+        fd = real_open(path, flags, *args, **kwargs)
+        names[fd] = os.path.abspath(path)
+        return fd
+
+    def fsync(fd):
+        events.append(("fsync", names.get(fd)))
+        real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(("replace", os.path.abspath(src), os.path.abspath(dst)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "open", opened)
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    run_dir = str(tmp_path / "run")
+    driver.prepare_run_dir(run_dir)
+    driver.fit(_model(), _data(), 1, run_dir, verbose=0)
+    driver.write_metrics(run_dir, {"loss": 1.0})
+    manifest.write_manifest(run_dir, {"n": 1})
+    files.write_bytes(os.path.join(run_dir, "model.tflite"), b"tflite")
+    renamed = []
+    for i, event in enumerate(events):
+        if event[0] != "replace":
+            continue
+        _, src, dst = event
+        folder = os.path.dirname(dst)
+        assert src == os.path.join(folder, os.path.basename(files.temporary_name(dst)))
+        assert events[i - 2:i] == [("fsync", src), ("fsync", folder)], events[i - 3:i + 1]
+        assert events[i + 1] == ("fsync", folder), events[i:i + 2]
+        renamed.append(os.path.relpath(dst, run_dir))
+    assert sorted(renamed) == ["backup/epoch-1.weights.h5", "backup/training_metadata.json",
+                               "curves.png", "history.csv", "last.keras", "manifest.json",
+                               "metrics.json", "model.tflite"]
+
+
 def test_unreadable_resume_state_says_how_to_resume_or_start_over(tmp_path):
     from tests.test_driver import _data, _model
 

@@ -106,3 +106,65 @@ def test_mediapipe_runtime_agrees_with_litert_at_the_model_size(files, tmp_path)
     assert [c["name"] for c in got] == [c["name"] for c in lite["top5"]]
     np.testing.assert_allclose([c["score"] for c in got], [c["score"] for c in lite["top5"]],
                                atol=1e-5)
+
+
+def test_a_keras_detector_decodes_with_its_own_anchors(files, tmp_path, capsys):
+    import keras_mnv2
+    from keras_mnv2.detection.postprocess import decode_detections
+
+    model = keras_mnv2.SSDLite(num_classes=3, alpha=0.35, input_size=96, min_scale=0.1)
+    model.labels = ("background", "cat", "dog", "bird")
+    assert np.abs(model.anchors - keras_mnv2.ssdlite_anchors(96)).max() > 0.01
+    model.save(tmp_path / "det.keras")
+    photo = files["photos"][0]
+    out = predict.predict("coco", str(tmp_path / "det.keras"), [photo], out_dir=tmp_path / "out",
+                          run_dir=tmp_path / "no_run", min_score=0.0)
+    pixels = predict.load_image(photo)
+    h, w = pixels.shape[:2]
+    raw = model.predict(predict._model_input(pixels, (96, 96)), verbose=0)
+    expected = decode_detections(raw["boxes"], raw["classes"], model.anchors,
+                                 score_threshold=0.0)
+    n = int(expected["num_detections"][0])
+    boxes = np.asarray(expected["boxes"])[0, :n][:, [1, 0, 3, 2]] * [w, h, w, h]
+    found = out["results"][0]["detections"]
+    np.testing.assert_allclose([d["box"] for d in found], boxes, atol=1e-3)
+    assert {d["name"] for d in found} <= {"cat", "dog", "bird"}  # the model's own names
+    # the same .keras without a job: the model says what it is
+    code = cli.main(["predict", "--model", str(tmp_path / "det.keras"), "--min-score", "0",
+                     "--out-dir", str(tmp_path / "nojob"), photo])
+    assert code == 0 and f"{n} boxes" in capsys.readouterr().out
+    again = json.loads((tmp_path / "nojob" / "predictions.json").read_text())
+    np.testing.assert_allclose([d["box"] for d in again["results"][0]["detections"]], boxes,
+                               atol=1e-3)
+
+
+def test_images_may_be_folders(files, tmp_path):
+    out = predict.predict("imagenet", str(files["root"] / "tiny.keras"), [str(files["root"])],
+                          out_dir=tmp_path, run_dir=tmp_path / "no_run")
+    assert [r["image"] for r in out["results"]] == files["photos"]  # the folder's images only
+
+
+@pytest.mark.slow
+def test_predict_preset_names_the_official_files_classes(real_dir, tmp_path, capsys):
+    """The offline stand-in for a download: a local official file as the preset."""
+    import os
+
+    deeplab = os.path.join(real_dir, "deeplabv3_mnv2_pascal_quant.tflite")
+    bird = os.path.join(real_dir, "bird_segmentation.bmp")
+    assert cli.main(["predict", "--preset", deeplab, bird, "--out-dir", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    print(printed)
+    assert "bird_segmentation.png: background" in printed and "bird" in printed.split(":")[-2]
+    report = json.loads((tmp_path / "predictions.json").read_text())
+    assert set(report["results"][0]["classes"]) == {"background", "bird"}
+    assert Image.open(tmp_path / "bird_segmentation.png").size == (513, 513)
+    classifier = os.path.join(real_dir, "mobilenet_v2_1.0_224_quant.tflite")
+    cat = os.path.join(real_dir, "cat.bmp")
+    parrot = os.path.join(real_dir, "parrot.jpg")
+    assert cli.main(["predict", "--preset", classifier, cat, parrot, "--out-dir",
+                     str(tmp_path / "imagenet")]) == 0
+    printed = capsys.readouterr().out
+    print(printed)
+    results = json.loads((tmp_path / "imagenet" / "predictions.json").read_text())["results"]
+    assert results[0]["top5"][0]["name"] == "Egyptian cat"
+    assert results[1]["top5"][0]["name"] == "macaw"

@@ -119,3 +119,72 @@ def test_config_names_only_keras_mnv2_builders(tmp_path):
         archive.writestr("metadata.json", "{}")
     with pytest.raises(ValueError, match="empty.keras"):
         read_record(str(tmp_path / "empty.keras"))
+
+
+def test_round_trip_keeps_what_was_set_after_building(tmp_path):
+    """What a plain functional model keeps through .keras, a builder's model keeps too: layers
+    frozen for fine-tuning, the weight decay the jobs attach, dtype policies (the record alone
+    rebuilt the builder's defaults: all trainable, no regularizer, the global policy)."""
+    from pipelines.jobs.weight_decay import add_weight_decay, decayed_variables
+
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_bfloat16")  # the model's layers take it when built
+    try:
+        model = keras_mnv2.MobileNetV2(alpha=0.35, input_shape=(64, 64, 3), classes=3,
+                                       classifier_activation=None)
+    finally:
+        keras.config.set_dtype_policy(previous)
+    model.get_layer("predictions").dtype_policy = "float32"
+    for name in ("bn_Conv1", "block_1_project_BN"):
+        model.get_layer(name).trainable = False
+    add_weight_decay(model, 4e-5)
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    reloaded = keras.saving.load_model(path)
+    assert builder_config(reloaded) == builder_config(model)
+    for name in ("bn_Conv1", "block_1_project_BN"):
+        assert reloaded.get_layer(name).trainable is False, name
+    assert len(reloaded.trainable_weights) == len(model.trainable_weights)
+    assert [v.path for v in decayed_variables(reloaded)] == \
+        [v.path for v in decayed_variables(model)] != []
+    assert reloaded.get_layer("Conv1").kernel_regularizer.get_config() == {"l2": 2e-5}
+    assert len(reloaded.losses) == len(model.losses)
+
+    def policies(m):  # (Keras itself reloads an InputLayer with the global policy)
+        return {layer.name: layer.dtype_policy.name for layer in m.layers[1:]}
+
+    assert policies(reloaded) == policies(model)
+    assert policies(reloaded)["Conv1"] == "mixed_bfloat16"
+    assert policies(reloaded)["predictions"] == "float32"
+
+
+def test_every_model_made_here_keeps_its_record_or_has_none_and_its_anchors(tmp_path):
+    """Split, folded and Keras-3-QAT copies of an SSDLite: a .keras round trip gives back the
+    record (or none, as before saving) and the anchors; a model without anchors raises."""
+    from keras_mnv2.deploy import keras_qat
+    from keras_mnv2.errors import NoAnchorsError
+    from keras_mnv2.split import fold_projection_bn, split_expansion
+
+    model = _perturbed(keras_mnv2.SSDLite(num_classes=2, alpha=0.35, input_size=96,
+                                          min_scale=0.1))
+    expected = ssdlite_anchors(96, min_scale=0.1)
+    split = split_expansion(model, 2)
+    made = {"split": split, "folded": fold_projection_bn(split),
+            "qat": qat.quantize(model, scheme="keras", log=None)}
+    assert builder_config(split)[1]["expansion_splits"] == 2
+    for kind, copy in made.items():
+        path = str(tmp_path / f"{kind}.keras")
+        copy.save(path)
+        reloaded = keras.saving.load_model(path)
+        assert builder_config(reloaded) == builder_config(copy), kind
+        np.testing.assert_array_equal(model_anchors(reloaded), expected)
+        np.testing.assert_array_equal(reloaded.anchors, expected)
+    assert builder_config(made["folded"]) is None and builder_config(made["qat"]) is None
+    assert keras_qat.is_keras_quantized(reloaded)
+    inputs = keras.Input((8, 8, 3))
+    plain = keras.Model(inputs, keras.layers.Conv2D(4, 1)(inputs), name="plain")
+    with pytest.raises(NoAnchorsError, match="'plain' carries no anchors"):
+        model_anchors(plain)
+    plain.anchors = np.float32(0.0)  # not a table: never handed on as if it were one
+    with pytest.raises(NoAnchorsError, match=r"anchors of shape \(\), not an \[N, 4\] table"):
+        model_anchors(plain)

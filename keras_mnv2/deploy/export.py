@@ -51,6 +51,8 @@ import numpy as np
 from keras_mnv2.deploy.calibration import calibration_images
 from keras_mnv2.deploy.outputs import (  # noqa: F401  (export.model_kind stays public)
     _detector_outputs, _ends_in_softmax, _strip, model_kind)
+from keras_mnv2.errors import InputError, NoAnchorsError
+from keras_mnv2.files import temporary_name, write_bytes
 
 MODES = ("float32", "float16", "dynamic", "int8", "qat")
 # Who quantizes mode int8: the TFLite converter's post-training quantization, or LiteRT Quantizer
@@ -95,12 +97,12 @@ class NMS:
         for name in ("max_detections", "max_classes_per_detection"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"NMS {name} must be an integer >= 1, got {value!r}")
+                raise InputError(f"NMS {name} must be an integer >= 1, got {value!r}")
         for name in ("score_threshold", "iou_threshold"):
             if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"NMS {name} must be in [0, 1], got {getattr(self, name)!r}")
+                raise InputError(f"NMS {name} must be in [0, 1], got {getattr(self, name)!r}")
         if len(self.scale_factors) != 4 or min(self.scale_factors) <= 0:
-            raise ValueError(f"NMS scale_factors must be 4 numbers > 0, got "
+            raise InputError(f"NMS scale_factors must be 4 numbers > 0, got "
                              f"{self.scale_factors!r}")
 
 
@@ -171,27 +173,22 @@ def serving_function(model, output="auto", anchors=None, nms=NMS()):
     kind = model_kind(model)
     output = OUTPUTS[kind][0] if output == "auto" else output
     if output not in OUTPUTS[kind]:
-        raise ValueError(f"output {output!r} does not fit a {kind} ({model.name!r}); choose from "
+        raise InputError(f"output {output!r} does not fit a {kind} ({model.name!r}); choose from "
                          f"{OUTPUTS[kind]}")
     if kind == "classifier" and output == "logits" and _ends_in_softmax(model):
-        raise ValueError(f"{model.name!r} ends in a softmax: it has no logits to export (build it "
+        raise InputError(f"{model.name!r} ends in a softmax: it has no logits to export (build it "
                          "with classifier_activation=None, or export 'probabilities')")
     if kind == "detector" and output in ("detections", "tasks"):
         if anchors is None:
             from keras_mnv2.detection.ssdlite import model_anchors
 
-            anchors = model_anchors(model)
-        if anchors is None:
-            raise ValueError(
-                f"model {model.name!r} carries no anchors (no anchors attribute and no SSDLite "
-                "builder record): pass anchors=keras_mnv2.ssdlite_anchors(input_size, ...)"
-            )
+            anchors = model_anchors(model)  # raises NoAnchorsError for a model without them
         anchors = np.asarray(anchors, np.float32)
         _, classes_output = _detector_outputs(
             {_strip(n): t for n, t in zip(model.output_names, model.outputs)}, model)
         num_anchors, num_logits = int(classes_output.shape[1]), int(classes_output.shape[2])
         if anchors.shape != (num_anchors, 4):
-            raise ValueError(f"anchors have shape {anchors.shape}, the model predicts for "
+            raise InputError(f"anchors have shape {anchors.shape}, the model predicts for "
                              f"{num_anchors} anchors: expected ({num_anchors}, 4) (cy, cx, h, w)")
         postprocess = _postprocess_function(num_logits - 1, nms)
 
@@ -242,18 +239,18 @@ def _check_settings(model, mode, io_dtype, representative_data, quantizer="conve
 
     framework_of(model)  # TypeError for anything but a Keras model
     if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        raise InputError(f"mode must be one of {MODES}, got {mode!r}")
     if io_dtype not in IO_DTYPES:
-        raise ValueError(f"io_dtype must be one of {IO_DTYPES}, got {io_dtype!r}")
+        raise InputError(f"io_dtype must be one of {IO_DTYPES}, got {io_dtype!r}")
     if io_dtype != "float32" and mode not in ("int8", "qat"):
-        raise ValueError(f"io_dtype={io_dtype!r} needs a full-integer model (mode 'int8' or "
+        raise InputError(f"io_dtype={io_dtype!r} needs a full-integer model (mode 'int8' or "
                          f"'qat'); mode {mode!r} keeps float inputs and outputs")
     from keras_mnv2.deploy.keras_qat import is_keras_quantized, uncalibrated
 
     keras_qat = is_keras_quantized(model)
     quantized = is_quantized(model) or keras_qat
     if mode == "qat" and not quantized:
-        raise ValueError(
+        raise InputError(
             f"mode 'qat' needs a quantization-aware tf_keras model (keras_mnv2.deploy.qat.quantize, "
             f"then qat_fit); {model.name!r} is a float model: use mode 'int8' for post-training "
             "quantization"
@@ -263,27 +260,27 @@ def _check_settings(model, mode, io_dtype, representative_data, quantizer="conve
 
         empty = uncalibrated(model) if keras_qat else uncalibrated_inputs(model)
         if empty:
-            raise ValueError(
+            raise InputError(
                 f"{model.name!r}: the input range of {', '.join(empty)} is empty (the QAT model "
                 "was never trained nor calibrated, and would quantize every input to 0): run "
                 "qat_fit, or quantize(..., calibration_data=images)"
             )
     if mode != "qat" and quantized:
-        raise ValueError(f"{model.name!r} is quantization-aware: it converts with mode 'qat' "
+        raise InputError(f"{model.name!r} is quantization-aware: it converts with mode 'qat' "
                          f"only, not {mode!r}")
     if mode == "int8" and representative_data is None:
-        raise ValueError(
+        raise InputError(
             "mode 'int8' (full-integer post-training quantization) needs representative_data: "
             "about 100 training images (an array, a tf.data.Dataset or a generator function) to "
             "calibrate the activation ranges"
         )
     if mode == "qat" and representative_data is not None:
-        raise ValueError("mode 'qat' takes its activation ranges from quantization-aware "
+        raise InputError("mode 'qat' takes its activation ranges from quantization-aware "
                          "training; representative_data is for mode 'int8' only")
     if quantizer not in QUANTIZERS:
-        raise ValueError(f"quantizer must be one of {QUANTIZERS}, got {quantizer!r}")
+        raise InputError(f"quantizer must be one of {QUANTIZERS}, got {quantizer!r}")
     if quantizer == "litert" and (mode != "int8" or io_dtype != "float32"):
-        raise ValueError(f"quantizer='litert' quantizes mode 'int8' with float32 I/O, got "
+        raise InputError(f"quantizer='litert' quantizes mode 'int8' with float32 I/O, got "
                          f"mode={mode!r}, io_dtype={io_dtype!r}")
 
 
@@ -302,7 +299,7 @@ def _ops_at_fault(message):
 def _input_shape(model, input_shape):
     shape = tuple(input_shape or model.input_shape[1:])
     if len(shape) != 3 or any(d is None for d in shape):
-        raise ValueError(f"export needs a static input shape (H, W, C); {model.name!r} has "
+        raise InputError(f"export needs a static input shape (H, W, C); {model.name!r} has "
                          f"{tuple(model.input_shape[1:])}: pass input_shape=")
     return shape
 
@@ -486,14 +483,16 @@ def export_tflite(model, path, mode="float32", representative_data=None, io_dtyp
             runtime can consume the export and warns where none can (int8 input, DeepLab
             "mask", SSDLite "raw"); True writes it or refuses those; False writes none.
         labels: one class name per class column of the output (the detector's background
-            first), written into the metadata; default "class 0", "class 1", ...
+            first), written into the metadata; default the model's own (``model.labels``,
+            e.g. a preset's), else "class 0", "class 1", ...
         quantizer: for mode int8, "converter" (the TFLite converter's post-training
             quantization) or "litert" (a float32 conversion quantized by LiteRT Quantizer's
             static int8 recipe on the same calibration images, ``litert_quantize``; float32
             I/O only).
 
     The file is written next to ``path`` first, loaded back with ai_edge_litert and run once
-    (on the first calibration image, or a random one), and only then moved to ``path``.
+    (on the first calibration image, or a random one), and only then renamed to ``path``
+    (``keras_mnv2.files.write_file``).
     Conversion and run failures raise ``ExportError`` naming the setting and the op at fault.
     """
     from keras_mnv2.deploy import metadata as tflite_metadata
@@ -501,6 +500,10 @@ def export_tflite(model, path, mode="float32", representative_data=None, io_dtyp
 
     _check_settings(model, mode, io_dtype, representative_data, quantizer)
     kind = model_kind(model)
+    if labels is None and metadata is not False:  # the model's own class names, if it has them
+        from keras_mnv2.labels import for_metadata, model_labels
+
+        labels = for_metadata(model_labels(model))
     tflite_metadata.check(model, kind, OUTPUTS[kind][0] if output == "auto" else output,
                           io_dtype, metadata, labels)  # before converting
     content, output = _convert(model, mode, representative_data, io_dtype, output, anchors, nms,
@@ -508,18 +511,21 @@ def export_tflite(model, path, mode="float32", representative_data=None, io_dtyp
     if anchors is None and kind == "detector":
         from keras_mnv2.detection.ssdlite import model_anchors
 
-        anchors = model_anchors(model)  # the record's, for the metadata of a "tasks" export
+        try:  # the model's, for the metadata of a "tasks" export
+            anchors = model_anchors(model)
+        except NoAnchorsError:
+            pass  # a "raw" export needs none
     content, parser_version = tflite_metadata.for_export(
         model, content, kind, output,
         io_dtype=io_dtype if mode in ("int8", "qat") else "float32", metadata=metadata,
         labels=labels, anchors=anchors, scale_factors=nms.scale_factors, input_shape=input_shape)
     path = os.fspath(path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    staging = path + ".part"
-    with open(staging, "wb") as f:
-        f.write(content)
     shape = _input_shape(model, input_shape)
-    try:
+    staging = temporary_name(path)
+    found = []
+
+    def check():  # the written file, before it is renamed to ``path``
         check_runs(staging, _sample_image(shape, representative_data))
         interp = tflite.interpreter(staging)
         runner = interp.get_signature_runner()
@@ -527,7 +533,7 @@ def export_tflite(model, path, mode="float32", representative_data=None, io_dtyp
         outputs = {name: (tuple(int(d) for d in detail["shape"]),
                           np.dtype(detail["dtype"]).name)
                    for name, detail in runner.get_output_details().items()}
-        report = ExportReport(
+        found.append(ExportReport(
             path=path, mode=mode, io_dtype=io_dtype,
             output=output,
             size_bytes=len(content),
@@ -535,9 +541,12 @@ def export_tflite(model, path, mode="float32", representative_data=None, io_dtyp
                    np.dtype(input_detail["dtype"]).name),
             outputs=outputs, ops=tflite.op_counts(staging),
             float_ops=tuple(tflite.float_ops(staging)), metadata=parser_version,
-        )
+        ))
+
+    try:
+        write_bytes(path, content, before_rename=check)
     except BaseException:
-        os.remove(staging)
+        if os.path.exists(staging):
+            os.remove(staging)
         raise
-    os.replace(staging, path)
-    return report
+    return found[0]

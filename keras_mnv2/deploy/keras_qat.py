@@ -36,6 +36,8 @@ import numpy as np
 import keras
 from keras import ops
 
+from keras_mnv2.errors import InputError
+
 PACKAGE = "keras_mnv2"
 EMA_DECAY = 0.999
 _FOLDED = ("Conv2D", "DepthwiseConv2D")
@@ -72,9 +74,9 @@ class ActivationQuantizer(keras.layers.Layer):
     def __init__(self, ema_decay=EMA_DECAY, init_min=-6.0, init_max=6.0, **kwargs):
         super().__init__(**kwargs)
         if not 0.0 <= ema_decay < 1.0:
-            raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay!r}")
+            raise InputError(f"ema_decay must be in [0, 1), got {ema_decay!r}")
         if not init_min <= 0.0 <= init_max:
-            raise ValueError(f"the initial range must hold 0, got [{init_min}, {init_max}]")
+            raise InputError(f"the initial range must hold 0, got [{init_min}, {init_max}]")
         self.ema_decay = float(ema_decay)
         self.init_min = float(init_min)
         self.init_max = float(init_max)
@@ -157,7 +159,7 @@ class _WeightQuantizing:
 
     def load_own_variables(self, store):
         if len(store.keys()) != len(self.variables):
-            raise ValueError(f"layer {self.name!r} expects {len(self.variables)} variables, the "
+            raise InputError(f"layer {self.name!r} expects {len(self.variables)} variables, the "
                              f"file holds {len(store.keys())}")
         for i, variable in enumerate(self.variables):
             variable.assign(store[str(i)])
@@ -184,7 +186,7 @@ class _WeightQuantizing:
 
 def _check_channels_last(layer):
     if getattr(layer, "data_format", "channels_last") != "channels_last":
-        raise ValueError(f"{layer.name}: quantization supports channels_last only")
+        raise InputError(f"{layer.name}: quantization supports channels_last only")
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -341,10 +343,10 @@ def quantize_keras(model, calibration_data=None, num_calibration_images=100, log
     if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
         model = load_keras_model(model)
     if framework_of(model) != "keras":
-        raise ValueError(f"quantize_keras needs a Keras 3 model; {model.name!r} is tf_keras "
+        raise InputError(f"quantize_keras needs a Keras 3 model; {model.name!r} is tf_keras "
                          "(use keras_mnv2.deploy.qat.quantize for the TFMOT path)")
     if is_keras_quantized(model):
-        raise ValueError(f"model {model.name!r} is already quantization-aware")
+        raise InputError(f"model {model.name!r} is already quantization-aware")
     nodes = _nodes_in_order(model)
     plan = quantization_plan(model)
     consumers = _consumers(nodes)
@@ -519,7 +521,7 @@ def calibrate(qat_model, data, limit=100, batch_size=16):
     Returns the number of ranges set."""
     if isinstance(data, np.ndarray) and data.ndim == 4:  # no TensorFlow needed (JAX backend)
         if tuple(data.shape[1:]) != tuple(qat_model.input_shape[1:]):
-            raise ValueError(f"calibration images of shape {tuple(data.shape[1:])} != model input "
+            raise InputError(f"calibration images of shape {tuple(data.shape[1:])} != model input "
                              f"shape {tuple(qat_model.input_shape[1:])}")
         images = data[:limit].astype("float32")
     else:
@@ -528,7 +530,7 @@ def calibrate(qat_model, data, limit=100, batch_size=16):
         images = np.concatenate(calibration_images(data, qat_model.input_shape[1:], limit))
     quantizers = activation_quantizers(qat_model)
     if not quantizers:
-        raise ValueError(f"model {qat_model.name!r} has no activation quantizer")
+        raise InputError(f"model {qat_model.name!r} has no activation quantizer")
     probe = keras.Model(qat_model.inputs, [q.input for q in quantizers])
     weight_layers = [layer for layer in qat_model.layers if isinstance(layer, _WeightQuantizing)]
     with float_pass(qat_model):

@@ -38,6 +38,8 @@ import zipfile
 
 import numpy as np
 
+from keras_mnv2.errors import InputError
+
 METADATA_NAME = "TFLITE_METADATA"
 METADATA_IDENTIFIER = b"M001"
 DETECTOR_METADATA_NAME = "DETECTOR_METADATA"
@@ -108,7 +110,7 @@ UNIONS = {("Content", "content_properties"): CONTENT,
           ("ProcessUnit", "options"): PROCESS_UNIT}
 
 
-class MetadataError(ValueError):
+class MetadataError(InputError):
     """An export that no Tasks runtime can consume, or a description that breaks the schema."""
 
 
@@ -685,10 +687,10 @@ def check(model, kind, output, io_dtype, metadata, labels=None):
     ``metadata`` value, labels without metadata, and (``metadata=True``) an export no Tasks
     runtime can consume."""
     if metadata not in METADATA_CHOICES:
-        raise ValueError(f"metadata must be 'auto', True or False, got {metadata!r}")
+        raise InputError(f"metadata must be 'auto', True or False, got {metadata!r}")
     if metadata is False:
         if labels is not None:
-            raise ValueError("labels are written into the metadata: they need metadata on")
+            raise InputError("labels are written into the metadata: they need metadata on")
         return False
     reason = unsupported_reason(kind, output, io_dtype)
     if reason and metadata is True:

@@ -23,13 +23,20 @@ import os
 
 import numpy as np
 
+from keras_mnv2.errors import InputError
 from keras_mnv2.frameworks import framework_of, get_keras
 from keras_mnv2.files import append_history_row as _append_history_row
 from keras_mnv2.files import cut_history as _cut_history
 from keras_mnv2.files import kill_point as _kill_point  # the tests replace it
-from keras_mnv2.files import temporary_name as _temporary
+from keras_mnv2.files import write_file as _write_file
 from keras_mnv2.files import write_text as _write_text_atomic
 from keras_mnv2.record import load_keras_model
+
+
+class ResumeStateError(InputError, RuntimeError):
+    """A QAT run's resume state (``<run>/backup/state.json`` and its checkpoint) that cannot be
+    read: the message says how to start the QAT run over."""
+
 
 # Layers the default 8-bit registry does not know but that TFLite runs in int8: annotated so their
 # output gets a fake-quant (and the TFLite op reads and writes int8).
@@ -55,7 +62,7 @@ def builder_config(model):
 
     found = recorded(model)
     if found is None:
-        raise ValueError(
+        raise InputError(
             f"cannot tell which keras_mnv2 builder made model {model.name!r}: it carries no "
             "builder record (built by hand, on an input_tensor, rewritten after the build, or "
             "saved by an older keras_mnv2); pass builder= and its keyword arguments"
@@ -103,7 +110,7 @@ def tf_keras_twin(model, builder=None, check=True, **kwargs):
     copied = copy_weights(model, twin)
     weighted = sum(1 for layer in twin.layers if layer.weights)
     if copied != weighted:
-        raise ValueError(f"twin of {model.name!r}: {weighted} weighted layers but {copied} "
+        raise InputError(f"twin of {model.name!r}: {weighted} weighted layers but {copied} "
                          "received weights from the source")
     if getattr(model, "anchors", None) is not None:
         twin.anchors = np.asarray(model.anchors)
@@ -126,19 +133,19 @@ def check_twin(model, twin, atol=1e-4, rtol=1e-4, seed=0):
         expected = tf.nest.flatten(model(x, training=False))
     got = tf.nest.flatten(twin(x, training=False))
     if len(expected) != len(got):
-        raise ValueError(f"twin of {model.name!r} has {len(got)} outputs, the model "
+        raise InputError(f"twin of {model.name!r} has {len(got)} outputs, the model "
                          f"{len(expected)}")
     worst = 0.0
     for i, (a, b) in enumerate(zip(expected, got)):
         a = a.detach() if hasattr(a, "detach") else a  # a torch-backend output
         a, b = np.asarray(a), np.asarray(b)
         if a.shape != b.shape:
-            raise ValueError(f"twin of {model.name!r}: output {i} has shape {b.shape}, the "
+            raise InputError(f"twin of {model.name!r}: output {i} has shape {b.shape}, the "
                              f"model {a.shape}")
         diff = np.abs(a - b)
         worst = max(worst, float(diff.max()))
         if np.any(diff > atol + rtol * np.abs(a)):
-            raise ValueError(
+            raise InputError(
                 f"twin of {model.name!r}: output {i} differs by up to {diff.max():.3g}; the "
                 "builder arguments are wrong: pass builder= and its arguments"
             )
@@ -186,7 +193,7 @@ def quantization_plan(model, keep_float=()):
     keep_float = set(keep_float)
     unknown = keep_float - {layer.name for layer in model.layers}
     if unknown:
-        raise ValueError(f"keep_float names layers not in {model.name!r}: {sorted(unknown)}")
+        raise InputError(f"keep_float names layers not in {model.name!r}: {sorted(unknown)}")
     registry = _registry()
     plan = {}
     for layer in model.layers:
@@ -256,12 +263,12 @@ def quantize(model, keep_float=(), calibration_data=None, log=print, scheme="tfm
     from keras_mnv2.split import fold_projection_bn, foldable_blocks
 
     if scheme not in SCHEMES:
-        raise ValueError(f"scheme must be one of {SCHEMES}, got {scheme!r}")
+        raise InputError(f"scheme must be one of {SCHEMES}, got {scheme!r}")
     if scheme == "keras":
         from keras_mnv2.deploy.keras_qat import quantize_keras
 
         if keep_float:
-            raise ValueError("keep_float applies to scheme 'tfmot' only")
+            raise InputError("keep_float applies to scheme 'tfmot' only")
         if foldable_blocks(model):
             model = fold_projection_bn(model)
         return quantize_keras(model, calibration_data=calibration_data, log=log)
@@ -422,7 +429,7 @@ def float_from_qat(qat_model, float_model):
         source = groups.get(layer.name, [])
         shapes = [tuple(w.shape) for w in layer.weights]
         if [tuple(v.shape) for v in source] != shapes:
-            raise ValueError(f"layer {layer.name!r}: {qat_model.name!r} holds weights of shapes "
+            raise InputError(f"layer {layer.name!r}: {qat_model.name!r} holds weights of shapes "
                              f"{[tuple(v.shape) for v in source]}, expected {shapes}")
         layer.set_weights([v.numpy() for v in source])
         copied += 1
@@ -469,7 +476,7 @@ def qat_fit(qat_model, train_data, epochs, loss=None, learning_rate=1e-4, optimi
     import tf_keras
 
     if not is_quantized(qat_model):
-        raise ValueError(f"model {qat_model.name!r} is not quantization-aware: call quantize() "
+        raise InputError(f"model {qat_model.name!r} is not quantization-aware: call quantize() "
                          "first")
     if loss is not None:
         if isinstance(optimizer, str):
@@ -479,12 +486,12 @@ def qat_fit(qat_model, train_data, epochs, loss=None, learning_rate=1e-4, optimi
                 "rmsprop": lambda: tf_keras.optimizers.RMSprop(learning_rate, momentum=0.9),
             }
             if optimizer not in choices:
-                raise ValueError(f"optimizer must be one of {sorted(choices)} or a tf_keras "
+                raise InputError(f"optimizer must be one of {sorted(choices)} or a tf_keras "
                                  f"optimizer, got {optimizer!r}")
             optimizer = choices[optimizer]()
         qat_model.compile(optimizer=optimizer, loss=_tf_keras_loss(loss), metrics=metrics)
     elif qat_model.optimizer is None:
-        raise ValueError("pass loss= (the model is not compiled)")
+        raise InputError("pass loss= (the model is not compiled)")
     cbs = [tf_keras.callbacks.TerminateOnNaN()]
     initial_epoch = 0
     if run_dir is not None:
@@ -542,10 +549,8 @@ def _callback_classes():
             self.path = path
 
         def on_epoch_end(self, epoch, logs=None):
-            tmp = _temporary(self.path)
-            self.model.save_weights(tmp, overwrite=True)
-            _kill_point("qat-weights", epoch)
-            os.replace(tmp, self.path)
+            _write_file(self.path, lambda tmp: self.model.save_weights(tmp, overwrite=True),
+                        lambda: _kill_point("qat-weights", epoch))
 
 
     class _QatState(tf_keras.callbacks.Callback):
@@ -563,7 +568,7 @@ def _callback_classes():
 
         def _broken(self, path, err):
             reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-            return RuntimeError(
+            return ResumeStateError(
                 f"the QAT resume state {path} cannot be read ({reason}): to start the QAT run "
                 "over, "
                 f"rm -r {self.backup_dir} {os.path.join(self.run_dir, 'history.csv')} and run the "

@@ -11,6 +11,7 @@ import numbers
 
 import numpy as np
 
+from keras_mnv2.errors import InputError
 from keras_mnv2.tensors import ops_for
 
 DEFAULT_ASPECT_RATIOS = (1.0, 2.0, 0.5, 3.0, 1.0 / 3.0)
@@ -48,10 +49,10 @@ def _layer_box_specs(num_layers, min_scale, max_scale, aspect_ratios,
 def _validate_ratios(aspect_ratios):
     aspect_ratios = tuple(aspect_ratios)
     if not aspect_ratios:
-        raise ValueError("aspect_ratios must not be empty")
+        raise InputError("aspect_ratios must not be empty")
     for r in aspect_ratios:
         if not isinstance(r, numbers.Real) or isinstance(r, bool) or not r > 0:
-            raise ValueError(f"every aspect ratio must be a number > 0, got {r!r}")
+            raise InputError(f"every aspect ratio must be a number > 0, got {r!r}")
     return aspect_ratios
 
 
@@ -59,7 +60,7 @@ def num_boxes_per_layer(num_layers, aspect_ratios=DEFAULT_ASPECT_RATIOS,
                         interpolated_scale_aspect_ratio=1.0, reduce_boxes_in_lowest_layer=True):
     """Boxes per feature-map cell for each layer, e.g. ``[3, 6, 6, 6, 6, 6]`` for SSDLite."""
     if not isinstance(num_layers, int) or isinstance(num_layers, bool) or num_layers < 1:
-        raise ValueError(f"num_layers must be an int >= 1, got {num_layers!r}")
+        raise InputError(f"num_layers must be an int >= 1, got {num_layers!r}")
     aspect_ratios = _validate_ratios(aspect_ratios)
     per_layer = len(aspect_ratios) + (1 if interpolated_scale_aspect_ratio > 0 else 0)
     counts = [per_layer] * num_layers
@@ -75,12 +76,12 @@ def _standardize_sizes(feature_map_sizes):
         if (len(pair) != 2
                 or not all(isinstance(d, numbers.Integral) and not isinstance(d, bool) and d >= 1
                            for d in pair)):
-            raise ValueError(
+            raise InputError(
                 f"each feature map size must be a positive int or an (H, W) pair of them, "
                 f"got {size!r}")
         sizes.append((int(pair[0]), int(pair[1])))
     if not sizes:
-        raise ValueError("feature_map_sizes must not be empty")
+        raise InputError("feature_map_sizes must not be empty")
     return sizes
 
 
@@ -99,7 +100,7 @@ def ssd_anchors(feature_map_sizes, min_scale=0.2, max_scale=0.95,
     sizes = _standardize_sizes(feature_map_sizes)
     aspect_ratios = _validate_ratios(aspect_ratios)
     if not 0 < min_scale < max_scale:
-        raise ValueError(
+        raise InputError(
             f"scales must satisfy 0 < min_scale < max_scale, got {min_scale!r}, {max_scale!r}")
     specs = _layer_box_specs(len(sizes), min_scale, max_scale, aspect_ratios,
                              interpolated_scale_aspect_ratio, reduce_boxes_in_lowest_layer)

@@ -17,6 +17,8 @@ the replicas' mean of their normalized losses, as before.
 import keras
 from keras import ops
 
+from keras_mnv2.errors import InputError
+
 MODES = ("softmax", "focal")
 
 
@@ -39,7 +41,7 @@ def _divide(per_anchor, positive, normalizer):
 def _check_normalizer(normalizer):
     if normalizer is not None and not (isinstance(normalizer, (int, float))
                                        and not isinstance(normalizer, bool) and normalizer > 0):
-        raise ValueError(f"normalizer must be a number > 0 or None, got {normalizer!r}")
+        raise InputError(f"normalizer must be a number > 0 or None, got {normalizer!r}")
     return normalizer
 
 
@@ -92,9 +94,9 @@ class SSDClassLoss(keras.losses.Loss):
     def __init__(self, mode="softmax", negatives_per_positive=3, min_negatives=3, alpha=0.25,
                  gamma=2.0, normalizer=None, name="ssd_class_loss", reduction="sum", dtype=None):
         if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+            raise InputError(f"mode must be one of {MODES}, got {mode!r}")
         if negatives_per_positive < 0 or min_negatives < 0:
-            raise ValueError("negatives_per_positive and min_negatives must be >= 0, got "
+            raise InputError("negatives_per_positive and min_negatives must be >= 0, got "
                              f"{negatives_per_positive!r}, {min_negatives!r}")
         super().__init__(name=name, reduction=reduction, dtype=dtype)
         self.mode = mode

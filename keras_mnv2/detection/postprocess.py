@@ -11,6 +11,7 @@ import keras
 from keras import ops
 
 from keras_mnv2.detection.box_coder import SCALE_FACTORS, decode_boxes
+from keras_mnv2.errors import InputError
 
 MODES = ("softmax", "focal")
 NMS_IMPLEMENTATIONS = ("auto", "tensorflow", "keras")
@@ -20,7 +21,7 @@ def class_scores(class_logits, mode="softmax"):
     """[B, N, C + 1] logits -> [B, N, C] foreground scores: softmax over the C + 1 columns with the
     background column dropped ("softmax"), or sigmoid of the C foreground logits ("focal")."""
     if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        raise InputError(f"mode must be one of {MODES}, got {mode!r}")
     logits = ops.cast(class_logits, "float32")
     if mode == "softmax":
         return ops.softmax(logits, axis=-1)[..., 1:]
@@ -145,7 +146,7 @@ def decode_detections(box_encodings, class_logits, anchors_center, score_thresho
       K = max_detections; rows past num_detections are zeros (class 0).
     """
     if nms not in NMS_IMPLEMENTATIONS:
-        raise ValueError(f"nms must be one of {NMS_IMPLEMENTATIONS}, got {nms!r}")
+        raise InputError(f"nms must be one of {NMS_IMPLEMENTATIONS}, got {nms!r}")
     scores = class_scores(class_logits, mode)
     boxes = ops.clip(decode_boxes(box_encodings, anchors_center, scale_factors), 0.0, 1.0)
     if nms == "auto":

@@ -16,6 +16,7 @@ import numpy as np
 from keras_mnv2.detection.anchors import num_boxes_per_layer, ssd_anchors
 from keras_mnv2.blocks import BN_EPSILON, BN_MOMENTUM, make_divisible
 from keras_mnv2.checks import integer, real
+from keras_mnv2.errors import InputError, NoAnchorsError
 from keras_mnv2.frameworks import get_keras
 from keras_mnv2.mobilenet_v2 import MobileNetV2, splits_per_block
 from keras_mnv2.record import builder_config, functional, records_arguments
@@ -56,15 +57,23 @@ def anchors_from_arguments(arguments):
 
 def model_anchors(model):
     """The anchors (np.float32 [N, 4], cy/cx/h/w) ``model``'s outputs line up with:
-    ``model.anchors`` where it has them (an SSDLite, its tf_keras twin or QAT copy), else the
-    ones its SSDLite builder record gives; None for a model with neither."""
+    ``model.anchors`` where it has them (an SSDLite, its tf_keras twin, its QAT, split or folded
+    copy, any of them reloaded from a ``.keras`` file), else the ones its SSDLite builder record
+    gives. Raises ``NoAnchorsError`` for a model with neither, or with anchors that are not an
+    [N, 4] table."""
     anchors = getattr(model, "anchors", None)
-    if anchors is not None:
-        return np.asarray(anchors, np.float32)
-    found = builder_config(model)
-    if found is not None and found[0] is SSDLite:
-        return anchors_from_arguments(found[1])
-    return None
+    if anchors is None:
+        found = builder_config(model)
+        if found is None or found[0] is not SSDLite:
+            raise NoAnchorsError(
+                f"model {model.name!r} carries no anchors (no anchors attribute and no SSDLite "
+                "builder record): pass the anchors (keras_mnv2.ssdlite_anchors(input_size, ...))")
+        anchors = anchors_from_arguments(found[1])
+    anchors = np.asarray(anchors, np.float32)
+    if anchors.ndim != 2 or anchors.shape[1] != 4:
+        raise NoAnchorsError(f"model {model.name!r} has anchors of shape {anchors.shape}, not an "
+                             "[N, 4] table (cy, cx, h, w)")
+    return anchors
 
 
 def _bn_relu6(keras, x, name, bn_momentum=BN_MOMENTUM):
@@ -144,13 +153,13 @@ def SSDLite(
     try:
         input_size = integer(input_size, "input_size", minimum=64)
     except ValueError:
-        raise ValueError(f"input_size must be an integer >= 64 (px), got {input_size!r}") from None
+        raise InputError(f"input_size must be an integer >= 64 (px), got {input_size!r}") from None
     alpha = real(alpha, "alpha", minimum=0, low_open=True)
     min_scale = real(min_scale, "min_scale", 0, 1, low_open=True)
     max_scale = real(max_scale, "max_scale", min_scale, 1)
     if isinstance(extra_depths, (str, bytes)) or not hasattr(extra_depths, "__len__") \
             or len(extra_depths) != len(EXTRA_DEPTHS):
-        raise ValueError(
+        raise InputError(
             f"extra_depths must have {len(EXTRA_DEPTHS)} entries (six feature maps in all), "
             f"got {extra_depths!r}"
         )
@@ -159,7 +168,7 @@ def SSDLite(
         try:
             background_prior = real(background_prior, "background_prior", 0, 1, True, True)
         except ValueError:
-            raise ValueError(f"background_prior must be in (0, 1) or None, got "
+            raise InputError(f"background_prior must be in (0, 1) or None, got "
                              f"{background_prior!r}") from None
     keras = get_keras(framework)
     layers = keras.layers
@@ -186,9 +195,10 @@ def SSDLite(
             predictor(keras, feature, num_classes + 1, num_boxes, f"class_predictor_{i}",
                       bias_initializer=class_bias, bn_momentum=bn_momentum)
         )
+    # float32 outputs under a mixed-precision policy (losses and decoding stay float32)
     outputs = {
-        "boxes": layers.Concatenate(axis=1, name="boxes")(box_outputs),
-        "classes": layers.Concatenate(axis=1, name="classes")(class_outputs),
+        "boxes": layers.Concatenate(axis=1, name="boxes", dtype="float32")(box_outputs),
+        "classes": layers.Concatenate(axis=1, name="classes", dtype="float32")(class_outputs),
     }
     model = functional(keras, backbone.inputs, outputs,
                        name=name or f"ssdlite_mobilenetv2_{alpha:0.2f}_{input_size}")
@@ -238,16 +248,16 @@ class DetectionPostProcess(keras.layers.Layer):
         from keras_mnv2.detection.postprocess import MODES
 
         if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+            raise InputError(f"mode must be one of {MODES}, got {mode!r}")
         for key, value in (("max_detections", max_detections),
                            ("max_detections_per_class", max_detections_per_class)):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"{key} must be an integer >= 1, got {value!r}")
+                raise InputError(f"{key} must be an integer >= 1, got {value!r}")
         for key, value in (("score_threshold", score_threshold),
                            ("iou_threshold", iou_threshold)):
             if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) \
                     or not 0 <= value <= 1:
-                raise ValueError(f"{key} must be a number in [0, 1], got {value!r}")
+                raise InputError(f"{key} must be a number in [0, 1], got {value!r}")
         self.num_anchors = int(num_anchors)
         self.score_threshold = float(score_threshold)
         self.iou_threshold = float(iou_threshold)
@@ -305,7 +315,8 @@ def detector(model, score_threshold=0.01, iou_threshold=0.6, max_detections=100,
             come from the model (``model_anchors``).
         name: the new model's name (default ``<model name>_detector``).
 
-    The layers are shared with ``model`` (no copy): training ``model`` further changes the
+    The detector keeps ``model.labels`` (class names, background first): ``labels[c]`` names a
+    box of class ``c``. The layers are shared with ``model`` (no copy): training ``model`` further changes the
     detector too. The result saves to ``.keras`` (the anchors are a weight of its
     ``DetectionPostProcess`` layer). It uses TensorFlow ops: TensorFlow backend only.
     """
@@ -317,18 +328,18 @@ def detector(model, score_threshold=0.01, iou_threshold=0.6, max_detections=100,
     try:
         raw = {key: model.get_layer(key).output for key in ("boxes", "classes")}
     except ValueError as err:
-        raise ValueError(f"model {model.name!r} is not an SSDLite (no 'boxes' and 'classes' "
+        raise InputError(f"model {model.name!r} is not an SSDLite (no 'boxes' and 'classes' "
                          "output layers)") from err
     anchors = model_anchors(model)
-    if anchors is None:
-        raise ValueError(f"model {model.name!r} carries no anchors (no anchors attribute and no "
-                         "SSDLite builder record)")
     if anchors.shape != (int(raw["boxes"].shape[1]), 4):
-        raise ValueError(f"anchors have shape {anchors.shape}, the model predicts for "
+        raise InputError(f"anchors have shape {anchors.shape}, the model predicts for "
                          f"{raw['boxes'].shape[1]} anchors")
     post = DetectionPostProcess(len(anchors), score_threshold=score_threshold,
                                 iou_threshold=iou_threshold, max_detections=max_detections,
                                 max_detections_per_class=max_detections_per_class, mode=mode,
                                 anchors=anchors, name="detections")
     outputs = post(raw)
-    return keras.Model(model.inputs[0], outputs, name=name or f"{model.name}_detector")
+    inference = keras.Model(model.inputs[0], outputs, name=name or f"{model.name}_detector")
+    if getattr(model, "labels", None) is not None:  # class names: labels[classes] names a box
+        inference.labels = tuple(model.labels)
+    return inference

@@ -33,6 +33,7 @@ import numpy as np
 
 from keras_mnv2.blocks import BN_EPSILON, BN_MOMENTUM
 from keras_mnv2.checks import image_shape, integer, real
+from keras_mnv2.errors import InputError
 from keras_mnv2.frameworks import get_keras
 from keras_mnv2.mobilenet_v2 import MIN_INPUT_SIZE, MobileNetV2, channel_rounding
 from keras_mnv2.record import functional, records_arguments
@@ -47,7 +48,7 @@ HEAD_PREFIXES = ("image_pooling", "aspp", "concat", "logits")
 def deeplab_atrous_rates(output_stride):
     """The ASPP atrous rates: (6, 12, 18) at output stride 16, (12, 24, 36) at 8."""
     if output_stride not in DEEPLAB_OUTPUT_STRIDES:
-        raise ValueError(
+        raise InputError(
             f"output_stride must be one of {DEEPLAB_OUTPUT_STRIDES}, got {output_stride!r}"
         )
     return tuple(rate * 16 // output_stride for rate in _BASE_RATES)
@@ -143,16 +144,16 @@ def _validate(num_classes, alpha, input_shape, output_stride, aspp, dropout_rate
     num_classes = integer(num_classes, "num_classes", minimum=1)
     alpha = real(alpha, "alpha", minimum=0, low_open=True)
     if output_stride not in DEEPLAB_OUTPUT_STRIDES:
-        raise ValueError(
+        raise InputError(
             f"output_stride must be one of {DEEPLAB_OUTPUT_STRIDES}, got {output_stride!r}"
         )
     if not isinstance(aspp, bool):
-        raise ValueError(f"aspp must be True or False, got {aspp!r}")
+        raise InputError(f"aspp must be True or False, got {aspp!r}")
     dropout_rate = real(dropout_rate, "dropout_rate", 0, 1, high_open=True)
     bn_momentum = real(bn_momentum, "bn_momentum", 0, 1)
     if input_shape is not None and not isinstance(input_shape, (str, bytes)) and hasattr(
             input_shape, "__len__") and len(input_shape) == 3 and None in tuple(input_shape):
-        raise ValueError(
+        raise InputError(
             "DeepLabV3 needs a static input size (the image pooling and the final "
             f"upsampling are built for it); input_shape has a None side: {input_shape!r}"
         )
@@ -234,7 +235,7 @@ def DeepLabV3(
     num_classes, alpha, input_shape, dropout_rate, bn_momentum = _validate(
         num_classes, alpha, input_shape, output_stride, aspp, dropout_rate, bn_momentum)
     if not isinstance(align_corners, bool):
-        raise ValueError(f"align_corners must be True or False, got {align_corners!r}")
+        raise InputError(f"align_corners must be True or False, got {align_corners!r}")
     keras = get_keras(framework)
     layers = keras.layers
 

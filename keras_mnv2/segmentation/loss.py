@@ -8,6 +8,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_mnv2.errors import InputError
 from keras_mnv2.tensors import concrete_numpy
 
 IGNORE_LABEL = 255
@@ -24,19 +25,19 @@ def _label_ids(y_true, logits):
     labels_shape, logits_shape = tuple(labels.shape), tuple(logits.shape)
     if len(labels_shape) == len(logits_shape):
         if labels_shape[-1] not in (1, None):
-            raise ValueError(
+            raise InputError(
                 "labels must be [B, H, W] or [B, H, W, 1] class ids, got shape "
                 f"{labels_shape} for logits of shape {logits_shape}"
             )
         labels = ops.squeeze(labels, axis=-1)
         labels_shape = labels_shape[:-1]
     if len(labels_shape) != len(logits_shape) - 1:
-        raise ValueError(
+        raise InputError(
             f"labels of shape {labels_shape} do not match logits of shape "
             f"{logits_shape} (expected [B, H, W] or [B, H, W, 1] labels)"
         )
     if not _compatible(labels_shape[1:], logits_shape[1:-1]):
-        raise ValueError(
+        raise InputError(
             f"labels are {labels_shape[1:]} pixels but logits are "
             f"{logits_shape[1:-1]}: resize the labels (nearest) or the logits first"
         )
@@ -52,10 +53,10 @@ def _check_range(labels, valid, num_classes):
         return
     values = values[keep]
     if np.any(values < 0):
-        raise ValueError("segmentation labels must be >= 0 (or the ignore label), found "
+        raise InputError("segmentation labels must be >= 0 (or the ignore label), found "
                          f"{sorted(set(values[values < 0].tolist()))[:10]}")
     if np.any(values >= num_classes):
-        raise ValueError(f"segmentation labels must be < num_classes={num_classes} (or the "
+        raise InputError(f"segmentation labels must be < num_classes={num_classes} (or the "
                          f"ignore label), found "
                          f"{sorted(set(values[values >= num_classes].tolist()))[:10]}")
 
@@ -78,7 +79,7 @@ class SegmentationLoss(keras.losses.Loss):
         if ignore_label is not None and (
             not isinstance(ignore_label, int) or isinstance(ignore_label, bool)
         ):
-            raise ValueError(f"ignore_label must be an integer or None, got {ignore_label!r}")
+            raise InputError(f"ignore_label must be an integer or None, got {ignore_label!r}")
         super().__init__(name=name, reduction=reduction, dtype=dtype)
         self.ignore_label = ignore_label
 

@@ -8,6 +8,7 @@ rows and predictions on the columns (as ``tf.math.confusion_matrix`` and ``keras
 import keras
 import numpy as np
 
+from keras_mnv2.errors import InputError
 from keras_mnv2.segmentation.loss import IGNORE_LABEL
 
 
@@ -18,14 +19,14 @@ def _as_numpy(value, what):
         value = value.numpy()
     value = np.asarray(value)
     if value.dtype.kind not in "iufb":
-        raise ValueError(f"{what} must be numeric, got dtype {value.dtype}")
+        raise InputError(f"{what} must be numeric, got dtype {value.dtype}")
     return value
 
 
 def _integer_ids(values, what):
     if values.dtype.kind == "f":
         if not np.all(np.isfinite(values)) or np.any(values != np.round(values)):
-            raise ValueError(f"{what} must be integer class ids, got non-integer values")
+            raise InputError(f"{what} must be integer class ids, got non-integer values")
     return values.astype(np.int64)
 
 
@@ -40,7 +41,7 @@ def confusion_matrix(labels, predictions, num_classes, ignore_label=IGNORE_LABEL
     Returns an int64 numpy array.
     """
     if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
-        raise ValueError(f"num_classes must be an integer >= 1, got {num_classes!r}")
+        raise InputError(f"num_classes must be an integer >= 1, got {num_classes!r}")
     labels = _as_numpy(labels, "labels")
     predictions = _as_numpy(predictions, "predictions")
     if labels.shape != predictions.shape and labels.ndim and labels.shape[-1] == 1 \
@@ -48,13 +49,13 @@ def confusion_matrix(labels, predictions, num_classes, ignore_label=IGNORE_LABEL
         labels = labels[..., 0]
     if predictions.ndim == labels.ndim + 1:
         if predictions.shape[-1] != num_classes:
-            raise ValueError(
+            raise InputError(
                 f"predictions of shape {predictions.shape} look like scores but their last axis "
                 f"is not num_classes={num_classes}"
             )
         predictions = np.argmax(predictions, axis=-1)
     if labels.shape != predictions.shape:
-        raise ValueError(
+        raise InputError(
             f"labels of shape {labels.shape} do not match predictions of shape "
             f"{predictions.shape}"
         )
@@ -66,7 +67,7 @@ def confusion_matrix(labels, predictions, num_classes, ignore_label=IGNORE_LABEL
     for values, what in ((labels, "labels"), (predictions, "predictions")):
         bad = (values < 0) | (values >= num_classes)
         if np.any(bad):
-            raise ValueError(
+            raise InputError(
                 f"{what} must lie in [0, {num_classes}) (or be the ignore label "
                 f"{ignore_label}); found {sorted(set(values[bad].tolist()))[:10]}"
             )
@@ -85,9 +86,9 @@ def iou_from_confusion(cm):
     """
     cm = np.asarray(cm, dtype=np.float64)
     if cm.ndim != 2 or cm.shape[0] != cm.shape[1]:
-        raise ValueError(f"confusion matrix must be square [C, C], got shape {cm.shape}")
+        raise InputError(f"confusion matrix must be square [C, C], got shape {cm.shape}")
     if np.any(cm < 0):
-        raise ValueError("confusion matrix must not hold negative counts")
+        raise InputError("confusion matrix must not hold negative counts")
     true_positives = np.diag(cm)
     union = cm.sum(axis=0) + cm.sum(axis=1) - true_positives
     present = union > 0
@@ -108,7 +109,7 @@ class MeanIoU(keras.metrics.MeanIoU):
 
     def __init__(self, num_classes, ignore_label=IGNORE_LABEL, name="mean_iou", dtype=None):
         if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
-            raise ValueError(f"num_classes must be an integer >= 1, got {num_classes!r}")
+            raise InputError(f"num_classes must be an integer >= 1, got {num_classes!r}")
         super().__init__(num_classes, name=name, dtype=dtype, ignore_class=ignore_label,
                          sparse_y_true=True, sparse_y_pred=False)
         self.ignore_label = ignore_label

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+from keras_mnv2.errors import InputError, MissingFileError
 from pipelines.data import decode
 from pipelines.data.skips import SkipLog
 
@@ -38,7 +39,7 @@ COCO2017_CATEGORY_IDS = (
 )
 
 
-class CocoFormatError(ValueError):
+class CocoFormatError(InputError):
     """A COCO annotation file that cannot be read as detection annotations."""
 
 
@@ -129,7 +130,7 @@ def _find_annotation_file(root, split):
     for path in candidates:
         if path.is_file():
             return path
-    raise FileNotFoundError(
+    raise MissingFileError(
         f"no COCO annotation file for split {split!r}: tried "
         + ", ".join(str(p) for p in candidates)
     )
@@ -142,7 +143,7 @@ def _find_image_dir(root, split, annotation_file):
     for path in candidates:
         if path.is_dir():
             return path
-    raise FileNotFoundError(
+    raise MissingFileError(
         f"no image folder for {annotation_file}: tried "
         + ", ".join(str(p) for p in candidates)
         + " (pass image_dir=)"
@@ -163,16 +164,16 @@ def load_coco(root_or_json, split=None, image_dir=None):
     if path.suffix == ".json":
         annotation_file = path
         if not annotation_file.is_file():
-            raise FileNotFoundError(f"COCO annotation file not found: {annotation_file}")
+            raise MissingFileError(f"COCO annotation file not found: {annotation_file}")
         if split is None:
             stem = annotation_file.stem
             split = stem[len("instances_"):] if stem.startswith("instances_") else stem
         root = annotation_file.parent.parent
     else:
         if split is None:
-            raise ValueError("split is required when a dataset root is given")
+            raise InputError("split is required when a dataset root is given")
         if not path.is_dir():
-            raise FileNotFoundError(f"COCO dataset root not found: {path}")
+            raise MissingFileError(f"COCO dataset root not found: {path}")
         root = path
         annotation_file = _find_annotation_file(root, split)
     if image_dir is None:
@@ -180,7 +181,7 @@ def load_coco(root_or_json, split=None, image_dir=None):
     else:
         image_dir = Path(image_dir)
         if not image_dir.is_dir():
-            raise FileNotFoundError(f"image folder for {annotation_file} not found: {image_dir}")
+            raise MissingFileError(f"image folder for {annotation_file} not found: {image_dir}")
 
     try:
         with open(annotation_file) as f:
@@ -347,7 +348,7 @@ def coco_dataset(
     return images out of order for speed.
     """
     if size_mismatch not in SIZE_MISMATCH:
-        raise ValueError(f"size_mismatch must be 'skip' or 'stop', got {size_mismatch!r}")
+        raise InputError(f"size_mismatch must be 'skip' or 'stop', got {size_mismatch!r}")
     index = source if isinstance(source, CocoIndex) else load_coco(source, split, image_dir)
     n = index.num_images
     image_dir = str(index.image_dir)

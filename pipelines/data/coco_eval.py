@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from keras_mnv2.errors import InputError, MissingFileError
+
 METRICS = ("AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large")
 
 
@@ -19,7 +21,7 @@ def _load_gt(coco_gt):
         return coco_gt.coco
     path = Path(coco_gt)
     if not path.is_file():
-        raise FileNotFoundError(f"COCO annotation file not found: {path}")
+        raise MissingFileError(f"COCO annotation file not found: {path}")
     with contextlib.redirect_stdout(io.StringIO()):
         return COCO(str(path))
 
@@ -43,7 +45,7 @@ def to_coco_results(coco_gt, detections, label_to_category):
         scores = np.asarray(det["scores"], dtype=np.float64).reshape(-1)
         classes = np.asarray(det["classes"]).reshape(-1).astype(np.int64)
         if not len(boxes) == len(scores) == len(classes):
-            raise ValueError(
+            raise InputError(
                 f"image {image_id}: {len(boxes)} boxes, {len(scores)} scores, "
                 f"{len(classes)} classes"
             )

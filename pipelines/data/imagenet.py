@@ -45,6 +45,7 @@ from typing import Callable, Optional
 import numpy as np
 import tensorflow as tf
 
+from keras_mnv2.errors import InputError, MissingFileError
 from pipelines.data.decode import attempt_each, decode_image, record_skips
 from pipelines.data.skips import SkipLog
 
@@ -62,7 +63,7 @@ STANDARD_SHARDS = {
 }
 
 
-class DatasetError(ValueError):
+class DatasetError(InputError):
     """A dataset on disk that cannot be read as an ImageNet split."""
 
 
@@ -106,7 +107,7 @@ def folder_source(root, split="train", labels_file=None, class_names=None):
     root = Path(root)
     folder = root / split
     if not folder.is_dir():
-        raise FileNotFoundError(f"no {split}/ folder in {root}")
+        raise MissingFileError(f"no {split}/ folder in {root}")
     subdirs = sorted(e.name for e in os.scandir(folder)
                      if e.is_dir() and not e.name.startswith("."))
     class_names = tuple(class_names) if class_names is not None else _class_names(root, subdirs)
@@ -192,7 +193,7 @@ def _class_names(root, subdirs):
 def _find_labels_file(root, split, labels_file):
     if labels_file is not None:
         if not os.path.isfile(labels_file):
-            raise FileNotFoundError(f"labels file not found: {labels_file}")
+            raise MissingFileError(f"labels file not found: {labels_file}")
         return Path(labels_file)
     candidates = [root / f"LOC_{split}_solution.csv", root / f"{split}_labels.txt",
                   root / split / "labels.txt"]
@@ -265,16 +266,16 @@ def tfrecord_source(files, num_classes=1000, label_offset=1, num_examples=None,
         pattern = os.fspath(files)
         files = sorted(tf.io.gfile.glob(pattern))
         if not files:
-            raise FileNotFoundError(f"no TFRecord files match {pattern}")
+            raise MissingFileError(f"no TFRecord files match {pattern}")
     files = [os.fspath(f) for f in files]
     for f in files:
         if not tf.io.gfile.exists(f):
-            raise FileNotFoundError(f"TFRecord file not found: {f}")
+            raise MissingFileError(f"TFRecord file not found: {f}")
     if class_names is None:
         class_names = tfds_class_names() if num_classes == 1000 else tuple(
             str(i) for i in range(num_classes))
     if len(class_names) != num_classes:
-        raise ValueError(f"{len(class_names)} class_names for num_classes={num_classes}")
+        raise InputError(f"{len(class_names)} class_names for num_classes={num_classes}")
     if num_examples is None:
         num_examples = _standard_size(files)
     if num_examples is None:
@@ -363,12 +364,12 @@ def tfds_source(split="train", data_dir=None, manual_dir=None):
     _importlib_resources_shim()
     split = {"val": "validation"}.get(split, split)
     if split not in ("train", "validation"):
-        raise ValueError(f"split must be 'train' or 'validation', got {split!r} (the test "
+        raise InputError(f"split must be 'train' or 'validation', got {split!r} (the test "
                          "split has no labels)")
     builder = tfds.builder("imagenet2012", data_dir=data_dir)
     if not builder.is_prepared():
         if manual_dir is None:
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"TFDS imagenet2012 is not prepared in {builder.data_dir}; pass manual_dir "
                 "(the folder holding ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar) "
                 "to build it")
@@ -526,7 +527,7 @@ def train_dataset(source, batch_size, image_size, *, seed=None, deterministic=Fa
     every pass counts every skip; the row is removed again on the client side.
     """
     if data_service and deterministic:
-        raise ValueError("deterministic=True and data_service do not mix: the service's workers "
+        raise InputError("deterministic=True and data_service do not mix: the service's workers "
                          "interleave their batches in arrival order")
     if data_service:
         seed = None  # each worker draws its own order and crops ("parallel_epochs")

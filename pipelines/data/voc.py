@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
+from keras_mnv2.errors import InputError, MissingFileError
 from pipelines.data.skips import SkipLog
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,7 @@ NUM_TRAIN_AUG = 10582  # images in train_aug built from the full VOC 2012 and SB
 NUM_VOC_VAL = 1449
 
 
-class VocFormatError(ValueError):
+class VocFormatError(InputError):
     """A VOC or SBD file or list that cannot be used as segmentation ground truth."""
 
 
@@ -113,7 +114,7 @@ def _find_folder(given, nested, marker, what):
     for path in candidates:
         if (path / marker).is_dir():
             return path
-    raise FileNotFoundError(f"no {what} (with {marker}/) at {given}: tried "
+    raise MissingFileError(f"no {what} (with {marker}/) at {given}: tried "
                             + ", ".join(str(p) for p in candidates))
 
 
@@ -132,7 +133,7 @@ def read_ids(path):
     """Image ids of a list file, one per line, in order; duplicates and an empty list are errors."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"split list not found: {path}")
+        raise MissingFileError(f"split list not found: {path}")
     ids = [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
     if not ids:
         raise VocFormatError(f"{path}: the split list is empty")
@@ -150,7 +151,7 @@ def split_ids(voc_root, split, sbd_dir=None):
     if split != "train_aug":
         return read_ids(lists / f"{split}.txt")
     if sbd_dir is None:
-        raise ValueError("split 'train_aug' needs the SBD annotations (sbd_dir)")
+        raise InputError("split 'train_aug' needs the SBD annotations (sbd_dir)")
     return train_aug_ids(voc_root, sbd_dir)
 
 
@@ -184,7 +185,7 @@ def load_voc(voc_dir, split="train", sbd_dir=None, class_names=VOC_CLASSES, skip
     root = find_voc_root(voc_dir)
     sbd = find_sbd_root(sbd_dir) if sbd_dir is not None else None
     if len(class_names) < 2 or len(class_names) > IGNORE_LABEL:
-        raise ValueError(f"need 2..255 class names, got {len(class_names)}")
+        raise InputError(f"need 2..255 class names, got {len(class_names)}")
     index = VocIndex(root=root, split=split, ids=[], image_paths=[], mask_paths=[],
                      class_names=tuple(class_names), skip_bad=skip_bad,
                      skipped=SkipLog(split))
@@ -203,7 +204,7 @@ def load_voc(voc_dir, split="train", sbd_dir=None, class_names=VOC_CLASSES, skip
             problem = (str(mask), f"mask of image {image_id!r} ({image}) not found")
         if problem is not None:
             if not skip_bad:
-                raise FileNotFoundError(f"{problem[0]}: {problem[1]}")
+                raise MissingFileError(f"{problem[0]}: {problem[1]}")
             index.skipped.add(*problem)
             continue
         index.ids.append(image_id)
@@ -273,7 +274,7 @@ def check_disjoint(train, val):
     """Raises if two indexes share an image id (train on val would inflate every metric)."""
     shared = sorted(set(train.ids) & set(val.ids))
     if shared:
-        raise ValueError(
+        raise InputError(
             f"splits {train.split!r} and {val.split!r} share {len(shared)} images "
             f"(e.g. {shared[:3]}): evaluation would be on training images"
         )
@@ -373,7 +374,7 @@ def voc_dataset(source, split=None, *, sbd_dir=None, skip_bad=None, shuffle=Fals
         index = source
     else:
         if split is None:
-            raise ValueError("split is required when a folder is given")
+            raise InputError("split is required when a folder is given")
         index = load_voc(source, split, sbd_dir=sbd_dir, skip_bad=bool(skip_bad))
     skip = index.skip_bad if skip_bad is None else skip_bad
     skipped = index.skipped if skip else None

@@ -21,6 +21,8 @@ import time
 
 import numpy as np
 
+from keras_mnv2.errors import InputError, MissingFileError
+
 JOBS = ("coco", "voc", "imagenet")
 MODEL_FILES = {"coco": "last.keras", "voc": "last.keras", "imagenet": "model.keras"}
 # The metric a table reports per job (x100), then the others it shows.
@@ -31,7 +33,7 @@ QAT_LR_FACTOR = 0.02  # QAT fine-tunes at 1/50 of the recipe's peak learning rat
 
 def _check_job(job):
     if job not in JOBS:
-        raise ValueError(f"job must be one of {JOBS}, got {job!r}")
+        raise InputError(f"job must be one of {JOBS}, got {job!r}")
 
 
 def model_path(job, run_dir):
@@ -65,7 +67,7 @@ def parse_expansion_splits(text):
     except ValueError:
         counts = []
     if not counts or min(counts) < 1 or len(counts) > blocks:
-        raise ValueError(f"expansion splits must be an integer >= 1 or up to {blocks} "
+        raise InputError(f"expansion splits must be an integer >= 1 or up to {blocks} "
                          f"comma-separated integers >= 1 (one per block), got {text!r}")
     if len(counts) == 1 and "," not in str(text):
         return counts[0]
@@ -82,12 +84,17 @@ def _split_model(model, expansion_splits):
 
 
 def load_run(run_dir):
-    """The run's metrics.json as a dict; raises FileNotFoundError naming the file."""
+    """The run's metrics.json as a dict; raises MissingFileError (a FileNotFoundError) naming
+    the file, InputError for one that is not JSON."""
     path = os.path.join(run_dir, "metrics.json")
     if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} not found: train the job first (keras-mnv2 train ...)")
-    with open(path) as f:
-        return json.load(f)
+        raise MissingFileError(f"{path} not found: train the job first (keras-mnv2 train ...)")
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except ValueError as err:
+        raise InputError(f"{path} cannot be read as JSON ({err}): train the job again, or give "
+                         "another --run-dir") from None
 
 
 def _module(job):
@@ -108,11 +115,11 @@ def recipe_from_metrics(job, metrics):
     recipe_class = type(module.EMBEDDED)
     stored = metrics.get("recipe")
     if not isinstance(stored, dict):
-        raise ValueError(f"metrics.json of the {job} run has no recipe")
+        raise InputError(f"metrics.json of the {job} run has no recipe")
     names = {f.name for f in dataclasses.fields(recipe_class)}
     unknown = sorted(set(stored) - names)
     if unknown:
-        raise ValueError(f"recipe in metrics.json has fields {recipe_class.__name__} lacks: "
+        raise InputError(f"recipe in metrics.json has fields {recipe_class.__name__} lacks: "
                          f"{unknown}")
     return recipe_class(**stored)
 
@@ -138,21 +145,42 @@ class JobData:
 def _dataset_dir(metrics, job):
     dataset = metrics.get("dataset")
     if not dataset or dataset.startswith(("tfds:", "tfrecord:")):
-        raise ValueError(f"the {job} run used {dataset!r}: deploy works from a dataset "
+        raise InputError(f"the {job} run used {dataset!r}: deploy works from a dataset "
                          "directory recorded in metrics.json")
     if not os.path.isdir(dataset):
-        raise FileNotFoundError(f"dataset directory of the {job} run not found: {dataset}")
+        raise MissingFileError(f"dataset directory of the {job} run not found: {dataset}")
     return dataset
 
 
+def saved_anchors(path):
+    """The anchors a ``.keras`` file holds (a ``BuiltModel`` saves them with its weights), read
+    without building the model; None when it holds none."""
+    import io
+    import zipfile
+
+    import h5py
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            weights = archive.read("model.weights.h5")
+        with h5py.File(io.BytesIO(weights), "r") as f:
+            found = f.get("vars/anchors")
+            return None if found is None else np.asarray(found, np.float32)
+    except (KeyError, OSError, zipfile.BadZipFile):
+        return None
+
+
 def run_anchors(run_dir, recipe):
-    """The anchors of the run's SSDLite, from the builder record in its model file (read without
-    building the model); the recipe's input size with the default anchor settings for a file
-    saved without a record."""
+    """The anchors of the run's SSDLite, read off its model file without building the model:
+    the ones saved with it, else its builder record's; the recipe's input size with the default
+    anchor settings for a file with neither."""
     from keras_mnv2.detection.ssdlite import anchors_from_arguments, ssdlite_anchors
     from keras_mnv2.record import read_record
 
     path = model_path("coco", run_dir)
+    saved = saved_anchors(path) if os.path.exists(path) else None
+    if saved is not None:
+        return saved
     record = read_record(path) if os.path.exists(path) else None
     if record is not None and record[0].endswith(".SSDLite"):
         return anchors_from_arguments(record[1])
@@ -171,10 +199,10 @@ def check_tflite(path, images, num_classes=None, class_outputs=()):
         runner = tflite.interpreter(path).get_signature_runner()
         inputs = runner.get_input_details()
     except (ValueError, RuntimeError) as err:
-        raise ValueError(f"{path} cannot be read as a TFLite model with a signature "
+        raise InputError(f"{path} cannot be read as a TFLite model with a signature "
                          f"({str(err).splitlines()[0]})") from None
     if len(inputs) != 1:
-        raise ValueError(f"{path} has {len(inputs)} inputs ({', '.join(inputs)}): expected one "
+        raise InputError(f"{path} has {len(inputs)} inputs ({', '.join(inputs)}): expected one "
                          "image input")
     (detail,) = inputs.values()
     problems = []
@@ -193,7 +221,7 @@ def check_tflite(path, images, num_classes=None, class_outputs=()):
                 problems.append(f"its output {name!r} has {int(out['shape'][-1])} classes but the "
                                 f"run has {num_classes}")
     if problems:
-        raise ValueError(f"{path} does not fit this run: " + "; ".join(problems)
+        raise InputError(f"{path} does not fit this run: " + "; ".join(problems)
                          + " (export it from this run: keras-mnv2 export, or give its --run-dir)")
 
 
@@ -225,7 +253,7 @@ def _coco_data(run_dir, metrics, recipe):
         for images, image_ids in detection.eval_dataset(val_source, recipe):
             out = tflite.run_signature(path, images.numpy())
             if "detection_boxes" not in out:
-                raise ValueError(f"{path} has outputs {sorted(out)}: expected the post-processed "
+                raise InputError(f"{path} has outputs {sorted(out)}: expected the post-processed "
                                  "detections (export with output='detections')")
             for i, image_id in enumerate(image_ids.numpy()):
                 n = int(out["num_detections"][i])
@@ -279,7 +307,7 @@ def _voc_data(run_dir, metrics, recipe):
             elif "logits" in out:
                 predicted = np.argmax(out["logits"], axis=-1)
             else:
-                raise ValueError(f"{path} has outputs {sorted(out)}: expected logits or mask")
+                raise InputError(f"{path} has outputs {sorted(out)}: expected logits or mask")
             cm += confusion_matrix(labels, predicted, num_classes, ignore_label=ignore)
             images_seen += len(predicted)
         mean_iou, _ = iou_from_confusion(cm)
@@ -322,7 +350,7 @@ def _imagenet_data(run_dir, metrics, recipe):
             correct_k += int(((top == labels[:, None]).any(-1) & keep).sum())
             images += int(keep.sum())
         if images == 0:
-            raise ValueError(f"{path}: the val split held no decodable image")
+            raise InputError(f"{path}: the val split held no decodable image")
         return {"top1": correct1 / images, "top5": correct_k / images, "images": images}
 
     train_ds = imagenet_data.train_dataset(
@@ -350,7 +378,7 @@ def load_model(job, run_dir):
 
     path = model_path(job, run_dir)
     if not os.path.exists(path):
-        raise FileNotFoundError(f"no trained {job} model: {path} not found (train it first)")
+        raise MissingFileError(f"no trained {job} model: {path} not found (train it first)")
     return qat.load_keras_model(path)
 
 
@@ -399,7 +427,7 @@ def run_qat(job, run_dir=None, epochs=2, learning_rate=None, steps_per_epoch=Non
     from keras_mnv2.deploy import export, qat
 
     if scheme not in qat.SCHEMES:
-        raise ValueError(f"scheme must be one of {qat.SCHEMES}, got {scheme!r}")
+        raise InputError(f"scheme must be one of {qat.SCHEMES}, got {scheme!r}")
     if scheme == "keras":
         return _run_keras_qat(job, run_dir, epochs, learning_rate, steps_per_epoch, io_dtype,
                               verbose, expansion_splits)
@@ -493,7 +521,7 @@ def run_export(job, run_dir=None, modes=DEFAULT_MODES, io_dtype="float32",
     run_dir = run_dir or f"runs/{job}"
     for mode in modes:
         if mode not in export.MODES or mode == "qat":
-            raise ValueError(f"export mode must be one of float32, float16, dynamic, int8 "
+            raise InputError(f"export mode must be one of float32, float16, dynamic, int8 "
                              f"(qat: keras-mnv2 qat), got {mode!r}")
     model = load_model(job, run_dir)
     split = expansion_splits is not None
@@ -521,7 +549,7 @@ def evaluate_tflite(job, tflite_file, run_dir=None, keras_metrics=True):
     float Keras model's metrics (None with keras_metrics=False)}."""
     run_dir = run_dir or f"runs/{job}"
     if not os.path.exists(tflite_file):
-        raise FileNotFoundError(f"TFLite file not found: {tflite_file}")
+        raise MissingFileError(f"TFLite file not found: {tflite_file}")
     data = job_data(job, run_dir)
     result = {"tflite": data.evaluate_tflite(tflite_file), "keras": None}
     if keras_metrics:
@@ -557,7 +585,7 @@ def compare(job, run_dir=None, modes=None):
             path = tflite_path(job, run_dir, mode, split, variant)
             if not os.path.exists(path):
                 if modes and not split and variant is None:
-                    raise FileNotFoundError(f"{path} not found: export it first")
+                    raise MissingFileError(f"{path} not found: export it first")
                 continue
             label = VARIANTS.get((mode, variant)) or {
                 "int8": "TFLite PTQ int8", "qat": "TFLite QAT int8"}.get(mode, f"TFLite {mode}")

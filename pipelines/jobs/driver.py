@@ -9,11 +9,12 @@ A run directory holds everything a job writes:
     curves.png     training curves, drawn from history.csv
     metrics.json   the evaluation figures
 
-Nothing is lost to a kill: every file is written under a temporary name and renamed into place,
-so each holds either its old or its new content. At the end of an epoch the history row is written
-first, then last.keras, then the resume state (the weights file of that epoch, then
-``training_metadata.json`` naming it). A kill anywhere in between resumes from the last state
-written; history.csv is cut back to the epochs that state holds, so no epoch is lost or repeated.
+Nothing is lost to a kill or a power loss: every file is written under a temporary name, fsynced
+and renamed into place (``keras_mnv2.files.write_file``), so each holds either its old or its
+new content. At the end of an epoch the history row is written first, then last.keras, then the
+resume state (the weights file of that epoch, then ``training_metadata.json`` naming it). A kill
+anywhere in between resumes from the last state written; history.csv is cut back to the epochs
+that state holds, so no epoch is lost or repeated.
 """
 
 import contextlib
@@ -27,20 +28,21 @@ import sys
 
 import keras
 
+from keras_mnv2.errors import InputError
 from keras_mnv2.files import KILL_AT_ENV  # noqa: F401  (driver.KILL_AT_ENV, for the tests)
 from keras_mnv2.files import append_history_row, cut_history
 from keras_mnv2.files import kill_point as _kill_point
-from keras_mnv2.files import temporary_name as _temporary
+from keras_mnv2.files import write_file
 from keras_mnv2.files import write_text as _write_text
 from pipelines.manifest import write_atomic
 
 
-class RunDirError(ValueError):
+class RunDirError(InputError):
     """A run directory that cannot be used: not writable, a file, another recipe's, or a broken
     resume state."""
 
 
-class NoTrainingError(ValueError):
+class NoTrainingError(InputError):
     """An epoch that trained zero steps (no usable training images)."""
 
 
@@ -51,20 +53,13 @@ class NoTrainingError(ValueError):
 
 
 def save_model(model, path, before_rename=None):
-    """``model.save(path)`` through a temporary file and a rename: never half a model."""
-    tmp = _temporary(path)
-    model.save(tmp)
-    if before_rename is not None:
-        before_rename()
-    os.replace(tmp, path)
-    return path
+    """``model.save(path)`` written whole (``keras_mnv2.files.write_file``): never half a
+    model."""
+    return write_file(path, model.save, before_rename)
 
 
 def _save_figure(fig, path, **kwargs):
-    tmp = _temporary(path)
-    fig.savefig(tmp, **kwargs)
-    os.replace(tmp, path)
-    return path
+    return write_file(path, lambda tmp: fig.savefig(tmp, **kwargs))
 
 
 def _rerun_hint(run_dir):
@@ -222,10 +217,8 @@ class ResumeState(keras.callbacks.Callback):
         os.makedirs(self.backup_dir, exist_ok=True)
         name = f"epoch-{epoch + 1}.weights.h5"
         path = os.path.join(self.backup_dir, name)
-        tmp = _temporary(path)
-        self.model.save_weights(tmp, overwrite=True)
-        _kill_point("state-weights", epoch)
-        os.replace(tmp, path)
+        write_file(path, lambda tmp: self.model.save_weights(tmp, overwrite=True),
+                   lambda: _kill_point("state-weights", epoch))
         _kill_point("state", epoch)
         _write_text(self.metadata_path, json.dumps({"epoch": epoch + 1, "batch": 0,
                                                     "weights": name}))
@@ -309,7 +302,7 @@ def fit(model, train_data, epochs, run_dir, validation_data=None, steps_per_epoc
 
 
 def check_fields(recipe, ranges=(), choices=()):
-    """Raises ValueError naming the first field of ``recipe`` outside what it may hold.
+    """Raises InputError naming the first field of ``recipe`` outside what it may hold.
 
     ``ranges`` maps a field name to its interval, written as in the message: ``"(0, inf)"``,
     ``"[0, 1)"``, ``"[1, inf)"``; ``choices`` maps a field name to the tuple of its values.
@@ -324,11 +317,11 @@ def check_fields(recipe, ranges=(), choices=()):
               and (value >= low if low_bracket == "[" else value > low)
               and (value <= high if high_bracket == "]" else value < high))
         if not ok:
-            raise ValueError(f"{cls}.{name} must be in {interval}, got {value!r}")
+            raise InputError(f"{cls}.{name} must be in {interval}, got {value!r}")
     for name, allowed in dict(choices).items():
         value = getattr(recipe, name)
         if value not in allowed:
-            raise ValueError(f"{cls}.{name} must be one of {', '.join(map(repr, allowed))}, "
+            raise InputError(f"{cls}.{name} must be one of {', '.join(map(repr, allowed))}, "
                              f"got {value!r}")
 
 

@@ -13,6 +13,8 @@ decoupled decay with ``exclude_from_weight_decay(var_names=...)`` cannot tell th
 
 import keras
 
+from keras_mnv2.errors import InputError
+
 
 def decayed_layers(model):
     """The layers whose kernel the rule decays: every ``Conv2D`` and ``Dense`` (nested models
@@ -35,7 +37,7 @@ def add_weight_decay(model, weight_decay):
     ``model``. ``weight_decay`` 0 leaves the model as it is."""
     weight_decay = float(weight_decay)
     if not weight_decay >= 0:
-        raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}")
+        raise InputError(f"weight_decay must be >= 0, got {weight_decay!r}")
     if not weight_decay:
         return model
     regularizer = keras.regularizers.L2(weight_decay / 2)
