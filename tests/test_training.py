@@ -78,7 +78,7 @@ def _tiny_job(calls, untrained):
         calls.append(("make_optimizer", steps))
         return training.make_optimizer(recipe.optimizer, recipe.learning_rate)
 
-    def train_data(model, recipe, data, steps):
+    def train_data(model, recipe, data, steps, input_context):
         calls.append("train_data")
         assert model.optimizer is not None  # compiled before the data is made
         return tf.data.Dataset.from_tensor_slices(data.train).repeat().batch(recipe.batch_size)

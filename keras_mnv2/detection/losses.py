@@ -10,8 +10,10 @@ normalizer, and the default reduction is ``"sum"``, so the loss is ``sum over th
 max(1, P)``. Any other ``reduction`` and a per-image ``sample_weight`` [B] then act as they do on
 any Keras loss;
 ``normalizer=`` overrides max(1, P) (e.g. with a count taken over all replicas). Under
-``tf.distribute`` Keras divides each replica's loss by the number of replicas, so the gradient is
-the replicas' mean of their normalized losses, as before.
+``tf.distribute`` Keras sums the replicas' gradients and divides a loss by the number of
+replicas only for its averaging reductions, not for ``"sum"``: with ``"sum"`` these losses divide
+each replica's values by the number of replicas themselves (``replica_share``), so the gradient is
+the replicas' mean of their normalized losses.
 """
 
 import keras
@@ -29,6 +31,16 @@ def _class_ids(y_true):
 
 def _positives(class_ids):
     return ops.cast(class_ids > 0, "float32")
+
+
+def replica_share(loss, values):
+    """``values`` divided by the replicas of the current ``tf.distribute`` strategy where Keras
+    will not do it (``loss.reduction == "sum"``); unchanged otherwise and on other backends."""
+    if loss.reduction != "sum":
+        return values
+    from keras.src.losses.loss import scale_loss_for_distribution
+
+    return scale_loss_for_distribution(values)
 
 
 def _divide(per_anchor, positive, normalizer):
@@ -65,7 +77,8 @@ class SSDBoxLoss(keras.losses.Loss):
         positive = _positives(_class_ids(y_true[..., 4]))
         error = ops.abs(y_true[..., :4] - y_pred)
         smooth_l1 = ops.where(error < 1.0, 0.5 * ops.square(error), error - 0.5)
-        return _divide(ops.sum(smooth_l1, axis=-1) * positive, positive, self.normalizer)
+        return replica_share(self, _divide(ops.sum(smooth_l1, axis=-1) * positive, positive,
+                                          self.normalizer))
 
     def get_config(self):
         config = super().get_config()
@@ -114,7 +127,7 @@ class SSDClassLoss(keras.losses.Loss):
             per_anchor = self._softmax_with_mining(labels, logits, positive)
         else:
             per_anchor = self._focal(labels, logits)
-        return _divide(per_anchor, positive, self.normalizer)
+        return replica_share(self, _divide(per_anchor, positive, self.normalizer))
 
     def _softmax_with_mining(self, labels, logits, positive):
         cross_entropy = ops.sparse_categorical_crossentropy(

@@ -8,6 +8,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_mnv2.detection.losses import replica_share
 from keras_mnv2.errors import InputError
 from keras_mnv2.tensors import concrete_numpy
 
@@ -97,7 +98,9 @@ class SegmentationLoss(keras.losses.Loss):
         picked = ops.sum(logits * ops.one_hot(safe_labels, num_classes), axis=-1)
         cross_entropy = ops.logsumexp(logits, axis=-1) - picked
         valid = ops.cast(valid, "float32")
-        return cross_entropy * valid / ops.maximum(ops.sum(valid), 1.0)
+        # with reduction "sum", each replica's share of a strategy's replicas (Keras divides
+        # only its averaging reductions by the replicas)
+        return replica_share(self, cross_entropy * valid / ops.maximum(ops.sum(valid), 1.0))
 
     def get_config(self):
         config = super().get_config()

@@ -18,12 +18,10 @@ import time
 import keras
 import tensorflow as tf
 
+from keras_mnv2.errors import InputError, MissingFileError
 from pipelines.data import imagenet as imagenet_data
 from pipelines.data.skips import SkipLog
 from pipelines.jobs.training import EMBEDDED_COMMON
-
-STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
-
 
 @dataclasses.dataclass(frozen=True)
 class ImagenetRecipe:
@@ -198,7 +196,7 @@ def make_schedule(recipe, steps_per_epoch):
     if recipe.schedule == "cosine":
         return training.cosine_schedule(peak, total, warmup)
     if recipe.schedule != "exponential":
-        raise ValueError(f"schedule must be 'exponential' or 'cosine', got {recipe.schedule!r}")
+        raise InputError(f"schedule must be 'exponential' or 'cosine', got {recipe.schedule!r}")
     schedule = keras.optimizers.schedules.ExponentialDecay(
         peak, decay_steps=max(1, int(round(recipe.lr_decay_epochs * steps_per_epoch))),
         decay_rate=recipe.lr_decay, staircase=True)
@@ -235,113 +233,10 @@ def compile_model(model, recipe, num_classes, steps_per_epoch):
 
 
 # ----------------------------------------------------------------------------- distribution
-
-
-def make_strategy(name="default", devices=None, tpu=None):
-    """A ``tf.distribute`` strategy by name.
-
-    default: the current (single-device) strategy. mirrored: synchronous data parallelism over
-    ``devices`` (default: all local GPUs, or the CPU). multi_worker: the same over the workers
-    that TF_CONFIG names (one process per worker, the same command on each). tpu: a TPU found by
-    ``TPUClusterResolver(tpu)``.
-    """
-    if name == "default":
-        return tf.distribute.get_strategy()
-    if name == "mirrored":
-        devices = devices or None
-        cpu_only = devices is not None and all("cpu" in d.lower() for d in devices)
-        # collective all-reduce over CPU devices can order its instances differently on each
-        # replica (synchronized batch norm, then the gradients) and abort; reduce on one device
-        return tf.distribute.MirroredStrategy(
-            devices, cross_device_ops=tf.distribute.ReductionToOneDevice() if cpu_only else None)
-    if name == "multi_worker":
-        if "TF_CONFIG" not in os.environ:
-            raise ValueError("strategy 'multi_worker' needs TF_CONFIG naming the cluster and "
-                             'this task, e.g. {"cluster": {"worker": ["host1:port", '
-                             '"host2:port"]}, "task": {"type": "worker", "index": 0}}')
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    if name == "tpu":
-        try:
-            resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu or "")
-            tf.config.experimental_connect_to_cluster(resolver)
-            tf.tpu.experimental.initialize_tpu_system(resolver)
-        except (ValueError, tf.errors.OpError, RuntimeError) as err:
-            raise ValueError(f"strategy 'tpu': no TPU found ({err})") from err
-        return tf.distribute.TPUStrategy(resolver)
-    raise ValueError(f"strategy must be one of {STRATEGIES}, got {name!r}")
-
-
-def is_chief(strategy):
-    """False on the non-chief workers of a multi-worker strategy (they write elsewhere)."""
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or not resolver.cluster_spec().as_dict():
-        return True
-    task_type, task_id = resolver.task_type, resolver.task_id
-    return task_type == "chief" or (task_type == "worker" and task_id == 0
-                                    and "chief" not in resolver.cluster_spec().as_dict())
-
-
-def distribute(strategy, dataset_fn):
-    """``dataset_fn(input_context)`` as the strategy's input: each input pipeline reads its own
-    shard of the files and batches its replicas' share (the plain dataset under the default
-    strategy)."""
-    if strategy is tf.distribute.get_strategy() and not tf.distribute.has_strategy():
-        return dataset_fn(None)
-    return strategy.distribute_datasets_from_function(dataset_fn)
-
-
-def prepare_fit(model, strategy, dataset_fn):
-    """Works around Keras 3's fit under MultiWorkerMirroredStrategy (a no-op otherwise).
-
-    Keras (through 3.15) peeks at the first distributed batch before training and averages it
-    with ``strategy.reduce``, which the collective strategy cannot do for an (images, labels)
-    tuple, so ``fit`` fails at once (keras-team/keras#20585). This builds the compiled metrics
-    and the optimizer from one local batch of ``dataset_fn`` instead, under the strategy's
-    scope, and skips the peek for this model.
-    """
-    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-        return model
-    _patch_keras_multi_worker_mean()
-    resolver = strategy.cluster_resolver
-    workers = len(resolver.cluster_spec().as_dict().get("worker", [])) + len(
-        resolver.cluster_spec().as_dict().get("chief", []))
-    index = resolver.task_id + (1 if resolver.task_type == "worker" and "chief" in
-                                resolver.cluster_spec().as_dict() else 0)
-    context = tf.distribute.InputContext(num_input_pipelines=max(1, workers),
-                                         input_pipeline_id=index,
-                                         num_replicas_in_sync=strategy.num_replicas_in_sync)
-    batch = next(iter(dataset_fn(context)))
-    with strategy.scope():
-        model._symbolic_build(data_batch=batch)
-    model._maybe_symbolic_build = lambda iterator=None, data_batch=None: None
-    return model
-
-
-def _patch_keras_multi_worker_mean():
-    """Keras (through 3.15) averages each step's scalar logs over the workers of a
-    MultiWorkerMirroredStrategy with ``strategy.reduce("MEAN", v, axis=0)``, which fails on a
-    0-d value; reduce those with ``axis=None`` (the same mean) and leave the rest to Keras."""
-    from keras.src.backend.tensorflow import trainer
-
-    if getattr(trainer.reduce_per_replica, "keras_mnv2_patch", False):
-        return
-    original = trainer.reduce_per_replica
-
-    def reduce_per_replica(values, strategy, reduction):
-        if reduction not in ("auto", "mean") or not isinstance(
-                strategy, tf.distribute.MultiWorkerMirroredStrategy):
-            return original(values, strategy, reduction)
-
-        def mean(value):
-            if not isinstance(value, tf.distribute.DistributedValues):
-                return value
-            rank = strategy.experimental_local_results(value)[0].shape.rank
-            return strategy.reduce("MEAN", value, axis=0 if rank else None)
-
-        return tf.nest.map_structure(mean, values)
-
-    reduce_per_replica.keras_mnv2_patch = True
-    trainer.reduce_per_replica = reduce_per_replica
+# The distribution path is the one all jobs share (``pipelines.jobs.training``); these names stay
+# importable from here.
+from pipelines.jobs.training import (  # noqa: E402,F401
+    STRATEGIES, distribute, is_chief, make_strategy, prepare_fit)
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -374,7 +269,7 @@ def evaluate(model, dataset, top_k=5):
         images += n
         skipped += int(labels.shape[0]) - n
     if images == 0:
-        raise ValueError("evaluate: the dataset held no decodable image")
+        raise InputError("evaluate: the dataset held no decodable image")
     return {"top1": correct1 / images, "top5": correct_k / images, "images": images,
             "skipped": skipped}
 
@@ -412,7 +307,7 @@ def sources(data_dir=None, tfds_data_dir=None, tfds_manual_dir=None, tfrecord_di
 
     given = [x for x in (data_dir, tfds_data_dir, tfrecord_dir) if x is not None]
     if len(given) > 1:
-        raise ValueError("give one of data_dir, tfds_data_dir and tfrecord_dir")
+        raise InputError("give one of data_dir, tfds_data_dir and tfrecord_dir")
     if tfds_data_dir is not None or tfds_manual_dir is not None:
         train = imagenet_data.tfds_source("train", tfds_data_dir, tfds_manual_dir)
         val = imagenet_data.tfds_source("validation", tfds_data_dir, tfds_manual_dir)
@@ -435,7 +330,8 @@ def sources(data_dir=None, tfds_data_dir=None, tfds_manual_dir=None, tfrecord_di
 def run(data_dir=None, tfds_data_dir=None, tfds_manual_dir=None, tfrecord_dir=None,
         val_labels=None, run_dir="runs/imagenet", recipe=None, strategy="default",
         data_service=None, data_root="data/synthetic_imagenet", train_source=None,
-        val_source=None, verbose="auto", callbacks=(), init=None, freeze_bn=False):
+        val_source=None, verbose="auto", callbacks=(), init=None, freeze_bn=False,
+        mixed_precision=False):
     """Trains and evaluates (``training.run_job``); returns the metrics dict (also written to
     run_dir/metrics.json).
 
@@ -445,7 +341,8 @@ def run(data_dir=None, tfds_data_dir=None, tfds_manual_dir=None, tfrecord_dir=No
 
     Restarting the same command after a kill continues from the last finished epoch. Data: see
     the module docstring, or pass ``train_source``/``val_source`` (``imagenet_data.Source``).
-    ``strategy`` is a name (``make_strategy``) or a ``tf.distribute.Strategy``.
+    ``strategy`` is a name (``make_strategy``) or a ``tf.distribute.Strategy``;
+    ``mixed_precision`` trains under ``training.precision_policy`` (``training.run_job``).
     """
     from pipelines.jobs import driver, training
 
@@ -456,19 +353,16 @@ def run(data_dir=None, tfds_data_dir=None, tfds_manual_dir=None, tfrecord_dir=No
     check_recipe(recipe)  # before any data is read (run_job checks it again)
     if given:
         if train_source is None or val_source is None:
-            raise ValueError("give both train_source and val_source")
+            raise InputError("give both train_source and val_source")
         train, val, origin = train_source, val_source, train_source.origin
     else:
         train, val, origin = sources(data_dir, tfds_data_dir, tfds_manual_dir, tfrecord_dir,
                                      val_labels, data_root)
     if val.class_names != train.class_names:
-        raise ValueError(f"train ({train.num_classes} classes) and val ({val.num_classes}) "
+        raise InputError(f"train ({train.num_classes} classes) and val ({val.num_classes}) "
                          "have different classes")
     if isinstance(strategy, str):
         strategy = make_strategy(strategy)
-    chief = is_chief(strategy)
-    if not chief:  # non-chief workers of a multi-worker run keep their files apart
-        run_dir = os.path.join(run_dir, f"worker_{strategy.cluster_resolver.task_id}")
     train_log = SkipLog("train")
     val_logs = [SkipLog("val")]  # the per-epoch validation's, then the final pass's
 
@@ -480,17 +374,12 @@ def run(data_dir=None, tfds_data_dir=None, tfds_manual_dir=None, tfrecord_dir=No
               f"{recipe.batch_size} per epoch", flush=True)
         return training.Data(train, val, train.num_classes, train.num_examples, origin)
 
-    def train_data(model, recipe, data, steps):
-        def train_fn(ctx):
-            return imagenet_data.train_dataset(
-                train, recipe.batch_size, recipe.resolution, seed=recipe.seed,
-                cache=recipe.cache, shuffle_buffer=recipe.shuffle_buffer,
-                area_range=(recipe.min_crop_area, 1.0), data_service=data_service,
-                skip_log=train_log, input_context=ctx)
-
-        dataset = distribute(strategy, train_fn)
-        prepare_fit(model, strategy, train_fn)
-        return dataset
+    def train_data(model, recipe, data, steps, input_context):
+        return imagenet_data.train_dataset(
+            train, recipe.batch_size, recipe.resolution, seed=recipe.seed,
+            cache=recipe.cache, shuffle_buffer=recipe.shuffle_buffer,
+            area_range=(recipe.min_crop_area, 1.0), data_service=data_service,
+            skip_log=train_log, input_context=input_context)
 
     def validation_data(recipe, data):
         if not recipe.validate:
@@ -501,9 +390,8 @@ def run(data_dir=None, tfds_data_dir=None, tfds_manual_dir=None, tfrecord_dir=No
                                           pad=strategy.num_replicas_in_sync > 1)
 
     def evaluate_run(model, recipe, data, run_dir, nan):
-        if chief:
-            # EMA weights, if the recipe has them; through a temporary file and a rename
-            driver.save_model(model, os.path.join(run_dir, "model.keras"))
+        # (the chief only) EMA weights, if the recipe has them; a temporary file and a rename
+        driver.save_model(model, os.path.join(run_dir, "model.keras"))
         results = {"top1": None, "top5": None, "images": 0, "skipped": 0}
         if nan is None:
             val_logs.append(SkipLog("val"))  # the final pass only
@@ -523,8 +411,6 @@ def run(data_dir=None, tfds_data_dir=None, tfds_manual_dir=None, tfrecord_dir=No
             # images actually used: those listed, less those skipped
             "train_images": (train.num_examples - train_log.skipped
                              if train.num_examples is not None else None),
-            "strategy": type(strategy).__name__,
-            "replicas": strategy.num_replicas_in_sync,
             "data_service": data_service,
         }
 
@@ -537,8 +423,8 @@ def run(data_dir=None, tfds_data_dir=None, tfds_manual_dir=None, tfrecord_dir=No
         seed_weights=True,
     )
     return training.run_job(job, recipe, run_dir, init=init, freeze_bn=freeze_bn,
-                            verbose=verbose, strategy=strategy,
-                            callbacks=[SkipReport(train_log), *callbacks], write_metrics=chief)
+                            verbose=verbose, strategy=strategy, mixed_precision=mixed_precision,
+                            callbacks=[SkipReport(train_log), *callbacks])
 
 
 def run_eval(model="runs/imagenet/model.keras", data_dir=None, tfds_data_dir=None,
@@ -558,7 +444,7 @@ def run_eval(model="runs/imagenet/model.keras", data_dir=None, tfds_data_dir=Non
         run_dir = run_dir or os.path.join("runs", "imagenet_pretrained")
     else:
         if not os.path.exists(model):
-            raise FileNotFoundError(f"model file not found: {model}")
+            raise MissingFileError(f"model file not found: {model}")
         net = keras.saving.load_model(model, compile=False)
         resolution = int(net.input_shape[1])
         run_dir = run_dir or os.path.dirname(os.path.abspath(model))
@@ -567,7 +453,7 @@ def run_eval(model="runs/imagenet/model.keras", data_dir=None, tfds_data_dir=Non
                                    val_labels, data_root)
     classes = int(net.output_shape[-1])
     if classes != val_source.num_classes:
-        raise ValueError(f"the model has {classes} outputs but {val_source.origin} has "
+        raise InputError(f"the model has {classes} outputs but {val_source.origin} has "
                          f"{val_source.num_classes} classes")
     skip_log = SkipLog("val")
     start = time.time()

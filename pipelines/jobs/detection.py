@@ -25,10 +25,10 @@ class CocoRecipe:
 
     alpha: float = 1.0  # width multiplier of the MobileNetV2 backbone
     input_size: int = 320  # the model's input side in pixels
-    batch_size: int = 24  # images per training step
+    batch_size: int = 24  # images per training step over all replicas (batch_size/replicas each)
     epochs: int = 100  # passes over the training split
     optimizer: str = "rmsprop"  # rmsprop (momentum 0.9, decay 0.9), adam or sgd (momentum 0.9)
-    learning_rate: float = 0.004  # the peak, after warmup; cosine decay to 1% of it
+    learning_rate: float = 0.004  # peak (after warmup) for batch_size; cosine decay to 1% of it
     warmup_epochs: float = 1.0  # linear warmup to learning_rate
     weight_decay: float = 4e-5  # L2 on conv kernels (pipelines.jobs.weight_decay)
     class_loss: str = "softmax"  # "softmax" (3:1 hard negatives) or "focal"
@@ -82,12 +82,21 @@ def _encode(anchors):
     return encode
 
 
-def train_dataset(source, recipe, anchors):
-    """Source elements -> augmented, target-encoded, batched (image, targets) pairs."""
-    from pipelines.data import augment
+def train_dataset(source, recipe, anchors, input_context=None, data_service=None):
+    """Source elements -> augmented, target-encoded, batched (image, targets) pairs.
 
+    ``input_context`` (``tf.distribute.InputContext``): this input pipeline's share of the
+    images, in batches of one replica's share of ``recipe.batch_size`` (``training.shard``,
+    ``training.per_replica_batch``). ``data_service`` (a tf.data service dispatcher,
+    "grpc://host:port"): the batches are made on the service's workers, each with its own
+    order."""
+    from pipelines.data import augment
+    from pipelines.jobs import training
+
+    source = training.shard(source, input_context)
     ds = source.cache() if recipe.cache else source
-    ds = ds.shuffle(1024, seed=recipe.seed, reshuffle_each_iteration=True)
+    ds = ds.shuffle(1024, seed=None if data_service else recipe.seed,
+                    reshuffle_each_iteration=True)
     size = recipe.input_size
 
     def prepare(element):
@@ -100,7 +109,9 @@ def train_dataset(source, recipe, anchors):
 
     ds = ds.map(prepare, num_parallel_calls=AUTOTUNE)
     ds = ds.map(_encode(anchors), num_parallel_calls=AUTOTUNE)
-    return ds.repeat().batch(recipe.batch_size, drop_remainder=True).prefetch(AUTOTUNE)
+    ds = ds.repeat().batch(training.per_replica_batch(recipe.batch_size, input_context),
+                           drop_remainder=True)
+    return training.service(ds, data_service).prefetch(AUTOTUNE)
 
 
 def eval_dataset(source, recipe):
@@ -298,14 +309,17 @@ def evaluate(model, recipe, data, run_dir):
 
 def run(coco_dir=None, tfds_data_dir=None, run_dir="runs/coco", recipe=None,
         backbone_weights=None, data_root="data/synthetic_coco", train_split="train",
-        val_split="val", verbose="auto", init=None, freeze_bn=False, extra_callbacks=()):
+        val_split="val", verbose="auto", init=None, freeze_bn=False, extra_callbacks=(),
+        strategy=None, mixed_precision=False, data_service=None):
     """Trains and evaluates (``training.run_job``); returns the metrics dict (also written to
     run_dir/metrics.json).
 
     ``init`` (a .keras model, an official .tflite file or a TF checkpoint) starts the model from
     its weights where names and shapes match (``keras_mnv2.convert.init_from``; ``freeze_bn``
     freezes batch norm). ``extra_callbacks`` go to ``fit`` after the driver's own (the peer
-    benchmark times training with one)."""
+    benchmark times training with one). ``strategy`` (a name or a ``tf.distribute.Strategy``)
+    and ``mixed_precision``: see ``training.run_job``; ``data_service``: see
+    ``train_dataset``."""
     from keras_mnv2.detection.losses import ssd_losses
     from pipelines.jobs import training
 
@@ -318,11 +332,12 @@ def run(coco_dir=None, tfds_data_dir=None, run_dir="runs/coco", recipe=None,
                                                      backbone_weights),
         make_optimizer=make_optimizer,
         compile_args=lambda recipe, data: {"loss": ssd_losses(mode=recipe.class_loss)},
-        train_data=lambda model, recipe, data, steps: train_dataset(data.train, recipe,
-                                                                    model.anchors),
+        train_data=lambda model, recipe, data, steps, context: train_dataset(
+            data.train, recipe, model.anchors, context, data_service),
         evaluate=lambda model, recipe, data, run_dir, nan: evaluate(model, recipe, data,
                                                                     run_dir),
     )
     return training.run_job(job, recipe or (EMBEDDED if embedded else PAPER), run_dir,
                             init=init, freeze_bn=freeze_bn, verbose=verbose,
-                            callbacks=extra_callbacks)
+                            callbacks=extra_callbacks, strategy=strategy,
+                            mixed_precision=mixed_precision)

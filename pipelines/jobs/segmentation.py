@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from keras_mnv2.errors import InputError
 from pipelines.jobs.training import EMBEDDED_COMMON
 
 IGNORE_LABEL = 255
@@ -32,10 +33,10 @@ class VocRecipe:
     output_stride: int = 16  # input side / feature side: 8 or 16 (dilated backbone)
     aspp: bool = True  # the three 3x3 atrous ASPP branches; else image pooling + 1x1 only
     dropout_rate: float = 0.1  # dropout after the head's projection
-    batch_size: int = 16  # images per training step
+    batch_size: int = 16  # images per training step over all replicas (batch_size/replicas each)
     epochs: int = 46  # passes over the training split; 46: 30K steps of 16 on train_aug
     optimizer: str = "sgd"  # "sgd" (momentum 0.9) or "adam"
-    learning_rate: float = 0.007  # the peak learning rate
+    learning_rate: float = 0.007  # the peak learning rate, for batch_size (any replica count)
     schedule: str = "poly"  # "poly" or "cosine"
     poly_power: float = 0.9  # poly only: (1 - step / steps) ** poly_power
     warmup_epochs: float = 0.0  # linear warmup to learning_rate (cosine only)
@@ -66,9 +67,9 @@ def parse_scales(text):
     try:
         scales = tuple(float(s) for s in str(text).split(",") if s.strip())
     except ValueError:
-        raise ValueError(f"eval_scales must be comma-separated numbers, got {text!r}") from None
+        raise InputError(f"eval_scales must be comma-separated numbers, got {text!r}") from None
     if not scales or any(not math.isfinite(s) or s <= 0 for s in scales):
-        raise ValueError(f"eval_scales must be positive numbers, got {text!r}")
+        raise InputError(f"eval_scales must be positive numbers, got {text!r}")
     return scales
 
 
@@ -78,38 +79,46 @@ def check_recipe(recipe):
     from pipelines.jobs import training
 
     if recipe.crop_size < 32 or recipe.eval_size < 32:
-        raise ValueError(f"crop_size and eval_size must be >= 32, got {recipe.crop_size}, "
+        raise InputError(f"crop_size and eval_size must be >= 32, got {recipe.crop_size}, "
                          f"{recipe.eval_size}")
     if recipe.output_stride not in (8, 16):
-        raise ValueError(f"output_stride must be 8 or 16, got {recipe.output_stride}")
+        raise InputError(f"output_stride must be 8 or 16, got {recipe.output_stride}")
     if recipe.optimizer not in ("sgd", "adam"):
-        raise ValueError(f"optimizer must be sgd or adam, got {recipe.optimizer!r}")
+        raise InputError(f"optimizer must be sgd or adam, got {recipe.optimizer!r}")
     if recipe.schedule not in ("poly", "cosine"):
-        raise ValueError(f"schedule must be poly or cosine, got {recipe.schedule!r}")
+        raise InputError(f"schedule must be poly or cosine, got {recipe.schedule!r}")
     if recipe.schedule == "poly" and recipe.warmup_epochs:
-        raise ValueError("warmup_epochs needs the cosine schedule")
+        raise InputError("warmup_epochs needs the cosine schedule")
     if not 0 < recipe.min_scale <= recipe.max_scale:
-        raise ValueError(f"need 0 < min_scale <= max_scale, got {recipe.min_scale}, "
+        raise InputError(f"need 0 < min_scale <= max_scale, got {recipe.min_scale}, "
                          f"{recipe.max_scale}")
     if recipe.batch_size < 1 or recipe.epochs < 1:
-        raise ValueError("batch_size and epochs must be >= 1")
+        raise InputError("batch_size and epochs must be >= 1")
     parse_scales(recipe.eval_scales)
     training.check_recipe(recipe)
 
 
-def train_dataset(index, recipe):
+def train_dataset(index, recipe, input_context=None, data_service=None):
     """Index -> decoded (cached if asked), shuffled, augmented, batched (image, label) pairs:
-    float32 [B, crop, crop, 3] in [-1, 1] and int32 [B, crop, crop] with 255 = ignore."""
+    float32 [B, crop, crop, 3] in [-1, 1] and int32 [B, crop, crop] with 255 = ignore.
+
+    ``input_context`` (``tf.distribute.InputContext``): this input pipeline's share of the
+    images and B = one replica's share of ``recipe.batch_size`` (``training.shard``,
+    ``training.per_replica_batch``). ``data_service`` (a tf.data service dispatcher,
+    "grpc://host:port"): the batches are made on the service's workers, each with its own
+    order and augmentation."""
     import tensorflow as tf
 
     from pipelines.data import seg_augment, voc
+    from pipelines.jobs import training
 
+    seed = None if data_service else recipe.seed
     if recipe.cache:
-        ds = voc.voc_dataset(index).cache()
-        ds = ds.shuffle(index.num_images, seed=recipe.seed, reshuffle_each_iteration=True)
+        ds = training.shard(voc.voc_dataset(index), input_context).cache()
+        ds = ds.shuffle(index.num_images, seed=seed, reshuffle_each_iteration=True)
     else:  # shuffling the file list is enough, and cheap
-        ds = voc.voc_dataset(index, shuffle=True, seed=recipe.seed)
-    ds = tf.data.Dataset.zip((ds.repeat(), tf.data.Dataset.random(seed=recipe.seed).batch(2)))
+        ds = training.shard(voc.voc_dataset(index, shuffle=True, seed=seed), input_context)
+    ds = tf.data.Dataset.zip((ds.repeat(), tf.data.Dataset.random(seed=seed).batch(2)))
 
     def prepare(element, seed):
         return seg_augment.train_preprocess(
@@ -118,7 +127,9 @@ def train_dataset(index, recipe):
         )
 
     ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.batch(recipe.batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    ds = ds.batch(training.per_replica_batch(recipe.batch_size, input_context),
+                  drop_remainder=True)
+    return training.service(ds, data_service).prefetch(tf.data.AUTOTUNE)
 
 
 def eval_dataset(index, eval_size, batch_size):
@@ -201,7 +212,7 @@ def predict_probabilities(model, images, scales=(1.0,), flip=False, model_at_siz
             net, x = model, images
         else:
             if model_at_size is None:
-                raise ValueError(
+                raise InputError(
                     "multi-scale evaluation needs model_at_size (size -> model with the same "
                     "weights; see resized_model_builder): DeepLabV3 has a static input size"
                 )
@@ -235,7 +246,7 @@ def evaluate(model, dataset, num_classes, scales=(1.0,), flip=False, model_at_si
 
     names = list(class_names) if class_names is not None else [str(c) for c in range(num_classes)]
     if len(names) != num_classes:
-        raise ValueError(f"{len(names)} class names for {num_classes} classes")
+        raise InputError(f"{len(names)} class names for {num_classes} classes")
     cm = np.zeros((num_classes, num_classes), dtype=np.int64)
     images_seen = 0
     for images, labels in dataset:
@@ -244,7 +255,7 @@ def evaluate(model, dataset, num_classes, scales=(1.0,), flip=False, model_at_si
                                ignore_label=ignore_label)
         images_seen += int(images.shape[0])
     if images_seen == 0:
-        raise ValueError("evaluation dataset is empty")
+        raise InputError("evaluation dataset is empty")
     mean_iou, per_class = iou_from_confusion(cm)
     total = cm.sum()
     return {
@@ -402,7 +413,7 @@ def evaluate_run(model, recipe, data, run_dir):
 
 def run(voc_dir=None, sbd_dir=None, run_dir="runs/voc", recipe=None, backbone_weights=None,
         data_root="data/synthetic_voc", train_split=None, val_split="val", verbose="auto",
-        init=None, freeze_bn=False):
+        init=None, freeze_bn=False, strategy=None, mixed_precision=False, data_service=None):
     """Trains and evaluates (``training.run_job``); returns the metrics dict (also written to
     run_dir/metrics.json).
 
@@ -410,14 +421,16 @@ def run(voc_dir=None, sbd_dir=None, run_dir="runs/voc", recipe=None, backbone_we
     its weights where names and shapes match (``keras_mnv2.convert.init_from``; ``freeze_bn``
     freezes batch norm).
 
-    ``train_split`` defaults to ``train_aug`` with ``sbd_dir``, else ``train``.
+    ``train_split`` defaults to ``train_aug`` with ``sbd_dir``, else ``train``. ``strategy``
+    (a name or a ``tf.distribute.Strategy``) and ``mixed_precision``: see
+    ``training.run_job``; ``data_service``: see ``train_dataset``.
     """
     from keras_mnv2.segmentation import MeanIoU, SegmentationLoss
     from pipelines.jobs import training
 
     embedded = voc_dir is None
     if embedded and sbd_dir is not None:
-        raise ValueError("sbd_dir needs voc_dir (SBD only adds masks to a VOCdevkit)")
+        raise InputError("sbd_dir needs voc_dir (SBD only adds masks to a VOCdevkit)")
     job = training.Job(
         check_recipe=check_recipe,
         load=lambda recipe: load_data(recipe, voc_dir, sbd_dir, data_root, train_split,
@@ -428,10 +441,12 @@ def run(voc_dir=None, sbd_dir=None, run_dir="runs/voc", recipe=None, backbone_we
         compile_args=lambda recipe, data: {
             "loss": SegmentationLoss(ignore_label=IGNORE_LABEL),
             "metrics": [MeanIoU(data.num_classes, ignore_label=IGNORE_LABEL)]},
-        train_data=lambda model, recipe, data, steps: train_dataset(data.train, recipe),
+        train_data=lambda model, recipe, data, steps, context: train_dataset(
+            data.train, recipe, context, data_service),
         evaluate=lambda model, recipe, data, run_dir, nan: evaluate_run(model, recipe, data,
                                                                         run_dir),
         seed_weights=True,
     )
     return training.run_job(job, recipe or (EMBEDDED if embedded else PAPER), run_dir,
-                            init=init, freeze_bn=freeze_bn, verbose=verbose)
+                            init=init, freeze_bn=freeze_bn, verbose=verbose, strategy=strategy,
+                            mixed_precision=mixed_precision)
