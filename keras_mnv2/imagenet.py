@@ -87,9 +87,11 @@ def decode_predictions(preds, top=5, labels=None):
 
 
 def _decode_with(preds, top, labels):
-    from keras_mnv2.labels import model_labels, name
-
-    names = model_labels(labels) if hasattr(labels, "output") else tuple(labels)
+    # (keras_mnv2.labels reads class_index from here: this module does not import it back)
+    if hasattr(labels, "output"):  # a model
+        names = None if getattr(labels, "labels", None) is None else tuple(labels.labels)
+    else:
+        names = tuple(labels)
     if names is None:
         raise InputError(f"model {labels.name!r} carries no class names (model.labels)")
     if preds.ndim != 2 or preds.shape[1] != len(names):
@@ -97,5 +99,5 @@ def _decode_with(preds, top, labels):
                          f"{len(names)} class names")
     if not 1 <= top <= preds.shape[1]:
         raise InputError(f"top must be in [1, {preds.shape[1]}], got {top}")
-    return [[(int(i), name(names, int(i)), float(row[i])) for i in np.argsort(row)[::-1][:top]]
-            for row in preds]
+    return [[(int(i), f"class {int(i)}" if names[i] is None else names[i], float(row[i]))
+             for i in np.argsort(row)[::-1][:top]] for row in preds]

@@ -186,7 +186,19 @@ def test_voc_split_export_sits_beside_the_unsplit_one(voc_run):
                                   expansion_splits=splits)["float32"]
         assert split.path == split_path
         whole = deploy.run_export("voc", voc_run, modes=("float32",))["float32"]
-        assert memory.tflite_arena_bytes(split.path) < memory.tflite_arena_bytes(whole.path)
+        # The run's model (output stride 8 on 64 px) peaks in its dilated layers, which the
+        # split of the first blocks leaves alone: 311,296 bytes either way. At output stride 16
+        # the first blocks hold the peak and the split lowers it (294,912 -> 212,992 bytes).
+        assert memory.tflite_arena_bytes(split.path) <= memory.tflite_arena_bytes(whole.path)
+        from keras_mnv2.deploy import export
+        from keras_mnv2.segmentation.deeplab import DeepLabV3
+        from keras_mnv2.split import split_expansion
+
+        stride16 = DeepLabV3(num_classes=4, alpha=0.35, input_shape=(64, 64, 3),
+                             output_stride=16, aspp=False)
+        assert memory.tflite_arena_bytes(export.convert(
+            split_expansion(stride16, splits), mode="float32")) < memory.tflite_arena_bytes(
+            export.convert(stride16, mode="float32"))
         rows = deploy.compare("voc", voc_run, modes=("float32",))
         assert [r["model"] for r in rows] == ["Keras float32", "TFLite float32",
                                               "TFLite float32 split"]
