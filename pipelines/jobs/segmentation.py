@@ -54,8 +54,9 @@ class VocRecipe:
 
 
 PAPER = VocRecipe()
-# The embedded default: small and quick on 2 CPU cores (chosen by measurement, see README); ~750
-# steps. What the three jobs' embedded recipes share is training.EMBEDDED_COMMON.
+# The embedded default: small and quick on 2 CPU cores (chosen by measurement, see
+# docs/training/segmentation.md); ~750 steps. What the three jobs' embedded recipes share is
+# training.EMBEDDED_COMMON.
 EMBEDDED = VocRecipe(**EMBEDDED_COMMON, crop_size=128, eval_size=128, output_stride=8,
                      aspp=False, batch_size=16, epochs=12, learning_rate=2e-3, schedule="cosine",
                      warmup_epochs=0.5, min_scale=0.75, max_scale=1.5, scale_step=0.0)

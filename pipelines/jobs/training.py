@@ -19,8 +19,8 @@ from typing import Callable, Optional
 from keras_mnv2.errors import InputError
 
 # What the three jobs' EMBEDDED recipes (small and quick on 2 CPU cores, chosen by measurement;
-# see README) share: width 0.35, Adam, no weight decay, the decoded images kept in memory, and
-# batch-norm momentum 0.9: in their few hundred to few thousand steps, moving statistics at the
+# see docs/training/) share: width 0.35, Adam, no weight decay, the decoded images kept in memory,
+# and batch-norm momentum 0.9: in their few hundred to few thousand steps, moving statistics at the
 # papers' 0.997-0.9997 would still lag far behind (near their initial values).
 EMBEDDED_COMMON = dict(alpha=0.35, optimizer="adam", weight_decay=0.0, bn_momentum=0.9,
                        cache=True)
