@@ -4,7 +4,7 @@ on another; decoding + NMS agree.
 
 KERAS_BACKEND is fixed when Keras is imported, so each backend runs ``tests/backends_worker.py``
 in a subprocess, all of them on one shared folder. JAX comes with the test extras; torch is an
-optional extra (PyPI's Linux wheel pulls ~4 GB of CUDA libraries: see the README), and its
+optional extra (PyPI's Linux wheel pulls ~4 GB of CUDA libraries: see docs/backends.md), and its
 checks are skipped, saying so, where it is not installed.
 """
 
@@ -31,9 +31,9 @@ def _installed(backend):
 
 def _needs(backend):
     if not _installed(backend):
-        extra = "torch" if backend == "torch" else "test"
+        extra = backend  # the jax and torch extras
         pytest.skip(f"{backend} is not installed (pip install -e '.[{extra}]', or make "
-                    "test-torch; see the README's section on the three Keras backends)")
+                    "test-torch; see docs/backends.md)")
 
 
 def _work(backend, steps, folder):
