@@ -58,7 +58,7 @@ def real_dir():
 
 # Tests that need the TensorFlow backend by their nature, skipped (with the reason) when
 # KERAS_BACKEND is jax or torch: "file.py" (the whole file) or "file.py::test_name" (one test,
-# all its parameters). The library layer itself runs on the three backends; docs/backends.md,
+# all its parameters). The library layer itself runs on the three backends; docs/backends.md
 # lists these groups.
 _TFLITE = ("TFLite conversion takes TF graphs (tf.lite.TFLiteConverter traces a TF function "
            "of the Keras model), so it needs the TensorFlow backend")
