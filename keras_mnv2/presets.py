@@ -25,6 +25,7 @@ import types
 import zlib
 
 from keras_mnv2.errors import InputError, MissingFileError
+from keras_mnv2.files import write_file
 
 BASE_ENV = "KERAS_MNV2_PRESET_BASE"
 KINDS = {"classifier": "MobileNetV2", "ssdlite": "SSDLite", "deeplab": "DeepLabV3"}
@@ -243,14 +244,11 @@ def _cached(entry, url):
     os.makedirs(folder, exist_ok=True)
     archive = os.path.join(folder, entry.filename)
     downloaded = None if os.path.exists(archive) else _download(entry, url, folder)
-    staging = os.path.join(folder, f".{entry.name}.{os.getpid()}.tmp.keras")
     try:
         model = from_file(downloaded or archive, entry, entry.filename)
-        model.save(staging)
     except BaseException as err:
-        for path in (downloaded, staging):
-            if path is not None and os.path.exists(path):
-                os.remove(path)
+        if downloaded is not None and os.path.exists(downloaded):
+            os.remove(downloaded)
         if isinstance(err, BrokenArchive):
             if downloaded:
                 raise DownloadError(f"preset {entry.name!r}: the download from "
@@ -261,7 +259,7 @@ def _cached(entry, url):
         raise
     if downloaded:
         os.replace(downloaded, archive)
-    os.replace(staging, converted)
+    write_file(converted, model.save)  # a temporary name, fsynced, then renamed
     return model
 
 
