@@ -446,16 +446,29 @@ def litert_quantize(float_content, calibration, signature="serving_default", inp
     """A float32 TFLite flatbuffer quantized by LiteRT Quantizer (``ai_edge_quantizer``) with its
     static int8 recipe (int8 weights per channel, int8 activations per tensor, ranges from
     ``calibration``: images [1, H, W, C]); returns the quantized flatbuffer (bytes). Ops the
-    recipe does not cover stay float (``keras_mnv2.deploy.tflite.float_ops`` lists them)."""
+    recipe does not cover stay float (``keras_mnv2.deploy.tflite.float_ops`` lists them).
+
+    The model's input and outputs stay float32, as with the converter's int8 and float32 I/O:
+    the file quantizes its input and dequantizes its outputs itself. The bare recipe also
+    quantizes the graph's input and outputs (its INPUT and OUTPUT entries): the input is then
+    clipped to the calibration images' range, and SSDLite's float detection outputs go through
+    int8 after ``TFLite_Detection_PostProcess``, so that class ids come back a fraction off the
+    integer (a reader's int() takes the class below) and the count is capped at the largest
+    one seen in calibration (AP50 18.3 against the converter's 88.1 on the embedded COCO
+    model)."""
     import contextlib
     import io
 
     try:
-        from ai_edge_quantizer import quantizer as aeq, recipe
+        from ai_edge_quantizer import algorithm_manager, qtyping, quantizer as aeq, recipe
     except ImportError as err:  # pragma: no cover - a dependency in pyproject
         raise ExportError("quantizer='litert' needs the ai-edge-quantizer package") from err
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         q = aeq.Quantizer(bytearray(float_content), recipe.static_wi8_ai8())
+        for io_op in (qtyping.TFLOperationName.INPUT, qtyping.TFLOperationName.OUTPUT):
+            q.update_quantization_recipe(  # later entries win over the recipe's ".*" one
+                regex=".*", operation_name=io_op,
+                algorithm_key=algorithm_manager.AlgorithmName.NO_QUANTIZE)
         result = q.calibrate({signature: [{input_name: x} for x in calibration]})
         quantized = q.quantize(result, enable_progress_report=False).quantized_model
     return bytes(quantized)
