@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: venv mediapipe-venv test test-fast test-torch docs bench train-coco train-imagenet eval-imagenet train-voc qat tflite clean
+.PHONY: venv mediapipe-venv test test-fast test-torch docs bench gpu-check train-coco train-imagenet eval-imagenet train-voc qat tflite clean
 
 venv: $(STAMP)
 
@@ -51,14 +51,20 @@ docs: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -ra -m "not slow" $(XDIST) $(PYTEST_ARGS)
 
-# The three-backend checks with torch too (tests/test_backends.py skips torch where it is not
-# installed): the torch extra is ~5.6 GB installed (CUDA libraries from PyPI's default wheel).
+# The three-backend checks and the COCO and VOC jobs on JAX and torch, with torch too
+# (tests/test_backends.py and tests/test_backend_jobs.py skip torch where it is not installed):
+# the torch extra is ~5.6 GB installed (CUDA libraries from PyPI's default wheel).
 test-torch: $(STAMP)
 	$(PY) -m pip install -e ".[test,torch]"
-	$(PY) -m pytest -ra tests/test_backends.py $(PYTEST_ARGS)
+	$(PY) -m pytest -ra tests/test_backends.py tests/test_backend_jobs.py $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.run
+
+# The embedded COCO job with and without mixed precision and XLA: images/s and AP50 of each
+# (benchmarks/gpu_check.sh; docs/benchmarks.md). Without a GPU: a short CPU version.
+gpu-check: $(STAMP)
+	PY=$(PY) bash benchmarks/gpu_check.sh
 
 # COCO_DIR=<COCO-format dir> or TFDS_DIR=<TFDS data dir> for real data; neither: embedded data.
 train-coco: $(STAMP)

@@ -276,7 +276,7 @@ def _train_coco(args):
                             backbone_weights=args.backbone_weights, init=args.init,
                             freeze_bn=args.freeze_bn, strategy=args.strategy,
                             mixed_precision=args.mixed_precision,
-                            data_service=args.data_service)
+                            data_service=args.data_service, jit_compile=args.jit_compile)
     return 1 if metrics.get("stopped_on_nan") else 0
 
 
@@ -288,7 +288,7 @@ def _train_voc(args):
                                backbone_weights=args.backbone_weights, init=args.init,
                                freeze_bn=args.freeze_bn, strategy=args.strategy,
                                mixed_precision=args.mixed_precision,
-                               data_service=args.data_service)
+                               data_service=args.data_service, jit_compile=args.jit_compile)
     return 1 if metrics.get("stopped_on_nan") else 0
 
 
@@ -526,7 +526,13 @@ def _train_flags(parser, job):
     parser.add_argument("--backend", default=None, choices=BACKENDS,
                         help="Keras backend to train on (default: KERAS_BACKEND, else "
                              "tensorflow); the .keras checkpoints load on any backend")
-    if job != "imagenet":
+    if job != "imagenet":  # the ImageNet recipe has its own jit_compile field (--jit-compile)
+        parser.add_argument("--jit-compile", action=argparse.BooleanOptionalAction,
+                            default=None,
+                            help="compile the training step with XLA (torch: torch.compile), or "
+                                 "not (default: Keras' choice: XLA on JAX, and on TensorFlow "
+                                 "with a GPU)")
+        parser.booleans.add("--jit-compile")
         parser.add_argument("--backbone-weights", default=None,
                             help="'imagenet' or a MobileNetV2 weights file")
     parser.add_argument("--init", default=None,

@@ -9,6 +9,11 @@ starts this in a subprocess per backend). Steps, in a shared folder DIR:
                   train_<backend>.json, save trained_<backend>.keras and its predictions
   crossload DIR   load every other backend's trained_*.keras, write cross_<backend>_<other>.npz
   decode DIR      decode + class-wise NMS of fixed random outputs, write decode_<backend>.npz
+
+and, for tests/test_backend_jobs.py, ``job RUN_DIR ARGS...``: the ``keras-mnv2 ARGS...`` command
+(``pipelines.cli.main``, the command's entry point) in this process, then the run's last.keras
+reloaded on this backend and run on fixed random images: RUN_DIR/reloaded_<backend>.npz holds
+the images ("x") and the outputs. The process exits with the command's status.
 """
 
 import dataclasses
@@ -166,7 +171,22 @@ def decode(folder):
     np.savez(os.path.join(folder, f"decode_{BACKEND}.npz"), **results)
 
 
+def job(run_dir, cli_args):
+    from pipelines import cli
+
+    status = cli.main(cli_args)
+    if status != 0:
+        return status
+    model = keras.saving.load_model(os.path.join(run_dir, "last.keras"), compile=False)
+    x = np.random.RandomState(4).uniform(-1, 1, (2, *model.input_shape[1:])).astype("float32")
+    np.savez(os.path.join(run_dir, f"reloaded_{BACKEND}.npz"), x=x,
+             **_flat(model.predict(x, verbose=0)))
+    return 0
+
+
 if __name__ == "__main__":
+    if sys.argv[1] == "job":
+        sys.exit(job(sys.argv[2], sys.argv[3:]))
     folder = sys.argv[-1]
     for step in sys.argv[1:-1]:
         {"reference": reference, "predict": predict, "train": train, "crossload": crossload,

@@ -85,10 +85,12 @@ TF_ONLY = {
     "test_keras_qat.py::test_keras_qat_converts_to_int8_and_matches_its_tflite": _KERAS_QAT,
     "test_keras_qat.py::test_litert_quantizer_int8_export": _TFLITE,
     "test_keras_qat.py::test_litert_quantizer_settings_are_checked": _TFLITE,
-    "test_keras_qat.py::test_coco_keras_qat_job_fine_tunes_and_exports": _KERAS_QAT,
+    "test_litert_quantizer.py": _TFLITE,
     "test_deploy.py::test_voc_export_evaluates_like_keras_and_tabulates": _TFLITE,
     "test_deploy.py::test_voc_split_export_sits_beside_the_unsplit_one": _TFLITE,
     "test_deploy.py::test_coco_qat_fine_tunes_and_exports": _TFMOT,
+    "test_deploy.py::test_coco_keras_qat_job_fine_tunes_and_exports":
+        _KERAS_QAT + " (and its file is compared with the TFMOT one)",
     "test_distributed.py": "tf.distribute strategies (MirroredStrategy, MultiWorkerMirrored) "
                            "exist on the TensorFlow backend only",
     "test_faults.py::test_tflite_checked_against_the_run_before_evaluating": _TFLITE,

@@ -8,6 +8,8 @@ epoch, for a seed; and the QAT int8 file's distance from its fake-quant model.
     python tests/measure_floors.py coco 10 ntrain=256 nval=32 classes=2 min_scale=0.3 \
         max_objects=3 crowd_fraction=0 learning_rate=1e-2 augment=flip input_size=64 \
         batch_size=8 seed=S     # test_coco_job_end_to_end's run (EVERY=N: evaluate every N epochs)
+    python tests/measure_floors.py qat_coco 10 seed=S [broken=1e-6]
+                                  # test_deploy's coco_run, then its TFMOT and Keras 3 QAT files
     keras-mnv2 train imagenet --epochs 3 --seed S                 # test_embedded_run_learns
     python tests/measure_floors.py qat 8                          # test_keras_qat's int8 bounds
     python tests/measure_floors.py imagenet 3 optimizer=adam learning_rate=0.01 ...
@@ -29,6 +31,8 @@ AVX-512; on the Intel Xeon where the old set-ups failed, the QAT figure of seed 
 | test_embedded_run_learns | top-1 | 0.392 .. 0.528 (5) | > 0.18 | 0.090, 0.058 at 1e-7 (chance 0.10) |
 | same | top-5 | 0.906 .. 0.952 (5) | > 0.63 | 0.512, 0.492 at 1e-7 |
 | test_coco_job_end_to_end | AP50 | 0.030 .. 0.053 (5); 0.030-0.099 in 3 test runs | > 0.013 | 0.000 untrained; 0.003, 0.006 at 1e-6 |
+| test_coco_qat_fine_tunes_and_exports (TFMOT QAT int8 file, 1 epoch of 4 steps) | AP50 | 0.041 .. 0.072 (5); 0.049, 0.080 in 2 test runs | > 0.013 | 0.000 untrained; 0.0055 at 1e-6 |
+| test_coco_keras_qat_job_fine_tunes_and_exports (Keras 3 QAT, same) | AP50 | 0.041 .. 0.069 (5); 0.045, 0.081 in 2 test runs | > 0.013 | 0.000 untrained; 0.0056 at 1e-6 |
 
 | test_keras_qat_converts_to_int8 (steps of the output) | own weights, seeds 0-7 | bound | other weights, seeds 0-2 |
 |---|---|---|---|
@@ -111,6 +115,39 @@ elif job == "qat":  # test_keras_qat_converts_to_int8_and_matches_its_tflite's f
                 print(f"MEASURE qat {kind} seed {seed} vs {name}: mean {e.mean():.3f} steps, "
                       f"within 1 {np.mean(e <= 1.001):.4f}, within 2 {np.mean(e <= 2.001):.4f}, "
                       f"max {e.max():.2f} t={time.time() - t0:.0f}s", flush=True)
+    sys.exit(0)
+elif job == "qat_coco":  # test_deploy's coco_run and its two QAT tests: `measure_floors.py
+    # qat_coco 10 seed=S [steps=4] [broken=untrained|1e-6|both|none]` trains the fixture's COCO
+    # run for N epochs with Keras seed S, fine-tunes it with each QAT scheme (1 epoch of `steps`
+    # steps) and prints the float AP50 and the AP50 of both QAT int8 files; then the broken
+    # runs, QAT-fine-tuned and evaluated alike: the same set-up trained 1 epoch at 1e-7 (the
+    # untrained weights), and/or N epochs at 1e-6
+    from pipelines.jobs import deploy, detection
+    from test_deploy import COCO_DATA, coco_recipe, make_coco_data
+
+    seed, steps = int(extra.get("seed", 0)), int(extra.get("steps", 4))
+    root = make_coco_data(os.path.join(tmp, "coco"))
+    print(COCO_DATA, coco_recipe(epochs, seed), flush=True)
+    runs = [("trained", coco_recipe(epochs, seed))]
+    broken = extra.get("broken", "untrained")
+    if broken in ("untrained", "both"):
+        runs.append(("untrained", dataclasses.replace(coco_recipe(1, seed), learning_rate=1e-7)))
+    if broken in ("1e-6", "both"):  # learns nothing, but its batch-norm statistics follow the data
+        runs.append(("1e-6", dataclasses.replace(coco_recipe(epochs, seed), learning_rate=1e-6)))
+    for name, recipe in runs:
+        keras.utils.set_random_seed(seed)
+        run_dir = os.path.join(tmp, name)
+        m = detection.run(coco_dir=root, run_dir=run_dir, recipe=recipe, verbose=0)
+        print(f"MEASURE qat_coco seed {seed} {name} float AP50 {m['AP50']:.4f} "
+              f"t={time.time() - t0:.0f}s", flush=True)
+        for scheme in ("tfmot", "keras"):
+            report = deploy.run_qat("coco", run_dir, epochs=1, steps_per_epoch=steps, verbose=0,
+                                    scheme=scheme)
+            ap50 = deploy.evaluate_tflite("coco", report.path, run_dir,
+                                          keras_metrics=False)["tflite"]["AP50"]
+            print(f"MEASURE qat_coco seed {seed} {name} {scheme} QAT int8 AP50 {ap50:.4f} "
+                  f"ops {dict(sorted(report.ops.items()))} t={time.time() - t0:.0f}s",
+                  flush=True)
     sys.exit(0)
 elif job == "voc":  # test_voc_job_end_to_end's run. Keys: ntrain nval size classes data_seed
     # (the generator's) and any VocRecipe field, e.g. seed=3 learning_rate=6e-3 output_stride=8

@@ -109,9 +109,28 @@ _EAGER_CLI = ("import sys; import tensorflow as tf; tf.config.run_functions_eage
 _CHECKPOINT_TEMPORARIES = {"last.keras": ".last.tmp.keras", "resume state": ".tmp.weights.h5"}
 
 
-def _start_cli(args, log):
+# ``keras-mnv2`` with the driver's ``fit`` run eagerly, the rest (the TFLite export, which needs
+# graphs) as usual: tracing the QAT SSDLite's training step costs about a minute on 2 cores.
+_EAGER_FIT_CLI = """
+import sys
+import tensorflow as tf
+from pipelines.jobs import driver
+graph_fit = driver.fit
+def eager_fit(*args, **kwargs):
+    tf.config.run_functions_eagerly(True)
+    try:
+        return graph_fit(*args, **kwargs)
+    finally:
+        tf.config.run_functions_eagerly(False)
+driver.fit = eager_fit
+from pipelines.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _start_cli(args, log, program=_EAGER_CLI):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    return subprocess.Popen([sys.executable, "-c", _EAGER_CLI, *map(str, args)], cwd=REPO,
+    return subprocess.Popen([sys.executable, "-c", program, *map(str, args)], cwd=REPO,
                             stdout=log, stderr=subprocess.STDOUT, env=env)
 
 
@@ -139,7 +158,8 @@ def _stamps(run_dir):
 def _check_whole(run_dir):
     """Reads every file of the run but the temporaries a kill left (never read: the next write
     of that file replaces them) and TensorBoard's event files (appended to, not written whole):
-    each must be whole. Returns their paths, relative to ``run_dir``."""
+    each must be whole (.keras: every zip member; .h5: every array; .tflite: loaded by
+    ai_edge_litert). Returns their paths, relative to ``run_dir``."""
     import zipfile
 
     import h5py
@@ -155,8 +175,14 @@ def _check_whole(run_dir):
             if name.endswith(".keras"):
                 with zipfile.ZipFile(path) as archive:
                     assert archive.testzip() is None, path
-            elif name.endswith(".h5"):
-                h5py.File(path, "r").close()
+            elif name.endswith(".h5"):  # every array read back
+                with h5py.File(path, "r") as f:
+                    f.visititems(lambda _, item: item[()] if isinstance(item, h5py.Dataset)
+                                 else None)
+            elif name.endswith(".tflite"):  # ai_edge_litert loads it and allocates its tensors
+                from keras_mnv2.deploy import tflite
+
+                tflite.interpreter(path)
             elif name.endswith(".json"):
                 with open(path) as f:
                     json.load(f)
@@ -267,6 +293,118 @@ def test_sigkill_from_outside_at_random_moments_then_rerun_finishes(tmp_path):
     assert model.anchors.shape == (model.output["boxes"].shape[1], 4)
 
 
+# The temporary files a QAT run writes, by their path relative to the float run's folder.
+_QAT_TEMPORARIES = {
+    "last.weights.h5": lambda rel: rel == os.path.join("qat", ".last.tmp.weights.h5"),
+    "resume state": lambda rel: rel.startswith(os.path.join("qat", "backup", ".epoch-")),
+    "tflite": lambda rel: rel == os.path.join("tflite", ".coco_qat.tmp.tflite"),
+}
+
+
+@pytest.mark.slow
+def test_sigkill_qat_from_outside_then_rerun_finishes(tmp_path):
+    """``keras-mnv2 qat coco`` (TFMOT, through the training driver) on a tiny trained run,
+    SIGKILLed from outside while its weights file, its resume state and its .tflite file are
+    being written, and at a random moment, the same command rerun after each kill: the run
+    finishes, qat/history.csv has each epoch once, every file reads whole after every kill, and
+    the float run's files are untouched."""
+    import hashlib
+    import time
+
+    from pipelines.synthetic import coco as synthetic_coco
+
+    coco_dir = synthetic_coco.generate(tmp_path / "coco", num_train=8, num_val=2, image_size=64,
+                                       num_classes=2)
+    run_dir = str(tmp_path / "run")
+    with open(tmp_path / "train.log", "w") as log:  # 4 steps: QAT of a 1-step model diverges
+        code = _start_cli(["train", "coco", "--coco-dir", coco_dir, "--recipe", "embedded",
+                           "--alpha", "0.35", "--input-size", "64", "--epochs", 4,
+                           "--batch-size", "8", "--run-dir", run_dir], log).wait(timeout=600)
+    assert code == 0, (tmp_path / "train.log").read_text()[-3000:]
+
+    def digests():
+        return {rel: hashlib.sha256(open(os.path.join(run_dir, rel), "rb").read()).hexdigest()
+                for rel in _check_whole(run_dir)}
+
+    float_run = digests()
+    epochs = 3
+    args = ["qat", "coco", "--run-dir", run_dir, "--epochs", epochs, "--steps-per-epoch", 1,
+            "--no-compare"]
+    qat_dir = os.path.join(run_dir, "qat")
+    rng = np.random.RandomState(15)
+    # Two kills while a weights file is written (the moment its temporary file appears, at the
+    # first or second such write of the rerun: each ends before the epoch is recorded as done),
+    # one at a random moment up to a little past the time those reruns took to reach their
+    # kill, one while the .tflite file is written (after the last epoch). Each rerun builds and
+    # quantizes the model again, most of its time: 4 kills here, 10 in the train coco test.
+    plan = [str(t) for t in rng.permutation(["last.weights.h5", "resume state"])]
+    plan += ["moment", "tflite"]
+    kills, reached, finished = [], [], 0
+    stale = {}  # the temporary files a kill left: the next write of the file reuses the name
+
+    def writing(target):
+        return [path for path, stamp in _stamps(run_dir).items()
+                if _QAT_TEMPORARIES[target](os.path.relpath(path, run_dir))
+                and stale.get(path) != stamp]
+
+    log = open(tmp_path / "qat.log", "w")
+    for target in plan:
+        done = _state(qat_dir)
+        proc = _start_cli(args, log, _EAGER_FIT_CLI)
+        start = time.monotonic()
+        if target == "moment":
+            try:
+                proc.wait(timeout=rng.uniform(0.2, 1.2) * np.mean(reached))
+            except subprocess.TimeoutExpired:
+                pass
+        else:
+            at = 1 if target == "tflite" else rng.randint(1, min(2, epochs - done) + 1)
+            seen, present = 0, False
+            while proc.poll() is None and time.monotonic() - start < 600:
+                now = bool(writing(target))
+                seen += now and not present
+                present = now
+                if seen == at:
+                    break
+                time.sleep(0.001)
+            reached.append(time.monotonic() - start)
+        if proc.poll() is not None:  # finished before the moment
+            assert target == "moment" and proc.returncode == 0, (
+                target, (tmp_path / "qat.log").read_text()[-3000:])
+            finished += 1
+            continue
+        proc.kill()  # SIGKILL
+        proc.wait()
+        mid_write = target != "moment" and bool(writing(target))  # still there: not renamed
+        left = [os.path.relpath(p, run_dir) for p in _temporaries(run_dir)]
+        kills.append((target, round(time.monotonic() - start, 1), mid_write, left, done,
+                      _state(qat_dir)))
+        _check_whole(run_dir)
+        stale = _stamps(run_dir)
+    proc = _start_cli(args, log, _EAGER_FIT_CLI)  # the same command once more, to the end
+    assert proc.wait(timeout=600) == 0, (tmp_path / "qat.log").read_text()[-3000:]
+    log.close()
+
+    print(f"\nQAT: {len(kills)} kills (what was waited for, seconds after the start, killed "
+          "mid-write, temporary files left, QAT epochs in the resume state before and after):")
+    for kill in kills:
+        print("  ", *kill)
+    print(f"{finished} reruns finished before their kill moment")
+    # every kill at a file's write landed while its temporary file was there: before the rename
+    assert [kill[2] for kill in kills if kill[0] != "moment"] == [True] * 3, kills
+    assert _history_epochs(qat_dir) == list(range(epochs))  # each epoch once, in order
+    assert _state(qat_dir) == epochs
+    after = digests()
+    print(f"after the last rerun: qat/history.csv epochs {_history_epochs(qat_dir)}, "
+          f"{len(after)} files whole: {', '.join(sorted(after))}; temporary files left: "
+          f"{[os.path.relpath(p, run_dir) for p in _temporaries(run_dir)]}")
+    assert {rel: after.get(rel) for rel in float_run} == float_run  # the float run untouched
+    assert {os.path.join("qat", "history.csv"), os.path.join("qat", "last.weights.h5"),
+            os.path.join("qat", "backup", f"epoch-{epochs}.weights.h5"),
+            os.path.join("qat", "backup", "training_metadata.json"),
+            os.path.join("tflite", "coco_qat.tflite")} <= set(after)
+
+
 def test_every_file_is_fsynced_with_its_folder_and_renamed_by_one_function(tmp_path,
                                                                            monkeypatch):
     """Each file a run writes whole goes through ``keras_mnv2.files.write_file``: the new
@@ -354,11 +492,10 @@ class _Killed(Exception):
 
 @pytest.mark.slow
 def test_qat_fit_killed_mid_write_keeps_whole_files_and_resumes(tmp_path, monkeypatch):
-    """QAT (the TFMOT tf_keras path): a kill with a file's new content written but not renamed
-    leaves the old file whole, and the rerun resumes from the last committed epoch with no
-    history row lost or repeated. (The old tf_keras CSVLogger / ModelCheckpoint /
-    BackupAndRestore wrote in place and had no order: a kill between them lost or repeated
-    rows.)"""
+    """QAT (the TFMOT tf_keras path) trains through the shared driver: a kill with a file's new
+    content written but not renamed leaves the old file whole, and the rerun resumes from the
+    last committed epoch (weights, quantization ranges and optimizer) with no history row lost
+    or repeated, ending where an uninterrupted run ends."""
     import tensorflow as tf
     import tf_keras
 
@@ -384,54 +521,64 @@ def test_qat_fit_killed_mid_write_keeps_whole_files_and_resumes(tmp_path, monkey
         (rng.uniform(-1, 1, (4, 8, 8, 3)).astype("float32"), np.array([0, 1, 0, 1]))).batch(4)
     run_dir = str(tmp_path / "qat")
 
-    def fit(model, epochs, kill_at=None):
+    def fit(model, epochs, kill_at=None, into=run_dir):
         def kill(point, epoch):
             if f"{point}@{epoch}" == kill_at:
                 raise _Killed(kill_at)
 
-        monkeypatch.setattr(qat, "_kill_point", kill)
-        return qat.qat_fit(model, data.repeat(), epochs, run_dir=run_dir, steps_per_epoch=1,
+        monkeypatch.setattr(driver, "_kill_point", kill)
+        return qat.qat_fit(model, data.repeat(), epochs, run_dir=into, steps_per_epoch=1,
                            verbose=0)
 
-    state = os.path.join(run_dir, "backup", "state.json")
+    fit(quantized(), 3, into=str(tmp_path / "straight"))
+    straight = model.get_weights()
+    backup = os.path.join(run_dir, "backup")
+    state = driver.callback_classes("tf_keras").ResumeState(backup, run_dir)
+    with pytest.raises(_Killed):  # epoch 1 in history.csv and its weights renamed in, not
+        fit(quantized(), 3, "state@0")  # committed: the rerun starts over, its row replaced
+    assert _history_epochs(run_dir) == [0] and state.epochs_done() == 0
     with pytest.raises(_Killed):  # epoch 2's history row written under the temporary name only
-        fit(quantized(), 3, "qat-history@1")
+        fit(quantized(), 3, "history@1")
     assert _history_epochs(run_dir) == [0]
     assert os.path.exists(os.path.join(run_dir, ".history.tmp.csv"))
-    assert json.load(open(state))["epoch"] == 1
-    # the state restores the model and optimizer of epoch 1, as last.weights.h5 holds them
+    assert state.epochs_done() == 1
+    # the state restores the model (quantization ranges too) and optimizer of epoch 1, as
+    # last.weights.h5 holds them
     restored = quantized()
-    assert qat._callback_classes()[2](run_dir).restore(restored) == 1  # every value consumed
+    assert state.restore(restored) == 1
     after_restore = restored.get_weights()
+    assert not all(np.array_equal(a, b) for a, b in zip(after_restore, initial))
     restored.load_weights(os.path.join(run_dir, "last.weights.h5"))
     for got, want in zip(after_restore, restored.get_weights()):
         np.testing.assert_array_equal(got, want)
     assert int(restored.optimizer.iterations) == 1
 
     with pytest.raises(_Killed):  # resumed at epoch 2; killed with last.weights.h5 not renamed
-        fit(quantized(), 3, "qat-weights@2")
+        fit(quantized(), 3, "checkpoint@2")
     assert _history_epochs(run_dir) == [0, 1, 2]
     assert os.path.exists(os.path.join(run_dir, ".last.tmp.weights.h5"))
-    assert json.load(open(state))["epoch"] == 2
-    with pytest.raises(_Killed):  # history and weights of epoch 3 in place, the state not
-        fit(quantized(), 3, "qat-state@2")
-    assert json.load(open(state))["epoch"] == 2
+    assert state.epochs_done() == 2
+    with pytest.raises(_Killed):  # epoch 3's history, weights and state weights in place, the
+        fit(quantized(), 3, "state@2")  # state's metadata not
+    assert state.epochs_done() == 2
     model = quantized()
     history = fit(model, 3)  # epoch 3 again, its history row replaced, not repeated
     assert history.epoch == [2]
     assert _history_epochs(run_dir) == [0, 1, 2]
-    assert json.load(open(state))["epoch"] == 3 and int(model.optimizer.iterations) == 3
-    assert sorted(os.listdir(os.path.join(run_dir, "backup"))) == [
-        "epoch-3.data-00000-of-00001", "epoch-3.index", "state.json"]
+    assert state.epochs_done() == 3 and int(model.optimizer.iterations) == 3
+    assert sorted(os.listdir(backup)) == ["epoch-3.weights.h5", "training_metadata.json"]
     trained = model.get_weights()
+    for got, want in zip(trained, straight):  # as if never killed
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
     model.load_weights(os.path.join(run_dir, "last.weights.h5"))
     for got, want in zip(trained, model.get_weights()):
         np.testing.assert_array_equal(got, want)
     assert fit(quantized(), 3).epoch == []  # a finished run is not trained again
-    with open(state, "w") as f:  # a state cut short: one line saying how to start over
-        f.write('{"epoch": 3, "chec')
-    with pytest.raises(RuntimeError, match=r"QAT resume state .*state\.json cannot be read .*"
-                                           r"rm -r .*backup .*history\.csv"):
+    with open(state.metadata_path, "w") as f:  # a state cut short: one line saying what to do
+        f.write('{"epoch": 3, "weig')
+    with pytest.raises(driver.RunDirError, match=r"resume state .*training_metadata\.json "
+                                                 r"cannot be read .*rm -r .*backup .*history\.csv"
+                                                 r".*last\.weights\.h5"):
         fit(quantized(), 3)
 
 

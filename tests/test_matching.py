@@ -81,3 +81,63 @@ def test_zero_boxes_and_tf_data_map():
     np.testing.assert_array_equal(results[1][1], [0, 0, 0, 0, 0])
     np.testing.assert_array_equal(results[1][0], np.zeros((5, 4)))
     np.testing.assert_array_equal(results[2][1], [0, 0, -1, 0, 0])
+
+
+def _random_images(rng, anchors_center, count, max_boxes=6):
+    """Per-image (boxes, labels, crowd): random boxes, boxes equal to an anchor (IoU exactly 1)
+    or to each other (ties), crowd boxes, images without boxes, and label-0 padding rows."""
+    from keras_mnv2.detection.anchors import center_to_corners
+
+    corners = center_to_corners(anchors_center).numpy()
+    images = []
+    for i in range(count):
+        g = 0 if i % 5 == 0 else int(rng.integers(1, max_boxes + 1))
+        ymin, xmin = rng.uniform(0, 0.8, (2, g))
+        boxes = np.stack([ymin, xmin, ymin + rng.uniform(0.02, 1 - ymin),
+                          xmin + rng.uniform(0.02, 1 - xmin)], axis=-1).astype("float32")
+        if g >= 2:
+            boxes[1] = corners[rng.integers(len(corners))]  # IoU 1 with an anchor
+        if g >= 3:
+            boxes[2] = boxes[0]  # two boxes tie for every anchor
+        labels = rng.integers(1, 6, g).astype("int32")
+        labels[rng.uniform(size=g) < 0.15] = 0  # padding rows in the middle
+        crowd = rng.uniform(size=g) < 0.25
+        images.append((boxes.reshape(-1, 4), labels, crowd))
+    return images
+
+
+def test_a_padded_batch_gets_exactly_the_targets_of_its_images_one_by_one():
+    from keras_mnv2.detection.ssdlite import ssdlite_anchors
+
+    anchors = ssdlite_anchors(96)
+    rng = np.random.default_rng(0)
+    images = _random_images(rng, anchors, 24)
+    one_by_one = [encode_targets(b, l, anchors, is_crowd=c) for b, l, c in images]
+    # the pipeline's way: tf.data's padded_batch pads with zeros (label 0) and False
+    dataset = tf.data.Dataset.from_generator(
+        lambda: iter(images), output_signature=(tf.TensorSpec([None, 4], tf.float32),
+                                                tf.TensorSpec([None], tf.int32),
+                                                tf.TensorSpec([None], tf.bool)))
+    batches = dataset.padded_batch(8).map(lambda b, l, c: encode_targets(b, l, anchors,
+                                                                         is_crowd=c))
+    batched = [(boxes[i], classes[i]) for boxes, classes in batches.as_numpy_iterator()
+               for i in range(len(boxes))]
+    assert len(batched) == len(images)
+    classes = np.stack([c for _, c in batched])
+    # the cases are there: matches, ignored anchors, images with no match
+    assert (classes > 0).any() and (classes == -1).any() and (classes == 0).all(axis=1).any()
+    for (box_targets, class_targets), (boxes, classes) in zip(one_by_one, batched):
+        np.testing.assert_array_equal(classes, class_targets.numpy())
+        # the same matches, so the same box encodings, but the log of the size terms may round
+        # differently by 1 ulp: TF's vectorised log and its scalar tail differ there, and an
+        # anchor's place in a packet depends on the tensor's shape
+        np.testing.assert_array_max_ulp(boxes, box_targets.numpy(), maxulp=1)
+    # and in the batch's own shape, eagerly, with extra padding rows at the end
+    boxes, labels, crowd = (np.stack([np.pad(x, [(0, 9 - len(x))] + [(0, 0)] * (x.ndim - 1))
+                                      for x in column]) for column in zip(*images[:8]))
+    matched, ignored = match_anchors(boxes, labels, anchors, gt_ignore=crowd)
+    assert matched.shape == (8, len(anchors)) and ignored.shape == (8, len(anchors))
+    for i, (b, l, c) in enumerate(images[:8]):
+        single = match_anchors(b, l, anchors, gt_ignore=c)
+        np.testing.assert_array_equal(matched[i], single[0])
+        np.testing.assert_array_equal(ignored[i], single[1])

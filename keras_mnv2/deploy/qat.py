@@ -18,24 +18,13 @@ reloaded model needs no side file; pass ``builder=`` and its keyword arguments t
 ``tf_keras_twin`` for a model without one.
 """
 
-import functools
 import os
 
 import numpy as np
 
 from keras_mnv2.errors import InputError
 from keras_mnv2.frameworks import framework_of, get_keras
-from keras_mnv2.files import append_history_row as _append_history_row
-from keras_mnv2.files import cut_history as _cut_history
-from keras_mnv2.files import kill_point as _kill_point  # the tests replace it
-from keras_mnv2.files import write_file as _write_file
-from keras_mnv2.files import write_text as _write_text_atomic
 from keras_mnv2.record import load_keras_model
-
-
-class ResumeStateError(InputError, RuntimeError):
-    """A QAT run's resume state (``<run>/backup/state.json`` and its checkpoint) that cannot be
-    read: the message says how to start the QAT run over."""
 
 
 # Layers the default 8-bit registry does not know but that TFLite runs in int8: annotated so their
@@ -454,6 +443,32 @@ def _tf_keras_loss(loss):
     return fn
 
 
+def compile_qat(qat_model, loss, learning_rate=1e-4, optimizer="adam", metrics=None):
+    """Compiles a quantization-aware model (``quantize``) for fine-tuning.
+
+    Args:
+        loss: the training loss (Keras 3 loss objects, a dict per output, or tf_keras names).
+        optimizer: "adam", "sgd" (momentum 0.9), "rmsprop" or a tf_keras optimizer.
+    """
+    import tf_keras
+
+    if not is_quantized(qat_model):
+        raise InputError(f"model {qat_model.name!r} is not quantization-aware: call quantize() "
+                         "first")
+    if isinstance(optimizer, str):
+        choices = {
+            "adam": lambda: tf_keras.optimizers.Adam(learning_rate),
+            "sgd": lambda: tf_keras.optimizers.SGD(learning_rate, momentum=0.9),
+            "rmsprop": lambda: tf_keras.optimizers.RMSprop(learning_rate, momentum=0.9),
+        }
+        if optimizer not in choices:
+            raise InputError(f"optimizer must be one of {sorted(choices)} or a tf_keras "
+                             f"optimizer, got {optimizer!r}")
+        optimizer = choices[optimizer]()
+    qat_model.compile(optimizer=optimizer, loss=_tf_keras_loss(loss), metrics=metrics)
+    return qat_model
+
+
 def qat_fit(qat_model, train_data, epochs, loss=None, learning_rate=1e-4, optimizer="adam",
             run_dir=None, steps_per_epoch=None, validation_data=None, metrics=None,
             verbose="auto", callbacks=()):
@@ -464,169 +479,35 @@ def qat_fit(qat_model, train_data, epochs, loss=None, learning_rate=1e-4, optimi
     only adapts them to the rounding.
 
     Args:
-        loss: the training loss (Keras 3 loss objects, a dict per output, or tf_keras names);
-            None keeps the model's compiled loss (the model must then be compiled).
-        optimizer: "adam", "sgd" (momentum 0.9), "rmsprop" or a tf_keras optimizer.
-        run_dir: where the QAT run writes ``backup/`` (a killed run restarted with the same call
-            resumes from the last finished epoch), ``history.csv`` and ``last.weights.h5``,
-            each through a temporary file and a rename (a kill leaves the old or the new
-            content); None writes nothing.
-    Returns the tf_keras History.
+        loss: as ``compile_qat``; None keeps the model's compiled loss (the model must then be
+            compiled).
+        optimizer: as ``compile_qat``.
+        run_dir: where the QAT run writes, through the training driver every job uses
+            (``pipelines.jobs.driver.fit``), ``history.csv``, ``last.weights.h5`` (the weights
+            after each epoch) and ``backup/`` (a killed run restarted with the same call resumes
+            from the last finished epoch), each through a temporary file and a rename (a kill
+            leaves the old or the new content); None: plain ``fit()``, nothing written.
+    Returns the tf_keras History (of the epochs trained by this call).
     """
     import tf_keras
 
-    if not is_quantized(qat_model):
+    if loss is not None:
+        compile_qat(qat_model, loss, learning_rate, optimizer, metrics)
+    elif not is_quantized(qat_model):
         raise InputError(f"model {qat_model.name!r} is not quantization-aware: call quantize() "
                          "first")
-    if loss is not None:
-        if isinstance(optimizer, str):
-            choices = {
-                "adam": lambda: tf_keras.optimizers.Adam(learning_rate),
-                "sgd": lambda: tf_keras.optimizers.SGD(learning_rate, momentum=0.9),
-                "rmsprop": lambda: tf_keras.optimizers.RMSprop(learning_rate, momentum=0.9),
-            }
-            if optimizer not in choices:
-                raise InputError(f"optimizer must be one of {sorted(choices)} or a tf_keras "
-                                 f"optimizer, got {optimizer!r}")
-            optimizer = choices[optimizer]()
-        qat_model.compile(optimizer=optimizer, loss=_tf_keras_loss(loss), metrics=metrics)
     elif qat_model.optimizer is None:
         raise InputError("pass loss= (the model is not compiled)")
-    cbs = [tf_keras.callbacks.TerminateOnNaN()]
-    initial_epoch = 0
-    if run_dir is not None:
-        os.makedirs(run_dir, exist_ok=True)
-        history_cb, weights_cb, state_cb = _callback_classes()
-        state = state_cb(run_dir)
-        initial_epoch = state.restore(qat_model)
-        if initial_epoch >= epochs:
-            print(f"QAT run {run_dir}: {initial_epoch} epoch(s) already done, nothing to train",
-                  flush=True)
-        elif initial_epoch:
-            print(f"QAT run {run_dir}: resuming after epoch {initial_epoch} of {epochs}",
-                  flush=True)
-        # order at each epoch end: the history row, last.weights.h5, then the resume state
-        cbs += [history_cb(os.path.join(run_dir, "history.csv")),
-                weights_cb(os.path.join(run_dir, "last.weights.h5")), state]
-    return qat_model.fit(train_data, epochs=epochs, initial_epoch=min(initial_epoch, epochs),
-                         steps_per_epoch=steps_per_epoch, validation_data=validation_data,
-                         verbose=verbose, callbacks=cbs + list(callbacks))
+    if run_dir is None:
+        return qat_model.fit(train_data, epochs=epochs, steps_per_epoch=steps_per_epoch,
+                             validation_data=validation_data, verbose=verbose,
+                             callbacks=[tf_keras.callbacks.TerminateOnNaN(), *callbacks])
+    from pipelines.jobs import driver
 
-
-# ----------------------------------------------------------------------------------------------
-# Crash-safe QAT run files: each written under a temporary name and renamed into place, so a kill
-# leaves every file with either its old or its new content.
-
-# The kill points of KILL_AT_ENV (keras_mnv2.files) here, each with the new content of a file
-# written under the temporary name, not yet renamed: "qat-history", "qat-weights", "qat-state"
-# (the checkpoint written, its metadata not yet); the tests replace _kill_point.
-
-
-@functools.lru_cache(maxsize=None)
-def _callback_classes():
-    """The QAT run's tf_keras callbacks (defined on first use: tf_keras is imported lazily)."""
-    import shutil
-
-    import tf_keras
-
-    class _QatHistory(tf_keras.callbacks.Callback):
-        """history.csv, one row per epoch, rewritten whole through a temporary file each epoch."""
-
-        def __init__(self, path):
-            super().__init__()
-            self.path = path
-
-        def on_epoch_end(self, epoch, logs=None):
-            _append_history_row(self.path, epoch, logs,
-                                lambda: _kill_point("qat-history", epoch))
-
-
-    class _QatWeights(tf_keras.callbacks.Callback):
-        """last.weights.h5 after every epoch, through a temporary file and a rename."""
-
-        def __init__(self, path):
-            super().__init__()
-            self.path = path
-
-        def on_epoch_end(self, epoch, logs=None):
-            _write_file(self.path, lambda tmp: self.model.save_weights(tmp, overwrite=True),
-                        lambda: _kill_point("qat-weights", epoch))
-
-
-    class _QatState(tf_keras.callbacks.Callback):
-        """The resume state of a QAT run in ``run_dir/backup``: a TF checkpoint of the model and its
-        optimizer per finished epoch (``epoch-<n>``, new files each time, never overwritten) and
-        ``state.json`` (``{"epoch": n, "checkpoint": "epoch-<n>"}``), renamed into place last: the
-        commit point. Older checkpoints are removed after it; history.csv is cut back on resume to
-        the epochs the state holds, so no epoch is lost or repeated."""
-
-        def __init__(self, run_dir):
-            super().__init__()
-            self.run_dir = run_dir
-            self.backup_dir = os.path.join(run_dir, "backup")
-            self.metadata_path = os.path.join(self.backup_dir, "state.json")
-
-        def _broken(self, path, err):
-            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-            return ResumeStateError(
-                f"the QAT resume state {path} cannot be read ({reason}): to start the QAT run "
-                "over, "
-                f"rm -r {self.backup_dir} {os.path.join(self.run_dir, 'history.csv')} and run the "
-                "same command again")
-
-        def restore(self, model):
-            """Loads the saved state into ``model`` (its optimizer too); returns the epochs it holds
-            (0 for none) and cuts history.csv back to them."""
-            import json
-
-            import tensorflow as tf
-
-            if not os.path.exists(self.metadata_path):
-                if os.path.isdir(self.backup_dir) and any(
-                        name.startswith("ckpt") or name == "checkpoint"
-                        for name in os.listdir(self.backup_dir)):
-                    print(f"QAT run {self.run_dir}: {self.backup_dir} holds an older kind of state "
-                          "(tf_keras BackupAndRestore), not resumed: training from the start",
-                          flush=True)
-                epochs = 0
-            else:
-                try:
-                    with open(self.metadata_path) as f:
-                        metadata = json.load(f)
-                    epochs, name = int(metadata["epoch"]), str(metadata["checkpoint"])
-                except (OSError, ValueError, KeyError, TypeError) as err:
-                    raise self._broken(self.metadata_path, err) from None
-                prefix = os.path.join(self.backup_dir, name)
-                optimizer = model.optimizer
-                if hasattr(optimizer, "_build_index_dict") and not getattr(
-                        optimizer, "_built", False):
-                    optimizer.build(model.trainable_variables)  # its slots, to be restored
-                try:
-                    tf.train.Checkpoint(model=model, optimizer=optimizer).read(prefix) \
-                        .assert_consumed()
-                except Exception as err:  # noqa: BLE001 - missing, cut or mismatched: unreadable
-                    raise self._broken(prefix, err) from None
-            _cut_history(self.run_dir, epochs)
-            return epochs
-
-        def on_epoch_end(self, epoch, logs=None):
-            import json
-
-            import tensorflow as tf
-
-            os.makedirs(self.backup_dir, exist_ok=True)
-            name = f"epoch-{epoch + 1}"
-            tf.train.Checkpoint(model=self.model, optimizer=self.model.optimizer).write(
-                os.path.join(self.backup_dir, name))
-            _write_text_atomic(self.metadata_path,
-                               json.dumps({"epoch": epoch + 1, "checkpoint": name}),
-                               lambda: _kill_point("qat-state", epoch))
-            for entry in os.listdir(self.backup_dir):  # older checkpoints and leftovers
-                path = os.path.join(self.backup_dir, entry)
-                if entry.startswith("epoch-") and not entry.startswith(name + "."):
-                    shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
-
-    return _QatHistory, _QatWeights, _QatState
+    driver.fit(qat_model, train_data, epochs, run_dir, validation_data=validation_data,
+               steps_per_epoch=steps_per_epoch, verbose=verbose, extra_callbacks=callbacks,
+               model_file="last.weights.h5")
+    return qat_model.history
 
 
 __all__ = [
@@ -635,6 +516,7 @@ __all__ = [
     "builder_config",
     "calibrate_ranges",
     "check_twin",
+    "compile_qat",
     "float_from_qat",
     "float_layers",
     "is_quantized",

@@ -83,6 +83,9 @@ class VocIndex:
     class_names: tuple = VOC_CLASSES
     skip_bad: bool = False
     skipped: SkipLog = field(default_factory=SkipLog)
+    # every mask is a checked grayscale PNG of class indices (``graph_masks``): the dataset reads
+    # it with TensorFlow ops alone, so a tf.data service worker in another process can run it
+    masks_in_graph: bool = False
 
     @property
     def num_images(self):
@@ -356,6 +359,55 @@ def load_example(image_path, mask_path, image_shape, num_classes, skipped=None):
     return np.zeros((0, 0), np.uint8), False
 
 
+def _image_shape(path):
+    """(height, width) of an image file from its header, or (0, 0) where PIL cannot read it."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return im.size[1], im.size[0]
+    except Exception:  # noqa: BLE001 - unreadable: load_example names it
+        return 0, 0
+
+
+def graph_masks(index, folder):
+    """``index`` with every mask checked and rewritten as a grayscale PNG of class indices in
+    ``folder`` (``<id>.png``), read by TensorFlow ops alone.
+
+    The usual dataset reads masks in Python (PIL for palette PNGs, scipy for SBD ``.mat``
+    files), which a tf.data service worker in another process cannot run; the job converts the
+    masks once, before handing its pipeline to the service (the workers need ``folder`` at the
+    same path: a shared file system, as for the images). Each mask is checked against its image
+    as ``voc_dataset`` does; a bad example raises ``VocFormatError`` naming the file, or with
+    ``index.skip_bad`` is left out and counted. A mask already converted is kept (files are
+    written whole, so a killed conversion resumes).
+    """
+    from PIL import Image
+
+    from keras_mnv2.files import write_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    skipped = index.skipped if index.skip_bad else None
+    kept = ([], [], [])
+    for image_id, image_path, mask_path in zip(index.ids, index.image_paths, index.mask_paths):
+        target = folder / f"{Path(image_id).name}.png"
+        if not target.is_file():
+            mask, ok = load_example(image_path, mask_path, _image_shape(image_path),
+                                    index.num_classes, skipped)
+            if not ok:
+                continue
+
+            def save(f, mask=mask):
+                Image.fromarray(mask).save(f, format="PNG")  # uint8 [H, W]: mode "L"
+
+            write_file(str(target), save)
+        for column, value in zip(kept, (image_id, image_path, str(target))):
+            column.append(value)
+    return VocIndex(index.root, index.split, *kept, class_names=index.class_names,
+                    skip_bad=index.skip_bad, skipped=index.skipped, masks_in_graph=True)
+
+
 def voc_dataset(source, split=None, *, sbd_dir=None, skip_bad=None, shuffle=False, seed=None,
                 num_parallel_calls=None):
     """A ``tf.data.Dataset`` of the elements in the module docstring.
@@ -389,6 +441,20 @@ def voc_dataset(source, split=None, *, sbd_dir=None, skip_bad=None, shuffle=Fals
 
     def read(image_path, mask_path, shape):
         return load_example(image_path.decode(), mask_path.decode(), shape, num_classes, skipped)
+
+    def load_in_graph(record):  # masks checked and converted by graph_masks
+        return {
+            "image": tf.io.decode_image(tf.io.read_file(record["image_path"]), channels=3,
+                                        expand_animations=False),
+            "label": tf.io.decode_png(tf.io.read_file(record["mask_path"]), channels=1),
+            "image_id": record["image_id"],
+        }
+
+    if index.masks_in_graph:
+        ds = ds.map(load_in_graph, num_parallel_calls=num_parallel_calls or tf.data.AUTOTUNE,
+                    deterministic=True)
+        ds.voc_index = index
+        return ds
 
     def load(record):
         image = decode_or_empty(tf.io.read_file(record["image_path"]))

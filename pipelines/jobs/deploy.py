@@ -6,10 +6,11 @@ its metrics.json, which records the recipe (rebuilt here as the job's dataclass)
 so calibration and fine-tuning use the same tf.data pipeline as the float run, and evaluation
 the same val split and metric: COCO AP/AP50 (pycocotools), VOC mean IoU, ImageNet top-1/top-5.
 
-Outputs: ``run_dir/tflite/<job>_<mode>.tflite``, ``run_dir/qat/`` (QAT backup, history.csv,
-last.weights.h5), and the comparison ``run_dir/deploy.{md,png,json}``. With
-``expansion_splits`` (paper section 5.1, memory-efficient inference) the trained model is first
-rewritten in split-expansion form (``keras_mnv2.split.split_expansion``): the files are
+Outputs: ``run_dir/tflite/<job>_<mode>.tflite``, ``run_dir/qat/`` (the QAT run, through the
+training driver: history.csv, last.weights.h5, the resume state backup/), and the comparison
+``run_dir/deploy.{md,png,json}``. With ``expansion_splits`` (paper section 5.1,
+memory-efficient inference) the trained model is first rewritten in split-expansion form
+(``keras_mnv2.split.split_expansion``): the files are
 ``<job>_<mode>_split.tflite`` (QAT in ``run_dir/qat_split/``), beside the unsplit ones in the
 comparison.
 """
@@ -410,9 +411,12 @@ def run_qat(job, run_dir=None, epochs=2, learning_rate=None, steps_per_epoch=Non
     """Quantization-aware fine-tuning of a finished run, then the QAT int8 .tflite.
 
     Ranges are calibrated on the float run's training pipeline (same recipe), the model is
-    fine-tuned ``epochs`` epochs at ``learning_rate`` (default 1/50 of the recipe's peak) into
-    ``run_dir/qat`` (re-running the same command resumes), and exported to
-    ``run_dir/tflite/<job>_qat.tflite``. Returns the ``ExportReport``.
+    fine-tuned ``epochs`` epochs at ``learning_rate`` (default 1/50 of the recipe's peak) by
+    the jobs' training driver (``pipelines.jobs.driver.fit``) into ``run_dir/qat``: history.csv,
+    ``last.weights.h5`` and the resume state ``backup/``, each written under a temporary name
+    and renamed (re-running the same command after a kill resumes from the last finished
+    epoch). Then it is exported to ``run_dir/tflite/<job>_qat.tflite``. Returns the
+    ``ExportReport``.
 
     With ``expansion_splits`` (an int or 17 per-block counts, see ``parse_expansion_splits``)
     the float model is split first (``keras_mnv2.deploy.qat.quantize`` folds the projection BNs of the
@@ -420,44 +424,49 @@ def run_qat(job, run_dir=None, epochs=2, learning_rate=None, steps_per_epoch=Non
     the run goes to ``run_dir/qat_split`` and ``<job>_qat_split.tflite``.
 
     ``scheme="keras"``: the Keras 3 QAT model (``keras_mnv2.deploy.keras_qat``) instead of the
-    TFMOT twin, fine-tuned by Keras 3 ``fit()`` with the same data, loss, optimizer, learning
-    rate and steps, into ``run_dir/qat_keras`` (``model.keras``, history.csv) and
-    ``<job>_qat_keras.tflite``.
+    TFMOT twin, fine-tuned by the same driver with the same data, loss, optimizer, learning
+    rate and steps, into ``run_dir/qat_keras`` (history.csv, ``backup/``, and ``model.keras`` at
+    the end) and ``<job>_qat_keras.tflite``.
     """
     from keras_mnv2.deploy import export, qat
+    from pipelines.jobs import driver
 
     if scheme not in qat.SCHEMES:
         raise InputError(f"scheme must be one of {qat.SCHEMES}, got {scheme!r}")
-    if scheme == "keras":
-        return _run_keras_qat(job, run_dir, epochs, learning_rate, steps_per_epoch, io_dtype,
-                              verbose, expansion_splits)
     run_dir = run_dir or f"runs/{job}"
     data = job_data(job, run_dir)
     model = load_model(job, run_dir)
     learning_rate = learning_rate or QAT_LR_FACTOR * data.learning_rate
     steps = steps_per_epoch or data.steps_per_epoch
-    print(f"QAT {job}: {epochs} epoch(s) of {steps} steps at learning rate {learning_rate:g}",
+    name = {"tfmot": "QAT", "keras": "Keras 3 QAT"}[scheme]
+    print(f"{name} {job}: {epochs} epoch(s) of {steps} steps at learning rate {learning_rate:g}",
           flush=True)
     split = expansion_splits is not None
     if split:  # quantize folds the split blocks' projection BNs
         model = _split_model(model, expansion_splits)
-    q = qat.quantize(model, calibration_data=data.train_ds)
-    loss, train_ds = _rename_outputs(q, data.loss, data.train_ds)
+    q = qat.quantize(model, calibration_data=data.train_ds, scheme=scheme)
     optimizer = getattr(data.recipe, "optimizer", "adam")
+    optimizer = optimizer if optimizer in ("adam", "sgd", "rmsprop") else "adam"
+    if scheme == "tfmot":  # a tf_keras model: saved as weights each epoch (a TFMOT model does
+        # not load back from a whole-model .keras file)
+        loss, train_ds = _rename_outputs(q, data.loss, data.train_ds)
+        qat.compile_qat(q, loss, learning_rate, optimizer)
+        out_dir, model_file, variant = "qat", "last.weights.h5", None
+    else:
+        train_ds = data.train_ds
+        q.compile(optimizer=_keras_optimizer(optimizer, learning_rate), loss=data.loss)
+        out_dir, model_file, variant = "qat_keras", None, "keras"  # model.keras at the end
+    out_dir = os.path.join(run_dir, out_dir + ("_split" if split else ""))
     start = time.time()
-    history = qat.qat_fit(q, train_ds, epochs, loss=loss, learning_rate=learning_rate,
-                          optimizer=optimizer if optimizer in ("adam", "sgd", "rmsprop")
-                          else "adam",
-                          run_dir=os.path.join(run_dir, "qat_split" if split else "qat"),
-                          steps_per_epoch=steps,
-                          verbose=verbose)
-    losses = history.history.get("loss", [])
-    if losses and not np.isfinite(losses[-1]):
-        raise RuntimeError(f"QAT of {job} diverged (loss {losses[-1]}): lower --learning-rate")
-    kwargs = {k: v for k, v in data.export_kwargs.items()}
-    report = export.export_tflite(q, tflite_path(job, run_dir, "qat", split), mode="qat",
-                                  io_dtype=io_dtype, **kwargs)
-    print(f"QAT done in {time.time() - start:.0f} s; {report.summary()}", flush=True)
+    nan = driver.fit(q, train_ds, epochs, out_dir, steps_per_epoch=steps, verbose=verbose,
+                     model_file=model_file)
+    if nan:
+        raise RuntimeError(f"{name} of {job} diverged ({nan}): lower --learning-rate")
+    if scheme == "keras":
+        driver.save_model(q, os.path.join(out_dir, "model.keras"))
+    report = export.export_tflite(q, tflite_path(job, run_dir, "qat", split, variant),
+                                  mode="qat", io_dtype=io_dtype, **data.export_kwargs)
+    print(f"{name} done in {time.time() - start:.0f} s; {report.summary()}", flush=True)
     return report
 
 
@@ -467,41 +476,7 @@ def _keras_optimizer(name, learning_rate):
     choices = {"adam": lambda: keras.optimizers.Adam(learning_rate),
                "sgd": lambda: keras.optimizers.SGD(learning_rate, momentum=0.9),
                "rmsprop": lambda: keras.optimizers.RMSprop(learning_rate, momentum=0.9)}
-    return choices.get(name, choices["adam"])()
-
-
-def _run_keras_qat(job, run_dir, epochs, learning_rate, steps_per_epoch, io_dtype, verbose,
-                   expansion_splits):
-    """``run_qat`` with ``scheme="keras"``: Keras 3 QAT, ``fit()`` through the jobs' driver."""
-    from keras_mnv2.deploy import export, qat
-    from pipelines.jobs import driver
-
-    run_dir = run_dir or f"runs/{job}"
-    data = job_data(job, run_dir)
-    model = load_model(job, run_dir)
-    learning_rate = learning_rate or QAT_LR_FACTOR * data.learning_rate
-    steps = steps_per_epoch or data.steps_per_epoch
-    print(f"Keras 3 QAT {job}: {epochs} epoch(s) of {steps} steps at learning rate "
-          f"{learning_rate:g}", flush=True)
-    split = expansion_splits is not None
-    if split:
-        model = _split_model(model, expansion_splits)
-    q = qat.quantize(model, calibration_data=data.train_ds, scheme="keras")
-    q.compile(optimizer=_keras_optimizer(getattr(data.recipe, "optimizer", "adam"),
-                                         learning_rate), loss=data.loss)
-    out_dir = os.path.join(run_dir, "qat_keras_split" if split else "qat_keras")
-    start = time.time()
-    # the jobs' crash-safe driver: history.csv, the resume state in backup/ and curves.png, each
-    # written under a temporary name and renamed (a killed run resumes from its last epoch)
-    nan = driver.fit(q, data.train_ds, epochs, out_dir, steps_per_epoch=steps, verbose=verbose,
-                     save_model=False)
-    if nan:
-        raise RuntimeError(f"Keras 3 QAT of {job} diverged ({nan}): lower --learning-rate")
-    driver.save_model(q, os.path.join(out_dir, "model.keras"))
-    report = export.export_tflite(q, tflite_path(job, run_dir, "qat", split, "keras"),
-                                  mode="qat", io_dtype=io_dtype, **data.export_kwargs)
-    print(f"Keras 3 QAT done in {time.time() - start:.0f} s; {report.summary()}", flush=True)
-    return report
+    return choices[name]()
 
 
 # ---------------------------------------------------------------------------- export + eval

@@ -32,6 +32,9 @@ class CocoRecipe:
     warmup_epochs: float = 1.0  # linear warmup to learning_rate
     weight_decay: float = 4e-5  # L2 on conv kernels (pipelines.jobs.weight_decay)
     class_loss: str = "softmax"  # "softmax" (3:1 hard negatives) or "focal"
+    # "smooth_l1" (on the box encodings, as the paper) or "giou" (1 - GIoU of the decoded boxes);
+    # the model and its export are the same either way
+    box_loss: str = "smooth_l1"
     background_prior: float = 0.99  # background probability the class predictors start at
     bn_momentum: float = 0.999  # batch-norm moving-average decay
     augment: str = "ssd"  # "ssd" (crop, expand, flip, photometric) or "flip"
@@ -56,18 +59,21 @@ SYNTHETIC = dict(num_train=2000, num_val=250, image_size=256, num_classes=5, see
 def check_recipe(recipe):
     """Raises ValueError, naming the field and its allowed values, for a recipe that cannot run
     (before any data is read)."""
-    from keras_mnv2.detection.losses import MODES
+    from keras_mnv2.detection.losses import BOX_LOSSES, MODES
     from pipelines.jobs import training
 
     training.check_recipe(recipe, ranges={
         "input_size": "[64, inf)", "background_prior": "(0, 1)", "score_threshold": "[0, 1]",
         "nms_iou": "(0, 1]", "max_detections": "[1, inf)",
     }, choices={
-        "class_loss": MODES, "augment": ("ssd", "flip"), "size_mismatch": ("skip", "stop"),
+        "class_loss": MODES, "box_loss": BOX_LOSSES, "augment": ("ssd", "flip"),
+        "size_mismatch": ("skip", "stop"),
     })
 
 
 def _encode(anchors):
+    """(image, element) -> (image, SSD targets), for one image or for a batch of images whose
+    boxes are padded with label-0 rows (``encode_targets`` takes either)."""
     from keras_mnv2.detection.matching import encode_targets
 
     anchors = tf.constant(anchors)
@@ -76,7 +82,7 @@ def _encode(anchors):
         box_targets, class_targets = encode_targets(
             element["boxes"], element["labels"], anchors, is_crowd=element["is_crowd"]
         )
-        labels = tf.cast(class_targets, tf.float32)[:, None]
+        labels = tf.cast(class_targets, tf.float32)[..., None]
         return image, {"boxes": tf.concat([box_targets, labels], axis=-1),
                        "classes": class_targets}
 
@@ -106,12 +112,15 @@ def train_dataset(source, recipe, anchors, input_context=None, data_service=None
         else:
             element = augment.random_flip(element)
             element = augment.eval_preprocess(element, size)
-        return element["image"], element
+        return element["image"], {key: element[key] for key in ("boxes", "labels", "is_crowd")}
 
     ds = ds.map(prepare, num_parallel_calls=AUTOTUNE)
+    # Targets are encoded a batch at a time, its boxes padded with label-0 rows (zeros, False):
+    # the same targets as image by image, at a fraction of the cost in the cores that the
+    # training step shares (docs/benchmarks.md, "Training step profile").
+    ds = ds.repeat().padded_batch(training.per_replica_batch(recipe.batch_size, input_context),
+                                  drop_remainder=True)
     ds = ds.map(_encode(anchors), num_parallel_calls=AUTOTUNE)
-    ds = ds.repeat().batch(training.per_replica_batch(recipe.batch_size, input_context),
-                           drop_remainder=True)
     return training.service(ds, data_service).prefetch(AUTOTUNE)
 
 
@@ -308,20 +317,29 @@ def evaluate(model, recipe, data, run_dir):
     return metrics
 
 
+def losses(recipe):
+    """The recipe's SSD losses (``keras_mnv2.detection.losses.ssd_losses``); the GIoU box loss
+    decodes with the anchors ``build_model`` gives the model (``ssdlite_anchors``)."""
+    from keras_mnv2.detection.losses import ssd_losses
+    from keras_mnv2.detection.ssdlite import ssdlite_anchors
+
+    return ssd_losses(box_loss=recipe.box_loss, anchors=ssdlite_anchors(recipe.input_size),
+                      mode=recipe.class_loss)
+
+
 def run(coco_dir=None, tfds_data_dir=None, run_dir="runs/coco", recipe=None,
         backbone_weights=None, data_root="data/synthetic_coco", train_split="train",
         val_split="val", verbose="auto", init=None, freeze_bn=False, extra_callbacks=(),
-        strategy=None, mixed_precision=False, data_service=None):
+        strategy=None, mixed_precision=False, data_service=None, jit_compile=None):
     """Trains and evaluates (``training.run_job``); returns the metrics dict (also written to
     run_dir/metrics.json).
 
     ``init`` (a .keras model, an official .tflite file or a TF checkpoint) starts the model from
     its weights where names and shapes match (``keras_mnv2.convert.init_from``; ``freeze_bn``
     freezes batch norm). ``extra_callbacks`` go to ``fit`` after the driver's own (the peer
-    benchmark times training with one). ``strategy`` (a name or a ``tf.distribute.Strategy``)
-    and ``mixed_precision``: see ``training.run_job``; ``data_service``: see
+    benchmark times training with one). ``strategy`` (a name or a ``tf.distribute.Strategy``),
+    ``mixed_precision`` and ``jit_compile``: see ``training.run_job``; ``data_service``: see
     ``train_dataset``."""
-    from keras_mnv2.detection.losses import ssd_losses
     from pipelines.jobs import training
 
     embedded = coco_dir is None and tfds_data_dir is None
@@ -332,7 +350,7 @@ def run(coco_dir=None, tfds_data_dir=None, run_dir="runs/coco", recipe=None,
         build_model=lambda recipe, data: build_model(recipe, data.num_classes,
                                                      backbone_weights),
         make_optimizer=make_optimizer,
-        compile_args=lambda recipe, data: {"loss": ssd_losses(mode=recipe.class_loss)},
+        compile_args=lambda recipe, data: {"loss": losses(recipe)},
         train_data=lambda model, recipe, data, steps, context: train_dataset(
             data.train, recipe, model.anchors, context, data_service),
         evaluate=lambda model, recipe, data, run_dir, nan: evaluate(model, recipe, data,
@@ -341,4 +359,4 @@ def run(coco_dir=None, tfds_data_dir=None, run_dir="runs/coco", recipe=None,
     return training.run_job(job, recipe or (EMBEDDED if embedded else PAPER), run_dir,
                             init=init, freeze_bn=freeze_bn, verbose=verbose,
                             callbacks=extra_callbacks, strategy=strategy,
-                            mixed_precision=mixed_precision)
+                            mixed_precision=mixed_precision, jit_compile=jit_compile)

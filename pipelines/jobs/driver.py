@@ -1,9 +1,10 @@
 """The training driver shared by the jobs: callbacks, resume after a kill, curves and metrics.
 
-A run directory holds everything a job writes:
+It trains Keras 3 models and the tf_keras (Keras 2) models of TFMOT quantization-aware training
+alike (``callback_classes``). A run directory holds everything a job writes:
     recipe.json    the recipe the run was started with (a rerun with another recipe is refused)
     backup/        the resume state (a killed run restarted with the same command resumes)
-    last.keras     the model after the latest epoch
+    last.keras     the model after the latest epoch (QAT with TFMOT: last.weights.h5)
     history.csv    one row per epoch
     logs/          TensorBoard
     curves.png     training curves, drawn from history.csv
@@ -11,7 +12,7 @@ A run directory holds everything a job writes:
 
 Nothing is lost to a kill or a power loss: every file is written under a temporary name, fsynced
 and renamed into place (``keras_mnv2.files.write_file``), so each holds either its old or its
-new content. At the end of an epoch the history row is written first, then last.keras, then the
+new content. At the end of an epoch the history row is written first, then the model, then the
 resume state (the weights file of that epoch, then ``training_metadata.json`` naming it). A kill
 anywhere in between resumes from the last state written; history.csv is cut back to the epochs
 that state holds, so no epoch is lost or repeated.
@@ -19,14 +20,14 @@ that state holds, so no epoch is lost or repeated.
 
 import contextlib
 import csv
+import functools
 import json
 import math
 import numbers
 import os
 import re
 import sys
-
-import keras
+import types
 
 from keras_mnv2.errors import InputError
 from keras_mnv2.files import KILL_AT_ENV  # noqa: F401  (driver.KILL_AT_ENV, for the tests)
@@ -34,6 +35,7 @@ from keras_mnv2.files import append_history_row, cut_history
 from keras_mnv2.files import kill_point as _kill_point
 from keras_mnv2.files import write_file
 from keras_mnv2.files import write_text as _write_text
+from keras_mnv2.frameworks import framework_of, get_keras
 from pipelines.manifest import write_atomic
 
 
@@ -111,7 +113,17 @@ def prepare_run_dir(run_dir, recipe=None):
     return run_dir
 
 
-class StopOnNaN(keras.callbacks.Callback):
+def _optimizer_built(optimizer):
+    """Keras 3 optimizers say ``built``; tf_keras ones keep ``_built``."""
+    return bool(getattr(optimizer, "built", getattr(optimizer, "_built", False)))
+
+
+# The callbacks' code, shared by both Keras implementations: ``callback_classes`` makes each a
+# subclass of the model's ``Callback`` (Keras 3, or tf_keras for TFMOT's quantization-aware
+# models, keras_mnv2.deploy.qat).
+
+
+class _StopOnNaN:
     """Stops training at the first NaN or infinite loss, saying which batch and epoch."""
 
     def __init__(self):
@@ -133,7 +145,7 @@ class StopOnNaN(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
-class HistoryLog(keras.callbacks.Callback):
+class _HistoryLog:
     """history.csv, one row per epoch (``epoch`` then the logged quantities, sorted), rewritten
     whole through a temporary file at each epoch end: a kill leaves the old or the new file."""
 
@@ -145,24 +157,32 @@ class HistoryLog(keras.callbacks.Callback):
         append_history_row(self.path, epoch, logs, lambda: _kill_point("history", epoch))
 
 
-class AtomicCheckpoint(keras.callbacks.Callback):
-    """``last.keras`` after every epoch, saved through a temporary file and a rename."""
+class _AtomicCheckpoint:
+    """The model after every epoch, saved through a temporary file and a rename: the whole
+    model (``last.keras``), or its weights for a path ending in ``.weights.h5`` (a model whose
+    whole file would not load back: TFMOT's quantization-aware ones)."""
 
     def __init__(self, path):
         super().__init__()
         self.path = path
 
     def on_epoch_end(self, epoch, logs=None):
-        save_model(self.model, self.path, lambda: _kill_point("checkpoint", epoch))
+        before_rename = lambda: _kill_point("checkpoint", epoch)  # noqa: E731
+        if self.path.endswith(".weights.h5"):
+            write_file(self.path, lambda tmp: self.model.save_weights(tmp, overwrite=True),
+                       before_rename)
+        else:
+            save_model(self.model, self.path, before_rename)
 
 
-class ResumeState(keras.callbacks.Callback):
+class _ResumeState:
     """What a killed run resumes from, in ``backup_dir``: ``epoch-<n>.weights.h5`` (the weights
     and optimizer state after n epochs) and ``training_metadata.json`` (``{"epoch": n, "weights":
     file}``), each written under a temporary name and renamed; the metadata, renamed last, is the
-    commit point. Older weights files are removed after it. Reads the state Keras's
-    BackupAndRestore leaves (``latest.weights.h5``) too. A state that cannot be read raises
-    ``RunDirError`` saying how to resume from the last good model or to start over.
+    commit point. Older weights files are removed after it. ``restore`` (called by ``fit``
+    before training) loads it. Reads the state Keras's BackupAndRestore leaves
+    (``latest.weights.h5``) too. A state that cannot be read raises ``RunDirError`` saying how
+    to resume from the last good model or to start over.
     """
 
     def __init__(self, backup_dir, run_dir=None):
@@ -170,6 +190,7 @@ class ResumeState(keras.callbacks.Callback):
         self.backup_dir = backup_dir
         self.run_dir = run_dir or os.path.dirname(os.path.abspath(backup_dir))
         self.metadata_path = os.path.join(backup_dir, "training_metadata.json")
+        self._weights_file = os.path.join(self.run_dir, "last.weights.h5")
 
     def epochs_done(self):
         """Epochs the saved state holds (0 with none); raises RunDirError for an unreadable one."""
@@ -189,6 +210,8 @@ class ResumeState(keras.callbacks.Callback):
 
     def _broken(self, path, err):
         last = os.path.join(self.run_dir, "last.keras")
+        if not os.path.exists(last) and os.path.exists(self._weights_file):
+            last = self._weights_file  # a TFMOT QAT run's
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         return RunDirError(
             f"the resume state {path} cannot be read ({reason}). To start over: "
@@ -197,21 +220,29 @@ class ResumeState(keras.callbacks.Callback):
             + ("" if os.path.exists(last) else " (absent)")
             + "; or train into a new --run-dir")
 
-    def on_train_begin(self, logs=None):
+    def restore(self, model):
+        """Loads the saved state into ``model`` (its optimizer too) and cuts history.csv back to
+        the epochs it holds; returns that number (0 with no state: training starts over)."""
         epoch, weights = self._read()
         if weights is None:
-            return
-        if not os.path.exists(weights):
-            raise self._broken(weights, FileNotFoundError("file missing"))
-        model = self.model
-        if model.optimizer is not None and not model.optimizer.built:
-            model.optimizer.build(model.trainable_variables)
-        try:
-            model.load_weights(weights)
-        except Exception as err:  # noqa: BLE001 - h5py/zip/shape errors all mean "unreadable"
-            raise self._broken(weights, err) from None
-        model._initial_epoch = epoch
+            leftovers = os.path.isdir(self.backup_dir) and [  # not a kill's before the commit
+                name for name in os.listdir(self.backup_dir)
+                if ".tmp." not in name and not re.fullmatch(r"epoch-\d+\.weights\.h5", name)]
+            if leftovers:  # e.g. the TF checkpoint and state.json of an older QAT run
+                print(f"{self.backup_dir} holds no resume state this version reads "
+                      f"({', '.join(sorted(leftovers))}): training from the start", flush=True)
+        else:
+            if not os.path.exists(weights):
+                raise self._broken(weights, FileNotFoundError("file missing"))
+            optimizer = model.optimizer
+            if optimizer is not None and not _optimizer_built(optimizer):
+                optimizer.build(model.trainable_variables)  # its slots, to be loaded
+            try:
+                model.load_weights(weights)
+            except Exception as err:  # noqa: BLE001 - h5py/zip/shape errors: "unreadable"
+                raise self._broken(weights, err) from None
         cut_history(self.run_dir, epoch)
+        return epoch
 
     def on_epoch_end(self, epoch, logs=None):
         os.makedirs(self.backup_dir, exist_ok=True)
@@ -227,7 +258,7 @@ class ResumeState(keras.callbacks.Callback):
                 os.remove(os.path.join(self.backup_dir, entry))
 
 
-class StepCounter(keras.callbacks.Callback):
+class _StepCounter:
     """Counts the training steps of each epoch; an epoch of zero steps raises NoTrainingError
     before anything records it as done (it runs before the history and state callbacks)."""
 
@@ -255,37 +286,87 @@ class StepCounter(keras.callbacks.Callback):
                 "recorded as done; fix the data and run the same command again")
 
 
-def callbacks(run_dir, save_model=True):
-    """Progress-independent callbacks every job uses; see the module docstring for the files.
+@functools.lru_cache(maxsize=None)
+def callback_classes(framework="keras"):
+    """The driver's callbacks for models of ``framework`` ("keras" or "tf_keras",
+    ``keras_mnv2.frameworks``): a namespace of ``StopOnNaN``, ``HistoryLog``,
+    ``AtomicCheckpoint``, ``ResumeState`` and ``StepCounter``, each a subclass of that Keras's
+    ``Callback``. The same code, files and kill points for both."""
+    base = get_keras(framework).callbacks.Callback
+    made = {}
+    for logic in (_StopOnNaN, _HistoryLog, _AtomicCheckpoint, _ResumeState, _StepCounter):
+        name = logic.__name__.lstrip("_")
+        made[name] = type(name, (logic, base), {"__doc__": logic.__doc__,
+                                                "__module__": __name__})
+    return types.SimpleNamespace(**made)
 
-    Order matters at each epoch end: the zero-step check, then history.csv, last.keras and last
-    the resume state."""
+
+# The Keras 3 ones, by name.
+StopOnNaN = callback_classes("keras").StopOnNaN
+HistoryLog = callback_classes("keras").HistoryLog
+AtomicCheckpoint = callback_classes("keras").AtomicCheckpoint
+ResumeState = callback_classes("keras").ResumeState
+StepCounter = callback_classes("keras").StepCounter
+
+
+def callbacks(run_dir, model_file="last.keras", framework="keras"):
+    """Progress-independent callbacks every job uses; see the module docstring for the files.
+    ``model_file``: the file in ``run_dir`` the model is saved to each epoch (``AtomicCheckpoint``;
+    None for none); ``framework``: the Keras the model is built with.
+
+    Order matters at each epoch end: the zero-step check, then history.csv, the model file and
+    last the resume state."""
     os.makedirs(run_dir, exist_ok=True)
+    classes = callback_classes(framework)
     result = [
-        StepCounter(),
-        HistoryLog(os.path.join(run_dir, "history.csv")),
-        keras.callbacks.TensorBoard(os.path.join(run_dir, "logs"), write_graph=False,
-                                    profile_batch=0),
-        StopOnNaN(),
+        classes.StepCounter(),
+        classes.HistoryLog(os.path.join(run_dir, "history.csv")),
+        get_keras(framework).callbacks.TensorBoard(os.path.join(run_dir, "logs"),
+                                                   write_graph=False, profile_batch=0),
+        classes.StopOnNaN(),
     ]
-    if save_model:
-        result.append(AtomicCheckpoint(os.path.join(run_dir, "last.keras")))
-    result.append(ResumeState(os.path.join(run_dir, "backup"), run_dir))
+    if model_file:
+        result.append(classes.AtomicCheckpoint(os.path.join(run_dir, model_file)))
+    result.append(classes.ResumeState(os.path.join(run_dir, "backup"), run_dir))
     return result
 
 
+def _cache_keras_saving_skipsets():
+    """Keras 3's saving code (3.15 here) keeps the attribute skip sets it computes under
+    ``saving_attr_skipset_<type>`` but looks them up under ``saving_attr_skiplist_<type>``, so
+    every save builds a throwaway Layer for each layer it walks: about a third of the CPU time
+    of the two saves at each epoch end (docs/benchmarks.md, "Training step profile"). Stores
+    each set where it is looked up (the same set Keras would compute). Does nothing on a Keras
+    without these internals, or where the set is already found."""
+    try:
+        from keras.src.backend.common import global_state
+        from keras.src.saving.saving_lib import get_attr_skipset
+    except ImportError:
+        return
+    for obj_type in ("Operation", "Layer", "Functional", "Sequential", "Metric", "Optimizer",
+                     "Loss"):
+        key = f"saving_attr_skiplist_{obj_type}"
+        if global_state.get_global_attribute(key, None) is None:
+            with contextlib.suppress(ValueError):  # a type this Keras does not list
+                global_state.set_global_attribute(key, get_attr_skipset(obj_type))
+
+
 def fit(model, train_data, epochs, run_dir, validation_data=None, steps_per_epoch=None,
-        verbose="auto", extra_callbacks=(), save_model=True):
+        verbose="auto", extra_callbacks=(), model_file="last.keras"):
     """``model.fit`` with the shared callbacks; returns the StopOnNaN message or None.
 
-    The compiled optimizer is built first, eagerly, under ``model.distribute_strategy``.
+    ``model`` is a Keras 3 or a tf_keras model (TFMOT's quantization-aware ones): the
+    callbacks are made for its Keras (``callback_classes``). The compiled optimizer is built
+    first, eagerly, under ``model.distribute_strategy``.
 
     Restarting the same command after a kill continues from the last finished epoch (the
     resume state in ``run_dir/backup``); a finished run is not trained again. An epoch that
-    trains zero steps raises ``NoTrainingError`` and is not recorded. ``save_model=False``:
-    no ``last.keras`` each epoch (the caller saves the model).
+    trains zero steps raises ``NoTrainingError`` and is not recorded. ``model_file``: the file
+    the model is saved to each epoch, ``last.keras`` (``*.weights.h5``: the weights only; None:
+    none, the caller saves the model).
     """
-    if model.optimizer is not None and not model.optimizer.built:
+    framework = framework_of(model)
+    if model.optimizer is not None and not _optimizer_built(model.optimizer):
         # Slot variables made now, eagerly: made inside the first traced train step they cost
         # ~20x more each, and the step is traced twice (about a minute on 2 cores). Under the
         # model's strategy, so that they are distributed like the weights.
@@ -293,11 +374,20 @@ def fit(model, train_data, epochs, run_dir, validation_data=None, steps_per_epoc
         strategy = getattr(model, "distribute_strategy", None)
         with strategy.scope() if strategy is not None else contextlib.nullcontext():
             model.optimizer.build(model.trainable_variables)
-    cbs = callbacks(run_dir, save_model=save_model) + list(extra_callbacks)
-    model.fit(train_data, epochs=epochs, validation_data=validation_data,
-              steps_per_epoch=steps_per_epoch, callbacks=cbs, verbose=verbose)
+    if framework == "keras":
+        _cache_keras_saving_skipsets()
+    classes = callback_classes(framework)
+    cbs = callbacks(run_dir, model_file, framework) + list(extra_callbacks)
+    done = next(cb for cb in cbs if isinstance(cb, classes.ResumeState)).restore(model)
+    if done >= epochs:
+        print(f"{run_dir}: all {epochs} epoch(s) already done, nothing to train", flush=True)
+    elif done:
+        print(f"{run_dir}: resuming after epoch {done} of {epochs}", flush=True)
+    model.fit(train_data, epochs=epochs, initial_epoch=min(done, epochs),
+              validation_data=validation_data, steps_per_epoch=steps_per_epoch, callbacks=cbs,
+              verbose=verbose)
     plot_curves(run_dir)
-    nan = next(cb for cb in cbs if isinstance(cb, StopOnNaN))
+    nan = next(cb for cb in cbs if isinstance(cb, classes.StopOnNaN))
     return nan.message
 
 

@@ -99,7 +99,7 @@ def check_recipe(recipe):
     training.check_recipe(recipe)
 
 
-def train_dataset(index, recipe, input_context=None, data_service=None):
+def train_dataset(index, recipe, input_context=None, data_service=None, mask_dir=None):
     """Index -> decoded (cached if asked), shuffled, augmented, batched (image, label) pairs:
     float32 [B, crop, crop, 3] in [-1, 1] and int32 [B, crop, crop] with 255 = ignore.
 
@@ -107,12 +107,19 @@ def train_dataset(index, recipe, input_context=None, data_service=None):
     images and B = one replica's share of ``recipe.batch_size`` (``training.shard``,
     ``training.per_replica_batch``). ``data_service`` (a tf.data service dispatcher,
     "grpc://host:port"): the batches are made on the service's workers, each with its own
-    order and augmentation."""
+    order and augmentation; the masks are first converted to PNGs the workers read with
+    TensorFlow ops alone, in ``mask_dir`` (``voc.graph_masks``; the workers need it at the same
+    path)."""
     import tensorflow as tf
 
     from pipelines.data import seg_augment, voc
     from pipelines.jobs import training
 
+    if data_service and not index.masks_in_graph:
+        if mask_dir is None:
+            raise InputError("a tf.data service needs mask_dir: a folder the service's workers "
+                             "also see, for the masks converted to graph-readable PNGs")
+        index = voc.graph_masks(index, mask_dir)
     seed = None if data_service else recipe.seed
     if recipe.cache:
         ds = training.shard(voc.voc_dataset(index), input_context).cache()
@@ -287,6 +294,7 @@ def _overlay(image, label, palette, alpha=0.55):
 def draw_predictions(model, index, eval_size, path, count=6):
     """PNG: val images, their true masks and the predicted masks overlaid (VOC colours; white:
     ignore). Predictions are made on the padded image and cropped back to it."""
+    import keras
     import matplotlib
 
     matplotlib.use("Agg")
@@ -298,7 +306,8 @@ def draw_predictions(model, index, eval_size, path, count=6):
     examples = list(voc.voc_dataset(index).take(count))
     padded = np.stack([seg_augment.eval_preprocess(e["image"], e["label"], eval_size)[0]
                        for e in examples])
-    predictions = np.argmax(model(padded, training=False), axis=-1)
+    # numpy out: the model may run on JAX or torch (keras_mnv2 backends)
+    predictions = np.argmax(keras.ops.convert_to_numpy(model(padded, training=False)), axis=-1)
     rows = len(examples)
     fig, axes = plt.subplots(rows, 3, figsize=(3 * 3, 3 * rows), squeeze=False)
     for row, element, predicted in zip(axes, examples, predictions):
@@ -414,7 +423,8 @@ def evaluate_run(model, recipe, data, run_dir):
 
 def run(voc_dir=None, sbd_dir=None, run_dir="runs/voc", recipe=None, backbone_weights=None,
         data_root="data/synthetic_voc", train_split=None, val_split="val", verbose="auto",
-        init=None, freeze_bn=False, strategy=None, mixed_precision=False, data_service=None):
+        init=None, freeze_bn=False, strategy=None, mixed_precision=False, data_service=None,
+        jit_compile=None):
     """Trains and evaluates (``training.run_job``); returns the metrics dict (also written to
     run_dir/metrics.json).
 
@@ -423,7 +433,7 @@ def run(voc_dir=None, sbd_dir=None, run_dir="runs/voc", recipe=None, backbone_we
     freezes batch norm).
 
     ``train_split`` defaults to ``train_aug`` with ``sbd_dir``, else ``train``. ``strategy``
-    (a name or a ``tf.distribute.Strategy``) and ``mixed_precision``: see
+    (a name or a ``tf.distribute.Strategy``), ``mixed_precision`` and ``jit_compile``: see
     ``training.run_job``; ``data_service``: see ``train_dataset``.
     """
     from keras_mnv2.segmentation import MeanIoU, SegmentationLoss
@@ -443,11 +453,12 @@ def run(voc_dir=None, sbd_dir=None, run_dir="runs/voc", recipe=None, backbone_we
             "loss": SegmentationLoss(ignore_label=IGNORE_LABEL),
             "metrics": [MeanIoU(data.num_classes, ignore_label=IGNORE_LABEL)]},
         train_data=lambda model, recipe, data, steps, context: train_dataset(
-            data.train, recipe, context, data_service),
+            data.train, recipe, context, data_service,
+            mask_dir=os.path.join(run_dir, "service_masks")),
         evaluate=lambda model, recipe, data, run_dir, nan: evaluate_run(model, recipe, data,
                                                                         run_dir),
         seed_weights=True,
     )
     return training.run_job(job, recipe or (EMBEDDED if embedded else PAPER), run_dir,
                             init=init, freeze_bn=freeze_bn, verbose=verbose, strategy=strategy,
-                            mixed_precision=mixed_precision)
+                            mixed_precision=mixed_precision, jit_compile=jit_compile)

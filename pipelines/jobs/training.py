@@ -86,7 +86,7 @@ def steps_per_epoch(recipe, num_train):
 
 
 def run_job(job, recipe, run_dir, *, init=None, freeze_bn=False, verbose="auto", strategy=None,
-            mixed_precision=False, callbacks=(), write_metrics=True):
+            mixed_precision=False, callbacks=(), write_metrics=True, jit_compile=None):
     """Trains and evaluates one job; returns the metrics dict (also run_dir/metrics.json unless
     ``write_metrics`` is False).
 
@@ -98,7 +98,10 @@ def run_job(job, recipe, run_dir, *, init=None, freeze_bn=False, verbose="auto",
     global batch; non-chief workers of a multi-worker run keep their files in
     ``run_dir/worker_<i>`` and do not evaluate. ``mixed_precision``: trains under
     ``precision_policy()`` (float16 with loss scaling on GPU, bfloat16 elsewhere); evaluation and
-    the saved model are float32 (``float32_copy``). ``callbacks`` are added to the driver's.
+    the saved model are float32 (``float32_copy``). ``jit_compile``: True or False is
+    ``model.compile``'s; None leaves Keras' "auto" (XLA on JAX, and on TensorFlow with a GPU;
+    never on a CPU-only TensorFlow nor on torch). ``callbacks`` are added to the driver's.
+    metrics.json's ``train_images_per_second`` leaves out each epoch's first step (``step_clock``).
     Restarting after a kill resumes (``driver.fit``).
     """
     from pipelines.jobs import driver
@@ -129,8 +132,10 @@ def run_job(job, recipe, run_dir, *, init=None, freeze_bn=False, verbose="auto",
                 from keras_mnv2.convert import init_from
 
                 init_from(model, init, freeze_batch_norm=freeze_bn)
-            model.compile(optimizer=job.make_optimizer(recipe, steps),
-                          **job.compile_args(recipe, data))
+            compile_args = dict(job.compile_args(recipe, data))
+            if jit_compile is not None:
+                compile_args["jit_compile"] = jit_compile
+            model.compile(optimizer=job.make_optimizer(recipe, steps), **compile_args)
 
         def dataset_fn(input_context):
             return job.train_data(model, recipe, data, steps, input_context)
@@ -140,9 +145,10 @@ def run_job(job, recipe, run_dir, *, init=None, freeze_bn=False, verbose="auto",
             prepare_fit(model, strategy, dataset_fn)
         validation = job.validation_data(recipe, data) if job.validation_data else None
         os.makedirs(run_dir, exist_ok=True)
+        throughput = step_clock(recipe.batch_size)
         nan = driver.fit(model, train_ds, recipe.epochs, run_dir, steps_per_epoch=steps,
                          validation_data=validation, verbose=verbose,
-                         extra_callbacks=callbacks)
+                         extra_callbacks=[throughput, *callbacks])
     train_seconds = time.time() - start
     import tensorflow as tf
 
@@ -164,10 +170,42 @@ def run_job(job, recipe, run_dir, *, init=None, freeze_bn=False, verbose="auto",
         "precision": policy or "float32",
         "seconds": round(time.time() - start, 1),
         "train_seconds": round(train_seconds, 1),
+        "train_images_per_second": throughput.images_per_second(),
     })
     if write_metrics and chief:
         driver.write_metrics(run_dir, metrics)
     return metrics
+
+
+def step_clock(batch_size):
+    """A callback timing the training steps: ``images_per_second()`` is ``batch_size`` images a
+    step over the time from each step's end to the next one's in the same epoch (so neither the
+    first step, which traces or compiles, nor the epoch-end saving counts), or None when no epoch
+    had two steps. Keras reads each step's loss for the callbacks' logs, so a step has finished
+    when its end is timed."""
+    import keras
+
+    class StepClock(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.steps, self.seconds, self._last = 0, 0.0, None
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self._last = None
+
+        def on_train_batch_end(self, batch, logs=None):
+            now = time.perf_counter()
+            if self._last is not None:
+                self.steps += 1
+                self.seconds += now - self._last
+            self._last = now
+
+        def images_per_second(self):
+            if not self.steps or self.seconds <= 0:
+                return None
+            return round(self.steps * batch_size / self.seconds, 2)
+
+    return StepClock()
 
 
 # ----------------------------------------------------------------------------- precision
@@ -290,10 +328,19 @@ def make_strategy(name="default", devices=None, tpu=None):
     that TF_CONFIG names (one process per worker, the same command on each). tpu: a TPU found by
     ``TPUClusterResolver(tpu)``.
     """
+    import keras
     import tensorflow as tf
 
     if name == "default":
         return tf.distribute.get_strategy()
+    backend = keras.backend.backend()
+    if name in STRATEGIES and backend != "tensorflow":
+        # tf.distribute places TensorFlow variables and steps; a JAX or torch model's steps run
+        # outside it (Keras' own distribution API is another thing), so the strategy would not
+        # apply
+        raise InputError(f"strategy {name!r} needs the TensorFlow backend (tf.distribute); "
+                         f"Keras runs on {backend} here: train with --backend tensorflow, or "
+                         "without --strategy")
     if name == "mirrored":
         devices = devices or None
         cpu_only = devices is not None and all("cpu" in d.lower() for d in devices)
