@@ -2,7 +2,7 @@
 the same folder, fsyncs it and the folder, renames it into place and fsyncs the folder again, so
 a kill or a power loss leaves the old file or the new one, never half of one. It is the one way a
 file is written whole here: the training driver (``pipelines.jobs.driver``: history.csv,
-last.keras, the resume state, curves.png), the TFMOT QAT loop (``keras_mnv2.deploy.qat``),
+last.keras, the resume state, curves.png; QAT runs train through it too),
 ``pipelines.manifest.write_atomic`` (every other text file a run or a generator writes), the
 exported .tflite files and ``keras-mnv2 convert``.
 

@@ -97,6 +97,35 @@ def test_nan_loss_stops_with_message(tmp_path, capsys):
     assert "training stopped" in capsys.readouterr().out
 
 
+class _DivergeInEpoch(keras.callbacks.Callback):
+    """Turns the weights to NaN at the start of epoch ``epoch`` (0-based)."""
+
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == self.epoch:
+            self.model.layers[0].kernel.assign(np.full((4, 1), np.nan, "float32"))
+
+
+def test_diverged_epoch_keeps_the_last_good_model_and_resume_state(tmp_path):
+    run_dir = str(tmp_path / "run")
+    message = driver.fit(_model(), _data(), 4, run_dir, verbose=0,
+                         extra_callbacks=[_DivergeInEpoch(1)])
+    assert message is not None and "epoch 2" in message
+    # the model file and the resume state stay those of epoch 1 (finite weights)
+    saved = keras.saving.load_model(os.path.join(run_dir, "last.keras"))
+    assert np.all(np.isfinite(saved.get_weights()[0]))
+    state = driver.callback_classes("keras").ResumeState(os.path.join(run_dir, "backup"),
+                                                         run_dir)
+    assert state.epochs_done() == 1
+    resumed = _model()  # a rerun resumes after epoch 1, from finite weights
+    driver.fit(resumed, _data(), 2, run_dir, verbose=0)
+    assert np.all(np.isfinite(resumed.get_weights()[0]))
+    assert driver.read_history(run_dir)["epoch"] == [0.0, 1.0]
+
+
 def test_write_metrics(tmp_path):
     path = driver.write_metrics(str(tmp_path), {"AP50": 0.5})
     assert open(path).read().strip().startswith("{")

@@ -145,6 +145,12 @@ class _StopOnNaN:
             self.model.stop_training = True
 
 
+def _diverged(logs):
+    """The epoch's mean loss is NaN or infinite: a batch of it diverged (``_StopOnNaN``)."""
+    loss = (logs or {}).get("loss")
+    return loss is not None and not math.isfinite(float(loss))
+
+
 class _HistoryLog:
     """history.csv, one row per epoch (``epoch`` then the logged quantities, sorted), rewritten
     whole through a temporary file at each epoch end: a kill leaves the old or the new file."""
@@ -167,6 +173,8 @@ class _AtomicCheckpoint:
         self.path = path
 
     def on_epoch_end(self, epoch, logs=None):
+        if _diverged(logs):  # keep the last good model, not NaN weights
+            return
         before_rename = lambda: _kill_point("checkpoint", epoch)  # noqa: E731
         if self.path.endswith(".weights.h5"):
             write_file(self.path, lambda tmp: self.model.save_weights(tmp, overwrite=True),
@@ -245,6 +253,8 @@ class _ResumeState:
         return epoch
 
     def on_epoch_end(self, epoch, logs=None):
+        if _diverged(logs):  # a rerun resumes from the last good epoch, not from NaN weights
+            return
         os.makedirs(self.backup_dir, exist_ok=True)
         name = f"epoch-{epoch + 1}.weights.h5"
         path = os.path.join(self.backup_dir, name)
