@@ -116,3 +116,18 @@ def test_run_job_runs_the_hooks_in_order_and_writes_the_run_dir(tmp_path):
     with pytest.raises(driver.RunDirError, match="width: 3 in the run, 5 now"):
         training.run_job(_tiny_job(calls, []), TinyRecipe(width=5), str(run_dir), verbose=0)
     assert calls == ["check_recipe"]
+
+
+@pytest.mark.parametrize("jit_compile", [None, True, False])
+def test_run_job_passes_jit_compile_to_compile(tmp_path, monkeypatch, jit_compile):
+    seen = []
+    compile_ = keras.Model.compile
+
+    def spy(model, *args, **kwargs):
+        seen.append(kwargs.get("jit_compile", "keras' choice"))
+        return compile_(model, *args, **kwargs)
+
+    monkeypatch.setattr(keras.Model, "compile", spy)
+    training.run_job(_tiny_job([], []), TinyRecipe(epochs=1), str(tmp_path / "run"), verbose=0,
+                     jit_compile=jit_compile)
+    assert seen[0] == ("keras' choice" if jit_compile is None else jit_compile)
