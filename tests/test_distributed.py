@@ -136,6 +136,9 @@ def test_mirrored_two_cpus_matches_one_device(tmp_path):
     result = json.loads(out.read_text())
     one = np.array(result["one_device"]["loss"])
     sync, plain = result["True"], result["False"]
+    print(f"classification: single-device loss {one.tolist()}, mirrored (2 replicas, synchronized "
+          f"batch norm) loss {sync['loss']}, largest weight difference {sync['weights']:.2e}; "
+          f"per-replica batch norm loss {plain['loss']}")
     assert sync["replicas"] == plain["replicas"] == 2 and len(one) == STEPS
     assert result["one_device"]["moved"] > 1e-2  # the steps did train
     np.testing.assert_allclose(sync["loss"], one, rtol=1e-5)
@@ -193,6 +196,8 @@ def test_multi_worker_two_processes_matches_one_device(tmp_path):
         losses.append(result["loss"])
         weights = list(np.load(tmp_path / f"worker{i}.npz").values())
         assert max(float(np.abs(a - b).max()) for a, b in zip(weights, one_weights)) < 1e-5
+    print(f"classification: single-device loss {one}, two workers, mean loss "
+          f"{np.mean(losses, axis=0).tolist()} (worker 0 {losses[0]}, worker 1 {losses[1]})")
     # Keras logs each worker's loss over its own 4 images; their mean is the 8-image loss
     assert np.abs(np.array(losses[0]) - losses[1]).max() > 1e-3
     np.testing.assert_allclose(np.mean(losses, axis=0), one, rtol=1e-5)
