@@ -200,7 +200,8 @@ else:  # "coco": test_coco_job_end_to_end's run. Keys: ntrain nval classes size 
                             crowd_fraction=float(extra.pop("crowd_fraction",
                                                            synthetic_coco.CROWD_FRACTION)))
     keras.utils.set_random_seed(int(extra.get("seed", 0)))
-    fields = dict(input_size=96, batch_size=16, epochs=epochs, augment="ssd", cache=False)
+    fields = dict(input_size=96, batch_size=16, epochs=epochs, augment="ssd", cache=False,
+                  box_loss="smooth_l1")  # the floors' loss (box_loss=giou to try the other)
     for key, text in extra.items():
         kind = type(getattr(detection.EMBEDDED, key))
         fields[key] = kind(text) if kind is not bool else text.lower() == "true"

@@ -142,3 +142,105 @@ def test_compile_and_fit_with_dict_outputs():
         (np.ones((4, 4), "float32"), {"boxes": box_targets, "classes": class_targets})).batch(2)
     history = model.fit(data, epochs=1, verbose=0, shuffle=False)
     assert np.isfinite(history.history["loss"][0])
+
+
+def test_giou_hand_computed_values():
+    from keras_mnv2.detection.losses import giou
+
+    boxes_a = np.array([[0, 0, 2, 2], [0, 0, 2, 2], [0, 0, 1, 1], [0, 0, 2, 2]], "float32")
+    boxes_b = np.array([[0, 0, 2, 2], [1, 1, 3, 3], [2, 2, 3, 3], [0, 0, 1, 2]], "float32")
+    # identical: 1; overlap 1 of union 7, enclosing 9: 1/7 - 2/9; disjoint: union 2, enclosing 9:
+    # -7/9; B inside A (area 2 of 4, enclosing = A): 1/2
+    expected = [1.0, 1 / 7 - 2 / 9, -7 / 9, 0.5]
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(giou(boxes_a, boxes_b)), expected,
+                               rtol=1e-6)
+
+
+def _giou_batch():
+    """Anchors, targets for 2 images x 4 anchors (a positive, background, ignored, a positive in
+    image 0; a positive and background in image 1) and the true corner boxes of the positives."""
+    from keras_mnv2.detection.box_coder import encode_boxes
+
+    anchors = np.array([[0.25, 0.25, 0.5, 0.5], [0.5, 0.5, 0.4, 0.6], [0.7, 0.3, 0.2, 0.2],
+                        [0.6, 0.6, 0.3, 0.3]], "float32")
+    boxes = np.array([[[0.0, 0.0, 0.5, 0.5], [0.3, 0.2, 0.7, 0.8], [0.6, 0.2, 0.8, 0.4],
+                       [0.5, 0.4, 0.8, 0.7]],
+                      [[0.1, 0.1, 0.4, 0.3], [0.3, 0.2, 0.7, 0.8], [0.6, 0.2, 0.8, 0.4],
+                       [0.4, 0.5, 0.7, 0.8]]], "float32")
+    targets = np.zeros((2, 4, 5), "float32")
+    targets[..., :4] = keras.ops.convert_to_numpy(encode_boxes(boxes, anchors))
+    targets[..., 4] = [[1, 0, -1, 3], [2, 0, 0, 0]]
+    return anchors, boxes, targets
+
+
+def test_giou_loss_perfect_prediction_and_exact_value():
+    from keras_mnv2.detection.box_coder import encode_boxes
+    from keras_mnv2.detection.losses import SSDGIoULoss
+
+    anchors, boxes, targets = _giou_batch()
+    loss = SSDGIoULoss(anchors)
+    assert abs(float(loss(targets, targets[..., :4]))) < 1e-5  # decode(encode) = the box
+    # Predicted boxes: image 0 anchor 0 shifted to (1, 1, 3, 3) quarter-units of (0, 0, 2, 2)
+    # (GIoU 1/7 - 2/9); image 0 anchor 3 exact (0); image 1 anchor 0 disjoint from its target in
+    # the same enclosing-area proportion as (0, 0, 1, 1) vs (2, 2, 3, 3) (GIoU -7/9).
+    predicted = boxes.copy()
+    predicted[0, 0] = [0.25, 0.25, 0.75, 0.75]
+    predicted[1, 0] = [0.1, 0.1, 0.2, 0.2]  # vs a target of (0.3, 0.3, 0.4, 0.4)
+    targets[1, 0, :4] = keras.ops.convert_to_numpy(
+        encode_boxes(np.array([[0.3, 0.3, 0.4, 0.4]], "float32"), anchors[:1]))[0]
+    preds = keras.ops.convert_to_numpy(encode_boxes(predicted, anchors))
+    preds[0, 1:3] = 50.0  # background and ignored anchors: never counted, never NaN
+    preds[1, 1:] = -50.0
+    expected = 10.0 * ((1 - (1 / 7 - 2 / 9)) + 0 + (1 + 7 / 9)) / 3  # weight 10, 3 positives
+    np.testing.assert_allclose(loss(targets, preds), expected, rtol=1e-4)
+    per_image = SSDGIoULoss(anchors, weight=2.0, reduction="none")(targets, preds)
+    np.testing.assert_allclose(per_image, [2.0 * (1 - (1 / 7 - 2 / 9)) / 3,
+                                           2.0 * (1 + 7 / 9) / 3], rtol=1e-4)
+    targets[..., 4] = 0  # no positives: 0, not NaN
+    assert float(loss(targets, preds)) == 0.0
+    clone = SSDGIoULoss.from_config(loss.get_config())
+    np.testing.assert_array_equal(clone.anchors, anchors)
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="gradient by tf.GradientTape")
+def test_giou_loss_gradient_is_finite():
+    from keras_mnv2.detection.losses import SSDGIoULoss
+
+    anchors, _, targets = _giou_batch()
+    preds = tf.Variable(np.random.RandomState(0).normal(size=(2, 4, 4)).astype("float32"))
+    diverging = np.zeros((2, 4, 4), "float32")
+    diverging[0, 0, 2:] = 1e4  # a size prediction on a positive: exp(1e4 / 5) overflows unclipped
+    with tf.GradientTape() as tape:
+        value = SSDGIoULoss(anchors)(targets, preds + diverging)
+    gradient = tape.gradient(value, preds).numpy()
+    assert np.isfinite(float(value)) and np.all(np.isfinite(gradient))
+    assert np.any(gradient[0, 3] != 0) and np.all(gradient[0, 1:3] == 0)  # positives only
+
+
+def test_box_loss_choice():
+    from keras_mnv2.detection.losses import SSDGIoULoss
+    from keras_mnv2.errors import InputError
+    from pipelines.jobs import detection
+
+    # The paper recipe keeps the smooth L1 loss, with the same value as before the option; the
+    # embedded recipe takes GIoU on its own anchors
+    box = detection.losses(detection.PAPER)["boxes"]
+    assert type(box) is SSDBoxLoss
+    anchors, _, targets = _giou_batch()
+    preds = np.random.RandomState(2).normal(size=(2, 4, 4)).astype("float32")
+    np.testing.assert_allclose(box(targets, preds), SSDBoxLoss()(targets, preds), rtol=1e-7)
+    giou = detection.losses(detection.EMBEDDED)["boxes"]
+    assert isinstance(giou, SSDGIoULoss) and giou.anchors.shape[1] == 4
+    assert len(giou.anchors) == len(detection.build_model(detection.EMBEDDED, 2).anchors)
+    with pytest.raises(InputError, match="anchors"):
+        ssd_losses(box_loss="giou")
+    with pytest.raises(InputError, match="box_loss"):
+        ssd_losses(box_loss="l2")
+    with pytest.raises(ValueError, match="box_loss"):
+        detection.check_recipe(dataclasses_replace(detection.EMBEDDED, box_loss="iou"))
+
+
+def dataclasses_replace(recipe, **changes):
+    import dataclasses
+
+    return dataclasses.replace(recipe, **changes)

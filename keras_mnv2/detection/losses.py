@@ -1,4 +1,5 @@
-"""SSD losses (SSD paper section 2.2 "Training objective"; focal loss from Lin et al., RetinaNet).
+"""SSD losses (SSD paper section 2.2 "Training objective"; focal loss from Lin et al., RetinaNet;
+the GIoU box loss from Rezatofighi et al., 2019, on the boxes decoded with the anchors).
 
 Targets come from ``keras_mnv2.detection.matching.encode_targets``: class targets are 0 for background,
 1..C for objects and -1 for ignored anchors. Both losses are normalized by the number of positive
@@ -17,11 +18,13 @@ the replicas' mean of their normalized losses.
 """
 
 import keras
+import numpy as np
 from keras import ops
 
 from keras_mnv2.errors import InputError
 
 MODES = ("softmax", "focal")
+BOX_LOSSES = ("smooth_l1", "giou")
 
 
 def _class_ids(y_true):
@@ -83,6 +86,76 @@ class SSDBoxLoss(keras.losses.Loss):
     def get_config(self):
         config = super().get_config()
         config["normalizer"] = self.normalizer
+        return config
+
+
+# The largest size ratio to its anchor a predicted box is decoded at in the GIoU loss (log-size
+# encodings above it are clipped): far beyond any box matched to an anchor (a match needs
+# IoU >= 0.5), it only keeps exp() finite for a diverging prediction.
+MAX_SIZE_RATIO = 100.0
+
+
+def giou(boxes_a, boxes_b):
+    """Generalized IoU (Rezatofighi et al., 2019) of corner boxes (ymin, xmin, ymax, xmax)
+    [..., 4] pairwise along the leading dimensions: IoU - (enclosing area - union) / enclosing
+    area, in (-1, 1]."""
+    ymin_a, xmin_a, ymax_a, xmax_a = ops.unstack(ops.convert_to_tensor(boxes_a), num=4, axis=-1)
+    ymin_b, xmin_b, ymax_b, xmax_b = ops.unstack(ops.convert_to_tensor(boxes_b), num=4, axis=-1)
+    area_a = ops.maximum(ymax_a - ymin_a, 0.0) * ops.maximum(xmax_a - xmin_a, 0.0)
+    area_b = ops.maximum(ymax_b - ymin_b, 0.0) * ops.maximum(xmax_b - xmin_b, 0.0)
+    inter = (ops.maximum(ops.minimum(ymax_a, ymax_b) - ops.maximum(ymin_a, ymin_b), 0.0)
+             * ops.maximum(ops.minimum(xmax_a, xmax_b) - ops.maximum(xmin_a, xmin_b), 0.0))
+    enclosing = ((ops.maximum(ymax_a, ymax_b) - ops.minimum(ymin_a, ymin_b))
+                 * (ops.maximum(xmax_a, xmax_b) - ops.minimum(xmin_a, xmin_b)))
+    eps = 1e-9  # keeps the divisions finite for empty boxes (the box coder's EPSILON is 1e-8)
+    union = area_a + area_b - inter
+    return inter / (union + eps) - (enclosing - union) / (enclosing + eps)
+
+
+@keras.saving.register_keras_serializable(package="keras_mnv2")
+class SSDGIoULoss(keras.losses.Loss):
+    """GIoU localization loss on positive anchors: ``weight * (1 - GIoU)`` of the predicted and
+    the target box, both decoded from their encodings with the anchors (``box_coder``), so the
+    model and its outputs stay those of ``SSDBoxLoss`` (same encodings, same export).
+
+    y_true, y_pred and the normalization as ``SSDBoxLoss``. ``anchors``: [N, 4] (cy, cx, h, w),
+    the model's (``model.anchors``). ``weight`` 10: 1 - GIoU moves much less with the encodings
+    than the smooth L1 of encodings scaled by (10, 10, 5, 5) does, and on the embedded detection
+    job the weight 2 of ATSS and FCOS lost AP to smooth L1 where 10 gained it
+    (docs/training/detection.md, "Box loss").
+    """
+
+    def __init__(self, anchors, weight=10.0, normalizer=None, name="ssd_giou_loss",
+                 reduction="sum", dtype=None):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        anchors = np.asarray(anchors, "float32")
+        if anchors.ndim != 2 or anchors.shape[1] != 4:
+            raise InputError(f"anchors must be [N, 4] (cy, cx, h, w), got shape {anchors.shape}")
+        self.anchors = anchors
+        self.weight = float(weight)
+        self.normalizer = _check_normalizer(normalizer)
+
+    def call(self, y_true, y_pred):
+        from keras_mnv2.detection.box_coder import SCALE_FACTORS, decode_boxes
+
+        y_true = ops.cast(y_true, "float32")
+        y_pred = ops.cast(y_pred, "float32")
+        positive = _positives(_class_ids(y_true[..., 4]))
+        max_log_size = [float(np.log(MAX_SIZE_RATIO)) * s for s in SCALE_FACTORS[2:]]
+        y_pred = ops.concatenate([y_pred[..., :2], ops.minimum(y_pred[..., 2:], max_log_size)],
+                                 axis=-1)
+        anchors = ops.convert_to_tensor(self.anchors)
+        target_boxes = decode_boxes(y_true[..., :4], anchors)
+        predicted_boxes = decode_boxes(y_pred, anchors)
+        per_anchor = self.weight * (1.0 - giou(predicted_boxes, target_boxes))
+        # where, not a product: a non-positive anchor's target (zeros, or anything) never counts
+        per_anchor = ops.where(positive > 0, per_anchor, 0.0)
+        return replica_share(self, _divide(per_anchor, positive, self.normalizer))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(anchors=self.anchors.tolist(), weight=self.weight,
+                      normalizer=self.normalizer)
         return config
 
 
@@ -168,7 +241,17 @@ class SSDClassLoss(keras.losses.Loss):
         return config
 
 
-def ssd_losses(**class_loss_kwargs):
-    """{"boxes": SSDBoxLoss(), "classes": SSDClassLoss(**class_loss_kwargs)} for ``compile``
-    of a model whose outputs are named "boxes" and "classes"."""
-    return {"boxes": SSDBoxLoss(), "classes": SSDClassLoss(**class_loss_kwargs)}
+def ssd_losses(box_loss="smooth_l1", anchors=None, **class_loss_kwargs):
+    """{"boxes": the box loss, "classes": SSDClassLoss(**class_loss_kwargs)} for ``compile``
+    of a model whose outputs are named "boxes" and "classes". ``box_loss``: "smooth_l1"
+    (``SSDBoxLoss``, on the encodings) or "giou" (``SSDGIoULoss`` on the decoded boxes, which
+    needs the model's ``anchors``)."""
+    if box_loss not in BOX_LOSSES:
+        raise InputError(f"box_loss must be one of {BOX_LOSSES}, got {box_loss!r}")
+    if box_loss == "giou":
+        if anchors is None:
+            raise InputError("box_loss 'giou' decodes the boxes: pass the model's anchors")
+        boxes = SSDGIoULoss(anchors)
+    else:
+        boxes = SSDBoxLoss()
+    return {"boxes": boxes, "classes": SSDClassLoss(**class_loss_kwargs)}
