@@ -131,3 +131,10 @@ def test_run_job_passes_jit_compile_to_compile(tmp_path, monkeypatch, jit_compil
     training.run_job(_tiny_job([], []), TinyRecipe(epochs=1), str(tmp_path / "run"), verbose=0,
                      jit_compile=jit_compile)
     assert seen[0] == ("keras' choice" if jit_compile is None else jit_compile)
+
+
+def test_strategy_names_are_the_command_line_names():
+    assert training.strategy_name(None) == "default"
+    assert training.strategy_name(training.make_strategy("default")) == "default"
+    assert training.strategy_name(training.make_strategy("mirrored", devices=["/cpu:0"])) == \
+        "mirrored"

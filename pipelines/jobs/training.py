@@ -165,7 +165,7 @@ def run_job(job, recipe, run_dir, *, init=None, freeze_bn=False, verbose="auto",
         "dataset": data.origin,
         "train_images_listed": data.num_train,
         "stopped_on_nan": nan,
-        "strategy": type(strategy).__name__ if strategy is not None else "default",
+        "strategy": strategy_name(strategy),
         "replicas": replicas,
         "precision": policy or "float32",
         "seconds": round(time.time() - start, 1),
@@ -318,6 +318,21 @@ def make_optimizer(name, learning_rate, *, momentum=0.9, rho=0.9, epsilon=1.0, n
 
 
 # ----------------------------------------------------------------------------- distribution
+
+
+# The tf.distribute classes behind the names of STRATEGIES (multi_worker's
+# MultiWorkerMirroredStrategy is a CollectiveAllReduceStrategy)
+_STRATEGY_CLASSES = {"MirroredStrategy": "mirrored", "CollectiveAllReduceStrategy": "multi_worker",
+                     "MultiWorkerMirroredStrategy": "multi_worker", "TPUStrategy": "tpu"}
+
+
+def strategy_name(strategy):
+    """The ``STRATEGIES`` name of ``strategy`` (None or the default strategy: "default"; a
+    class the names do not cover: its class name)."""
+    if strategy is None:
+        return "default"
+    name = type(strategy).__name__
+    return _STRATEGY_CLASSES.get(name, "default" if "Default" in name else name)
 
 
 def make_strategy(name="default", devices=None, tpu=None):
