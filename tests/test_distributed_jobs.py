@@ -279,3 +279,61 @@ def test_multi_worker_job_evaluates_on_the_chief_only(tmp_path):
     losses = [driver.read_history(str(d))["loss"] for d in (run_dir, worker_dir)]
     print(f"detection job, two workers: chief loss {losses[0]}, worker 1 loss {losses[1]}")
     assert all(len(loss) == 1 and np.isfinite(loss[0]) for loss in losses)
+
+
+RESUME_SCRIPT = """
+import sys
+sys.path.insert(0, {repo!r})
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import keras
+import numpy as np
+from pipelines.jobs import driver, training
+from tests.test_training import TinyRecipe, _tiny_job
+
+
+class Crash(keras.callbacks.Callback):  # after the driver's callbacks have saved epoch 2
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 1:
+            raise KeyboardInterrupt("killed after epoch 2")
+
+
+def run(run_dir, callbacks=()):
+    strategy = training.make_strategy("mirrored", devices=["/cpu:0", "/cpu:1"])
+    return training.run_job(_tiny_job([], []), TinyRecipe(epochs=4), run_dir, verbose=0,
+                            strategy=strategy, callbacks=callbacks)
+
+
+try:
+    run({killed!r}, [Crash()])
+except KeyboardInterrupt:
+    print("killed after epoch", len(driver.read_history({killed!r})["epoch"]), flush=True)
+resumed = run({killed!r})
+straight = run({straight!r})
+print("epochs", driver.read_history({killed!r})["epoch"])
+a = keras.saving.load_model({killed!r} + "/last.keras").get_weights()
+b = keras.saving.load_model({straight!r} + "/last.keras").get_weights()
+print("difference", max(float(np.abs(x - y).max()) for x, y in zip(a, b)))
+print("strategy", resumed["strategy"], resumed["replicas"], resumed["mse"], straight["mse"])
+"""
+
+
+@pytest.mark.slow
+def test_mirrored_run_resumes_after_a_kill_like_an_uninterrupted_one(tmp_path):
+    script = tmp_path / "resume.py"
+    script.write_text(RESUME_SCRIPT.format(repo=REPO, killed=str(tmp_path / "killed"),
+                                           straight=str(tmp_path / "straight")))
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    out = proc.stdout
+    print(out)
+    assert "killed after epoch 2" in out
+    assert "resuming after epoch 2 of 4" in out  # the driver's resume state, under the strategy
+    assert "epochs [0.0, 1.0, 2.0, 3.0]" in out  # each epoch once
+    assert "strategy mirrored 2" in out
+    # the resumed run ends where an uninterrupted one does (weights of order 1; the two runs are
+    # the same computation, up to float rounding across the replicas' reductions)
+    difference = float(out.split("difference ")[1].split()[0])
+    assert difference < 1e-5
