@@ -193,6 +193,21 @@ def voc_root(tmp_path_factory):
                                   image_size=64, num_classes=3)
 
 
+def assert_served_voc_is_local(index, served):
+    """Each served (image, label) at scale 1 is the Python reader's image and mask of a training
+    example, padded to the 64 px crop, flipped or not."""
+    local = []
+    for element in voc.voc_dataset(index):
+        image, label = seg_augment.train_preprocess(element["image"], element["label"], 64,
+                                                    1.0, 1.0, flip=False, seed=[0, 0])
+        local += [(image.numpy(), label.numpy()),
+                  (image.numpy()[:, ::-1], label.numpy()[:, ::-1])]
+    for images, labels in served:
+        for image, label in zip(images, labels):
+            j = match(image, [candidate for candidate, _ in local])
+            np.testing.assert_array_equal(label, local[j][1])
+
+
 VOC_RECIPE = dataclasses.replace(segmentation.EMBEDDED, crop_size=64, eval_size=64,
                                  batch_size=4, epochs=1, warmup_epochs=0.0)
 
@@ -205,16 +220,7 @@ def test_voc_pipeline_runs_on_remote_workers(remote_service, voc_root, tmp_path)
     recipe = dataclasses.replace(VOC_RECIPE, min_scale=1.0, max_scale=1.0)
     served = take(segmentation.train_dataset(index, recipe, data_service=remote_service.target,
                                              mask_dir=str(tmp_path / "masks")), 2)
-    local = []
-    for element in voc.voc_dataset(index):  # the Python reader's masks, at scale 1, both flips
-        image, label = seg_augment.train_preprocess(element["image"], element["label"], 64,
-                                                    1.0, 1.0, flip=False, seed=[0, 0])
-        local += [(image.numpy(), label.numpy()),
-                  (image.numpy()[:, ::-1], label.numpy()[:, ::-1])]
-    for images, labels in served:
-        for image, label in zip(images, labels):
-            j = match(image, [candidate for candidate, _ in local])
-            np.testing.assert_array_equal(label, local[j][1])
+    assert_served_voc_is_local(index, served)
 
 
 def test_graph_masks_match_the_python_reader(voc_root, tmp_path):
@@ -251,15 +257,6 @@ def test_voc_job_trains_through_local_workers(tmp_path, voc_root):
         served = take(segmentation.train_dataset(index, recipe,
                                                  data_service=workers.dispatcher.target,
                                                  mask_dir=str(tmp_path / "masks")), 3)
-        local = []
-        for element in voc.voc_dataset(index):
-            image, label = seg_augment.train_preprocess(element["image"], element["label"], 64,
-                                                        1.0, 1.0, flip=False, seed=[0, 0])
-            local += [(image.numpy(), label.numpy()),
-                      (image.numpy()[:, ::-1], label.numpy()[:, ::-1])]
-        for images, labels in served:
-            for image, label in zip(images, labels):
-                j = match(image, [candidate for candidate, _ in local])
-                np.testing.assert_array_equal(label, local[j][1])
+        assert_served_voc_is_local(index, served)
     finally:
         workers.stop()

@@ -35,13 +35,14 @@ images differ, so the two logs differ); their mean is the loss of the global bat
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
 
 import numpy as np
 import pytest
+
+from test_distributed import free_ports
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -184,16 +185,6 @@ def finish(proc, out, timeout=600):
         raise
     assert proc.returncode == 0, err[-4000:]
     return json.loads(out.read_text()), list(np.load(str(out) + ".npz").values())
-
-
-def free_ports(count):
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 @pytest.mark.slow

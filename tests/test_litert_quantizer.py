@@ -6,6 +6,7 @@ import pytest
 
 import keras_mnv2
 from keras_mnv2.deploy import export, tflite
+from test_keras_qat import perturbed
 
 
 def detector(seed=0):
@@ -13,13 +14,7 @@ def detector(seed=0):
     statistics, and a background bias of 1 instead of the prior's (which keeps every foreground
     score of an untrained head under the 0.01 NMS threshold: no detection to compare)."""
     keras.utils.set_random_seed(seed)
-    model = keras_mnv2.SSDLite(num_classes=3, alpha=0.35, input_size=96)
-    rng = np.random.RandomState(seed)
-    for layer in model.layers:
-        if type(layer).__name__ == "BatchNormalization":
-            n = layer.get_weights()[0].shape
-            layer.set_weights([rng.uniform(0.5, 1.5, n), rng.uniform(-0.3, 0.3, n),
-                               rng.uniform(-0.2, 0.2, n), rng.uniform(0.5, 1.5, n)])
+    model = perturbed(keras_mnv2.SSDLite(num_classes=3, alpha=0.35, input_size=96), seed)
     for i in range(6):
         head = model.get_layer(f"class_predictor_{i}")
         kernel, bias = head.get_weights()
