@@ -19,7 +19,17 @@ scores, no box decoding and no NMS: YOLOV8's decoder lives outside its functiona
 ``predict_step``), converted by ``keras_mnv2.deploy.export.convert(mode="int8", output="raw")``
 (the converter's post-training quantization) and timed together by ``benchmarks.timing``.
 
-    python -m benchmarks.peer_bench                     # the full comparison (16 min, 2 cores)
+Equal latency: int8 speed differs between the two families from one CPU to another (YOLOV8's
+dense 3x3 convolutions gain more from AVX-512 VNNI than SSDLite's depthwise ones), so the bench
+measures, on the machine it runs on, the int8 latency of untrained SSDLite models at larger
+widths (at the recipe's input size) and larger input sizes (at its width), picks the nearest
+below and the nearest above YOLOV8's, and trains each for the same time as the others: as many
+epochs of the same recipe as its measured step time allows in the baseline's time, stopped at
+the time budget in any case. ``--plot`` draws AP50 and AP against int8 latency for both
+families.
+
+    python -m benchmarks.peer_bench --plot peer.png     # the full comparison, 4 detectors
+    python -m benchmarks.peer_bench --no-equal-latency  # SSDLite and YOLOV8 only
     python -m benchmarks.peer_bench --wall-seconds 5 --train-images 64 --input-size 96
     python -m benchmarks.peer_bench --step-times 30     # ms a training step, each model
 """
@@ -320,10 +330,115 @@ def read_ssdlite_run(run_dir):
     return metrics, keras.saving.load_model(model_path), CocoRecipe(**metrics["recipe"])
 
 
+# The SSDLite sizes the equal-latency rows are chosen from: wider at the recipe's input size, or
+# larger inputs at the recipe's width (the exported graph is the same network either way).
+WIDTHS = (0.5, 0.75, 1.0, 1.4)
+SIZES = (192, 224, 256, 320, 384)
+
+
+def ssdlite_candidates(alpha, input_size, widths=WIDTHS, sizes=SIZES):
+    """(alpha, input_size) pairs larger than the recipe's: each width of ``widths`` above
+    ``alpha`` at ``input_size``, then each size of ``sizes`` above ``input_size`` at ``alpha``."""
+    return ([(a, input_size) for a in widths if a > alpha]
+            + [(alpha, s) for s in sizes if s > input_size])
+
+
+def candidate_latencies(candidates, num_classes, calibration, repeats=50):
+    """int8 ms (process CPU, 1 thread) of the raw heads of untrained SSDLite models at each
+    (alpha, input_size) of ``candidates``, converted and timed as the peer rows are;
+    ``calibration``: images in [-1, 1] at any size (resized to each input). Untrained weights
+    give the same time as trained ones: a raw int8 graph does the same work whatever its values
+    (0.33 ms for both at width 0.35, 160 px, on the machine of docs/benchmarks.md)."""
+    import keras
+    import tensorflow as tf
+
+    from benchmarks.timing import tflite_timings
+    from keras_mnv2.deploy import export
+    from keras_mnv2.detection.ssdlite import SSDLite
+
+    contents, inputs = {}, {}
+    for alpha, size in candidates:
+        keras.utils.set_random_seed(0)
+        model = SSDLite(num_classes, alpha=alpha, input_size=size)
+        samples = tf.image.resize(calibration, (size, size)).numpy()
+        contents[(alpha, size)] = export.convert(model, mode="int8", representative_data=samples,
+                                                 output="raw")
+        inputs[(alpha, size)] = samples[:1]
+    timings = tflite_timings(contents, threads=1, repeats=repeats, rounds=5, inputs=inputs)
+    return {key: timing.cpu_ms for key, timing in timings.items()}
+
+
+def bracket(latencies, target_ms):
+    """The keys of ``latencies`` ({key: ms}) nearest ``target_ms`` from below and from above
+    (one of them alone where nothing lies on the other side), fastest first."""
+    below = [k for k, ms in latencies.items() if ms <= target_ms]
+    above = [k for k, ms in latencies.items() if ms > target_ms]
+    chosen = []
+    if below:
+        chosen.append(max(below, key=latencies.get))
+    if above:
+        chosen.append(min(above, key=latencies.get))
+    return chosen
+
+
+def equal_time_epochs(base_steps, base_ms, variant_ms, steps_per_epoch):
+    """Epochs of a variant whose steps take ``variant_ms`` so that it makes as many steps as the
+    baseline's ``base_steps`` take at ``base_ms`` (the same training time; at least 1)."""
+    if base_ms <= 0 or variant_ms <= 0:
+        raise ValueError(f"step times must be > 0, got {base_ms} and {variant_ms}")
+    return max(1, round(base_steps * base_ms / variant_ms / steps_per_epoch))
+
+
+def variant_name(alpha, input_size):
+    return f"SSDLite-MobileNetV2 {alpha:g}, {input_size} px"
+
+
+def plot_latency(rows, path, title=None):
+    """AP50 and AP against int8 ms (two panels), one line a detector family (rows whose names
+    start alike: SSDLite, YOLOV8), written to ``path`` (PNG) through a temporary file."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from keras_mnv2.files import write_bytes
+
+    families = {}
+    for row in rows.values():
+        families.setdefault(row.name.split("-")[0], []).append(row)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
+    for ax, metric in zip(axes, ("ap50", "ap")):
+        for (family, members), marker in zip(families.items(), "os^D"):
+            members = sorted(members, key=lambda r: r.int8_cpu_ms)
+            ax.plot([r.int8_cpu_ms for r in members], [getattr(r, metric) for r in members],
+                    marker=marker, label=family)
+            for r in members:
+                label = r.name.split(" ", 1)[1] if " " in r.name else r.name
+                ax.annotate(label.replace("(keras_mnv2)", "").replace("(keras-cv)", "").strip()
+                            or r.name, (r.int8_cpu_ms, getattr(r, metric)), fontsize=7,
+                            textcoords="offset points", xytext=(4, -10))
+        ax.set_xlabel("int8 ms (1 thread, XNNPACK)")
+        ax.set_ylabel({"ap50": "AP50", "ap": "AP"}[metric])
+        ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+        ax.legend(loc="lower right")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    buffer = __import__("io").BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    write_bytes(path, buffer.getvalue())
+    return path
+
+
 def peer_bench(wall_seconds=None, train_images=2000, val_images=250, input_size=160,
-               ssdlite_run=None, data_root=None, repeats=100, calibration=100, verbose=2):
-    """Trains (or reads) SSDLite, trains YOLOV8 for the same time, prints the table; returns
-    ({name: PeerRow}, notes)."""
+               ssdlite_run=None, data_root=None, repeats=100, calibration=100, verbose=2,
+               equal_latency=True, candidates=None, plot=None):
+    """Trains (or reads) SSDLite, trains YOLOV8 for the same time, then (``equal_latency``)
+    SSDLite at the sizes whose int8 latency brackets YOLOV8's, each for the same time; prints
+    the table, and with ``plot`` draws AP50 and AP against int8 latency there (PNG). Returns
+    ({name: PeerRow}, notes). ``candidates``: the (alpha, input_size) pairs to choose the
+    equal-latency sizes from (default ``ssdlite_candidates`` of the recipe)."""
     import keras
 
     from keras_mnv2 import profile
@@ -369,49 +484,63 @@ def peer_bench(wall_seconds=None, train_images=2000, val_images=250, input_size=
         train_source = coco.coco_dataset(train, size_mismatch=recipe.size_mismatch)
         val_source = coco.coco_dataset(val, size_mismatch=recipe.size_mismatch)
         max_boxes = max(1, int(np.max(np.diff(train.box_starts))))
+        steps_per_epoch = max(1, train.num_images // recipe.batch_size)
 
         keras.utils.set_random_seed(recipe.seed)
         yolo = compiled_yolo(train.num_classes, recipe)
         clock = _time_budget_callback()(
             budget_s=budget, learning_rate=recipe.learning_rate,
             warmup=recipe.warmup_epochs / recipe.epochs)
-        steps = max(1, train.num_images // recipe.batch_size)
         print(f"YOLOV8: training for {budget:.1f} s after its first step (SSDLite's "
               f"{'fit time after its first step' if wall_seconds is None else 'budget'})",
               flush=True)
         with without_constant_folding():  # else its traced loss is NaN (see there)
             yolo.fit(yolo_train_dataset(train_source, recipe, max_boxes), epochs=10**6,
-                     steps_per_epoch=steps, callbacks=[clock], verbose=verbose)
+                     steps_per_epoch=steps_per_epoch, callbacks=[clock], verbose=verbose)
         yolo_dets = yolo_detections(yolo, detection.eval_dataset(val_source, recipe))
         yolo_stats = coco_eval.coco_evaluate(val.coco, yolo_dets, val.label_to_category)
 
-        rows = {}
-        for name, model, seconds, first, step_count, stats, loss in (
-            (NAMES[0], ssd_model, ssd_seconds, ssd_first, ssd_steps, ssd_metrics, ssd_loss),
-            (NAMES[1], yolo, clock.seconds, clock.first_step_s, clock.steps, yolo_stats,
-             clock.loss),
-        ):
-            prof = profile(model)
+        rows, models, sizes = {}, {}, {}
+
+        def add_row(name, model, seconds, first, step_count, stats, loss, size, whole=None):
+            # ``model``: what is exported; ``whole``: what is counted, if it has more layers
+            prof = profile(whole or model)
             rows[name] = PeerRow(name, prof.params, prof.madds, seconds, first, step_count,
                                  float(stats["AP50"]), float(stats["AP"]), loss=float(loss))
+            models[name], sizes[name] = model, size
+
+        add_row(NAMES[0], ssd_model, ssd_seconds, ssd_first, ssd_steps, ssd_metrics, ssd_loss,
+                recipe.input_size)
+        add_row(NAMES[1], keras.Model(yolo.inputs, yolo.outputs, name="yolov8_raw_head"),
+                clock.seconds, clock.first_step_s, clock.steps, yolo_stats, clock.loss,
+                recipe.input_size, whole=yolo)
         if not np.isfinite(clock.loss):
             notes.append(f"YOLOV8's last training loss is {clock.loss}: its AP is not a result")
 
         samples = calibration_images(train_source, recipe, calibration)
-        raw_yolo = keras.Model(yolo.inputs, yolo.outputs, name="yolov8_raw_head")
-        contents = {}
-        for name, model in ((NAMES[0], ssd_model), (NAMES[1], raw_yolo)):
+        if equal_latency:
+            notes += _equal_latency_rows(
+                add_row, recipe, root, budget, ssd_steps, steps_per_epoch, train, samples,
+                models, candidates, os.path.join(work, "variants"), verbose)
+
+        from benchmarks.timing import tflite_timings
+        import tensorflow as tf
+
+        contents, inputs = {}, {}
+        for name, model in models.items():
+            size = sizes[name]
+            resized = samples if size == recipe.input_size else tf.image.resize(
+                samples, (size, size)).numpy()
             try:
-                contents[name] = export.convert(model, mode="int8", representative_data=samples,
+                contents[name] = export.convert(model, mode="int8", representative_data=resized,
                                                 output="raw")
                 rows[name].tflite_bytes = len(contents[name])
+                inputs[name] = resized[:1]
             except export.ExportError as err:
                 notes.append(f"{name}: int8 conversion failed: {str(err).splitlines()[0]}")
         if contents:
-            from benchmarks.timing import tflite_timings
-
             timings = tflite_timings(contents, threads=1, repeats=repeats, rounds=5,
-                                     inputs=samples[:1])
+                                     inputs=inputs)
             for name, timing in timings.items():
                 rows[name].int8_wall_ms, rows[name].int8_cpu_ms = timing.wall_ms, timing.cpu_ms
     finally:
@@ -419,7 +548,8 @@ def peer_bench(wall_seconds=None, train_images=2000, val_images=250, input_size=
 
     notes += [
         f"data: {os.path.abspath(root)} ({train.num_images} train, {val.num_images} val images), "
-        f"{recipe.input_size} px, batch {recipe.batch_size}, Adam {recipe.learning_rate:g}",
+        f"batch {recipe.batch_size}, Adam {recipe.learning_rate:g}; {NAMES[0]} and YOLOV8 at "
+        f"{recipe.input_size} px, SSDLite width {recipe.alpha:g}, {recipe.box_loss} box loss",
         "AP: pycocotools on the same val split; SSDLite class-wise NMS, YOLOV8 keras-cv "
         f"class-agnostic NMS; both score >= {recipe.score_threshold:g}, IoU {recipe.nms_iou:g}, "
         f"<= {recipe.max_detections} detections",
@@ -429,25 +559,93 @@ def peer_bench(wall_seconds=None, train_images=2000, val_images=250, input_size=
         "train s: fit time after the first step, which is timed apart (1st s: graph tracing, "
         "the shuffle buffer's fill); YOLOV8's budget is SSDLite's train s",
         "MAdds: keras_mnv2.profile (Conv2D, DepthwiseConv2D and Dense multiply-adds) on both",
-        "TFLite int8: raw heads (no box decoding, no NMS) for both: converter PTQ "
+        "TFLite int8: raw heads (no box decoding, no NMS) for all: converter PTQ "
         f"({len(samples)} calibration images), XNNPACK, 1 thread, median of {repeats} invocations",
     ]
     for line in table_lines(rows) + [f"- {n}" for n in notes]:
         print(line, flush=True)
+    if plot:
+        import platform
+
+        plot_latency(rows, plot, title=f"{len(rows)} detectors trained {budget:.0f} s each on "
+                                       f"the embedded COCO; int8 timed on {_cpu_name()} "
+                                       f"({platform.machine()})")
+        print(f"AP against int8 latency: {plot}", flush=True)
     return rows, notes
+
+
+def _cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or "this CPU"
+
+
+def _equal_latency_rows(add_row, recipe, root, budget, base_steps, steps_per_epoch, train,
+                        samples, models, candidates, work, verbose):
+    """Chooses the SSDLite sizes whose int8 latency brackets YOLOV8's, trains each for the
+    baseline's training time (its epochs from the ratio of measured step times, stopped at the
+    budget in any case) and adds their rows; returns notes."""
+    from benchmarks.timing import tflite_timings
+    from keras_mnv2.deploy import export
+
+    notes = []
+    if candidates is None:
+        candidates = ssdlite_candidates(recipe.alpha, recipe.input_size)
+    yolo_content = export.convert(models[NAMES[1]], mode="int8", representative_data=samples,
+                                  output="raw")
+    yolo_ms = tflite_timings({"yolo": yolo_content}, threads=1, repeats=50, rounds=5,
+                             inputs=samples[:1])["yolo"].cpu_ms
+    latencies = candidate_latencies(candidates, train.num_classes, samples)
+    chosen = bracket(latencies, yolo_ms)
+    print(f"int8 ms of untrained SSDLite candidates (YOLOV8 {yolo_ms:.2f}): " + ", ".join(
+        f"{a:g}/{s} px {ms:.2f}" for (a, s), ms in latencies.items()) + "; chosen: " + ", ".join(
+        f"{a:g}/{s} px" for a, s in chosen), flush=True)
+    notes.append(f"equal latency: SSDLite sizes chosen from {len(latencies)} untrained "
+                 f"candidates as the nearest below and above YOLOV8's int8 {yolo_ms:.2f} ms: "
+                 + ", ".join(f"width {a:g} at {s} px {latencies[(a, s)]:.2f} ms"
+                             for a, s in chosen))
+    if base_steps is None:  # read from a finished run: its planned steps
+        base_steps = recipe.epochs * steps_per_epoch
+    probe = dict(root=root, steps=10, configs=("SSDLite",), verbose=True)
+    base_ms = step_times(input_size=recipe.input_size, alpha=recipe.alpha, **probe)["SSDLite"]
+    for alpha, size in chosen:
+        variant_ms = step_times(input_size=size, alpha=alpha, **probe)["SSDLite"]
+        epochs = equal_time_epochs(base_steps, base_ms, variant_ms, steps_per_epoch)
+        variant = dataclasses.replace(recipe, alpha=alpha, input_size=size, epochs=epochs,
+                                      warmup_epochs=min(recipe.warmup_epochs, epochs / 4))
+        print(f"{variant_name(alpha, size)}: {epochs} epochs ({variant_ms:.0f} ms a step against "
+              f"{base_ms:.0f}), at most {budget:.1f} s after its first step", flush=True)
+        metrics, model, clock = train_ssdlite(root, variant, budget,
+                                              os.path.join(work, f"{alpha:g}_{size}"), verbose)
+        add_row(variant_name(alpha, size), model, clock.seconds, clock.first_step_s, clock.steps,
+                metrics, clock.loss, size)
+        notes.append(f"{variant_name(alpha, size)}: {epochs} epochs of the same recipe, from "
+                     f"step times {variant_ms:.0f} ms against the baseline's {base_ms:.0f} "
+                     f"(fixed batch, untrained)"
+                     + ("; stopped at the time budget" if clock.steps < epochs * steps_per_epoch
+                        else ""))
+    return notes
 
 
 CONFIGS = ("SSDLite", "SSDLite, trivial loss", "YOLOV8")
 
 
 def step_times(train_images=2000, val_images=250, input_size=160, data_root=None, steps=30,
-               batch_size=None, configs=CONFIGS, verbose=True):
+               batch_size=None, configs=CONFIGS, verbose=True, alpha=None, root=None):
     """Milliseconds per training step (the median over ``steps``, after 3 warm-up steps) of both
     detectors, untrained, each on one fixed batch of its own training input (cached, so neither
     the input pipeline nor the loss's targets cost anything after the first); and SSDLite's
     again with a trivial loss (the mean square of its outputs), to show what its losses cost.
-    ``configs``: which of ``CONFIGS``; ``batch_size``: the recipe's by default. Returns
-    {config: ms}."""
+    ``configs``: which of ``CONFIGS``; ``batch_size`` and ``alpha`` (SSDLite's width): the
+    recipe's by default; ``root``: a COCO-format dataset to read (else the embedded one at these
+    sizes, generated if not there). Returns {config: ms}."""
     import keras
     from keras import ops
 
@@ -459,8 +657,10 @@ def step_times(train_images=2000, val_images=250, input_size=160, data_root=None
     if unknown:
         raise ValueError(f"unknown step-time configs {sorted(unknown)}; known: {CONFIGS}")
     recipe = dataclasses.replace(detection.EMBEDDED, input_size=input_size,
-                                 batch_size=batch_size or detection.EMBEDDED.batch_size)
-    train = coco.load_coco(embedded_coco(train_images, val_images, data_root), "train")
+                                 batch_size=batch_size or detection.EMBEDDED.batch_size,
+                                 alpha=alpha or detection.EMBEDDED.alpha)
+    root = root or embedded_coco(train_images, val_images, data_root)
+    train = coco.load_coco(root, "train")
     source = coco.coco_dataset(train, size_mismatch=recipe.size_mismatch)
     max_boxes = max(1, int(np.max(np.diff(train.box_starts))))
 
@@ -500,7 +700,7 @@ def step_times(train_images=2000, val_images=250, input_size=160, data_root=None
             times["YOLOV8"] = ms_per_step(yolo, yolo_train_dataset(source, recipe, max_boxes))
     if verbose:
         print(f"ms per training step on one fixed batch of {recipe.batch_size} at {input_size} "
-              f"px (median of {steps}, after 3): " + ", ".join(
+              f"px, SSDLite width {recipe.alpha:g} (median of {steps}, after 3): " + ", ".join(
                   f"{name} {value:.0f}" for name, value in times.items()), flush=True)
     return times
 
@@ -533,6 +733,14 @@ def main(argv=None):
     parser.add_argument("--data-root", default=None)
     parser.add_argument("--repeats", type=int, default=100)
     parser.add_argument("--calibration", type=int, default=100)
+    parser.add_argument("--no-equal-latency", action="store_true",
+                        help="skip the SSDLite rows at YOLOV8's int8 latency")
+    parser.add_argument("--candidates", default=None, metavar="ALPHA:SIZE,...",
+                        help="SSDLite sizes to choose the equal-latency rows from (default: "
+                             f"widths {','.join(map(str, WIDTHS))} at the input size, input "
+                             f"sizes {','.join(map(str, SIZES))} at width 0.35)")
+    parser.add_argument("--plot", default=None, metavar="PNG",
+                        help="draw AP50 and AP against int8 latency into this PNG")
     parser.add_argument("--step-times", type=int, default=0, metavar="STEPS",
                         help="only time STEPS training steps of each untrained model on one "
                              "fixed batch (step_times) and stop")
@@ -544,7 +752,30 @@ def main(argv=None):
     peer_bench(wall_seconds=args.wall_seconds, train_images=args.train_images,
                val_images=args.val_images, input_size=args.input_size,
                ssdlite_run=args.ssdlite_run, data_root=args.data_root, repeats=args.repeats,
-               calibration=args.calibration)
+               calibration=args.calibration, equal_latency=not args.no_equal_latency,
+               candidates=parse_candidates(args.candidates, parser), plot=args.plot)
+
+
+def parse_candidates(text, parser=None):
+    """``"0.75:160,0.35:320"`` as [(0.75, 160), (0.35, 320)]; None for None."""
+    if text is None:
+        return None
+    pairs = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        try:
+            alpha, size = item.split(":")
+            pairs.append((float(alpha), int(size)))
+        except ValueError:
+            message = f"--candidates: {item!r} is not ALPHA:SIZE (e.g. 0.75:160)"
+            if parser is None:
+                raise ValueError(message) from None
+            parser.error(message)
+        if pairs[-1][0] <= 0 or pairs[-1][1] < 32:
+            message = f"--candidates: {item!r}: width must be > 0 and size >= 32"
+            if parser is None:
+                raise ValueError(message)
+            parser.error(message)
+    return pairs
 
 
 if __name__ == "__main__":

@@ -7,8 +7,8 @@ mode, keras.applications alongside, MAdds and achieved MAdds/s, and the issue's 
 Section "backends" (benchmarks/backends_bench.py): training and inference img/s of MobileNetV2 and
 SSDLite on the TensorFlow, JAX and torch Keras backends.
 Section "peer" (benchmarks/peer_bench.py): SSDLite beside keras-cv's YOLOV8 (MobileNetV3-Small),
-both trained on the embedded COCO for SSDLite's training time: AP50, parameters, MAdds, int8 TFLite
-size and latency.
+both trained on the embedded COCO for SSDLite's training time, and SSDLite again at the sizes whose
+int8 latency brackets YOLOV8's: AP50, parameters, MAdds, int8 TFLite size and latency.
 """
 
 import argparse

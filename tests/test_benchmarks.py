@@ -174,7 +174,7 @@ def test_the_keras_applications_pair_shares_the_weights():
             np.testing.assert_array_equal(a, b)
 
 
-# --- the peer section (benchmarks/peer_bench.py, issue 12) ---------------------------------------
+# --- the peer section (benchmarks/peer_bench.py) ---------------------------------------
 
 
 def test_peer_time_based_learning_rate():
@@ -402,14 +402,20 @@ def test_peer_bench_tiny(tmp_path, capsys):
     import keras_mnv2
     from benchmarks import peer_bench
 
+    plot = tmp_path / "peer.png"
     rows, notes = peer_bench.peer_bench(wall_seconds=2, train_images=32, val_images=8,
                                         input_size=96, data_root=str(tmp_path / "coco"),
-                                        repeats=2, calibration=2, verbose=0)
-    assert list(rows) == list(peer_bench.NAMES)
-    ssd, yolo = rows[peer_bench.NAMES[0]], rows[peer_bench.NAMES[1]]
+                                        repeats=2, calibration=2, verbose=0,
+                                        candidates=[(0.5, 96)], plot=str(plot))
+    wider = peer_bench.variant_name(0.5, 96)  # the one candidate, below or above YOLOV8
+    assert list(rows) == list(peer_bench.NAMES) + [wider]
+    ssd, yolo, variant = rows[peer_bench.NAMES[0]], rows[peer_bench.NAMES[1]], rows[wider]
     assert ssd.params == keras_mnv2.SSDLite(5, alpha=0.35, input_size=96).count_params()
+    assert variant.params == keras_mnv2.SSDLite(5, alpha=0.5, input_size=96).count_params()
     assert yolo.params == 1_412_583  # MobileNetV3-Small YOLOV8, 5 classes (keras_cv_probe)
-    for row in (ssd, yolo):
+    assert plot.read_bytes()[:4] == b"\x89PNG"
+    assert any(n.startswith("equal latency: SSDLite sizes chosen from 1 untrained") for n in notes)
+    for row in (ssd, yolo, variant):
         assert row.train_seconds >= 2 and row.steps >= 1  # stopped at the budget, not before
         assert 0 <= row.ap <= row.ap50 <= 1
         assert row.madds > 0
@@ -422,7 +428,50 @@ def test_peer_bench_tiny(tmp_path, capsys):
     table = lines[lines.index(peer_bench.table_lines(rows)[0]):]
     assert table[2].startswith(ssd.name) and f"{ssd.params:,}" in table[2]
     assert table[3].startswith(yolo.name) and f"{yolo.params:,}" in table[3]
+    assert table[4].startswith(variant.name) and f"{variant.params:,}" in table[4]
     assert any("--wall-seconds 2" in n for n in notes)
+
+
+def test_peer_equal_latency_choice():
+    """The candidates grow the recipe's width or input size; the bracket is the nearest size on
+    each side of the target latency; equal time scales the baseline's steps by the step-time
+    ratio."""
+    from benchmarks import peer_bench as pb
+
+    assert pb.ssdlite_candidates(0.35, 160, widths=(0.35, 0.5, 1.0), sizes=(160, 224)) == [
+        (0.5, 160), (1.0, 160), (0.35, 224)]
+    latencies = {(0.5, 160): 0.4, (1.0, 160): 0.9, (0.35, 224): 0.6, (1.4, 160): 1.7}
+    assert pb.bracket(latencies, 0.7) == [(0.35, 224), (1.0, 160)]
+    assert pb.bracket(latencies, 0.9) == [(1.0, 160), (1.4, 160)]  # equal counts as below
+    assert pb.bracket(latencies, 5.0) == [(1.4, 160)]
+    assert pb.bracket(latencies, 0.1) == [(0.5, 160)]
+    assert pb.bracket({}, 1.0) == []
+    # 744 steps at 500 ms: 372 s; at 1500 ms that is 248 steps, 4 epochs of 62
+    assert pb.equal_time_epochs(744, 500.0, 1500.0, 62) == 4
+    assert pb.equal_time_epochs(744, 500.0, 500.0, 62) == 12
+    assert pb.equal_time_epochs(10, 100.0, 1e6, 62) == 1
+    with pytest.raises(ValueError, match="step times"):
+        pb.equal_time_epochs(744, 0.0, 1.0, 62)
+    assert pb.parse_candidates("0.75:160, 0.35:320") == [(0.75, 160), (0.35, 320)]
+    assert pb.parse_candidates(None) is None
+    for bad in ("0.75", "x:160", "0:160", "0.5:16"):
+        with pytest.raises(ValueError, match="--candidates"):
+            pb.parse_candidates(bad)
+
+
+def test_peer_latency_plot(tmp_path):
+    """The AP-against-latency figure: a PNG written whole (no temporary file left), one line a
+    family."""
+    from benchmarks import peer_bench as pb
+
+    rows = {name: pb.PeerRow(name, 1, 1, 1.0, 1.0, 1, ap50, ap, int8_wall_ms=ms, int8_cpu_ms=ms)
+            for name, ap50, ap, ms in ((pb.NAMES[0], 0.8, 0.4, 0.3),
+                                       (pb.variant_name(1.4, 160), 0.7, 0.3, 1.7),
+                                       (pb.NAMES[1], 0.9, 0.8, 1.6))}
+    path = tmp_path / "peer.png"
+    assert pb.plot_latency(rows, str(path), title="t") == str(path)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["peer.png"]
 
 
 def test_peer_step_times_tiny(tmp_path, capsys):

@@ -137,14 +137,14 @@ def test_no_flag_shows_a_default_of_none(capsys, monkeypatch):
 
 @pytest.mark.parametrize("argv, job, name, line", [
     (["train", "coco"], "coco", "embedded",
-     "recipe: embedded (small and quick, for the synthetic data: 12 epochs, batch 32, 160 px), "
+     "recipe: embedded (small and quick, for the synthetic data: 16 epochs, batch 32, 160 px), "
      "the default without a data flag; --recipe paper for the paper's"),
     (["train", "coco", "--coco-dir", "/data/coco"], "coco", "paper",
      "recipe: paper (the TF Object Detection API's ssdlite_mobilenet_v2_coco: 100 epochs, "
      "batch 24, 320 px), the default with --coco-dir; --recipe embedded for the small quick "
      "one"),
     (["train", "coco", "--coco-dir", "/data/coco", "--recipe", "embedded"], "coco", "embedded",
-     "recipe: embedded (small and quick, for the synthetic data: 12 epochs, batch 32, 160 px), "
+     "recipe: embedded (small and quick, for the synthetic data: 16 epochs, batch 32, 160 px), "
      "from --recipe"),
     (["train", "voc", "--recipe", "paper"], "voc", "paper",
      "recipe: paper (DeepLabv3 as the MobileNetV2 paper trained it, sec. 6.3: 46 epochs, batch "
