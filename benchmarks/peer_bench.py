@@ -518,10 +518,11 @@ def peer_bench(wall_seconds=None, train_images=2000, val_images=250, input_size=
             notes.append(f"YOLOV8's last training loss is {clock.loss}: its AP is not a result")
 
         samples = calibration_images(train_source, recipe, calibration)
+        converted = {}  # name: int8 flatbuffer, converted from ``samples``
         if equal_latency:
             notes += _equal_latency_rows(
                 add_row, recipe, root, budget, ssd_steps, steps_per_epoch, train, samples,
-                models, candidates, os.path.join(work, "variants"), verbose)
+                models, converted, candidates, os.path.join(work, "variants"), verbose)
 
         from benchmarks.timing import tflite_timings
         import tensorflow as tf
@@ -532,8 +533,8 @@ def peer_bench(wall_seconds=None, train_images=2000, val_images=250, input_size=
             resized = samples if size == recipe.input_size else tf.image.resize(
                 samples, (size, size)).numpy()
             try:
-                contents[name] = export.convert(model, mode="int8", representative_data=resized,
-                                                output="raw")
+                contents[name] = converted.get(name) or export.convert(
+                    model, mode="int8", representative_data=resized, output="raw")
                 rows[name].tflite_bytes = len(contents[name])
                 inputs[name] = resized[:1]
             except export.ExportError as err:
@@ -588,20 +589,21 @@ def _cpu_name():
 
 
 def _equal_latency_rows(add_row, recipe, root, budget, base_steps, steps_per_epoch, train,
-                        samples, models, candidates, work, verbose):
-    """Chooses the SSDLite sizes whose int8 latency brackets YOLOV8's, trains each for the
-    baseline's training time (its epochs from the ratio of measured step times, stopped at the
-    budget in any case) and adds their rows; returns notes."""
+                        samples, models, converted, candidates, work, verbose):
+    """Chooses the SSDLite sizes whose int8 latency brackets YOLOV8's (``models[NAMES[1]]``,
+    converted from ``samples`` into ``converted``), trains each for the baseline's training time
+    (its epochs from the ratio of measured step times, stopped at the budget in any case) and
+    adds their rows (``add_row``); returns notes."""
     from benchmarks.timing import tflite_timings
     from keras_mnv2.deploy import export
 
     notes = []
     if candidates is None:
         candidates = ssdlite_candidates(recipe.alpha, recipe.input_size)
-    yolo_content = export.convert(models[NAMES[1]], mode="int8", representative_data=samples,
-                                  output="raw")
-    yolo_ms = tflite_timings({"yolo": yolo_content}, threads=1, repeats=50, rounds=5,
-                             inputs=samples[:1])["yolo"].cpu_ms
+    converted[NAMES[1]] = export.convert(models[NAMES[1]], mode="int8",
+                                         representative_data=samples, output="raw")
+    yolo_ms = tflite_timings({NAMES[1]: converted[NAMES[1]]}, threads=1, repeats=50, rounds=5,
+                             inputs=samples[:1])[NAMES[1]].cpu_ms
     latencies = candidate_latencies(candidates, train.num_classes, samples)
     chosen = bracket(latencies, yolo_ms)
     print(f"int8 ms of untrained SSDLite candidates (YOLOV8 {yolo_ms:.2f}): " + ", ".join(

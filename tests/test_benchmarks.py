@@ -1,6 +1,8 @@
 """The latency section of ``make bench`` (benchmarks/latency_bench.py) on tiny models: structure
 and the figures that follow from others (no timing assertions)."""
 
+import dataclasses
+
 import pytest
 
 from benchmarks import latency_bench as lb
@@ -403,19 +405,17 @@ def test_peer_bench_tiny(tmp_path, capsys):
     from benchmarks import peer_bench
 
     plot = tmp_path / "peer.png"
+    # the equal-latency rows are test_peer_equal_latency_rows's (their training is this path's)
     rows, notes = peer_bench.peer_bench(wall_seconds=2, train_images=32, val_images=8,
                                         input_size=96, data_root=str(tmp_path / "coco"),
                                         repeats=2, calibration=2, verbose=0,
-                                        candidates=[(0.5, 96)], plot=str(plot))
-    wider = peer_bench.variant_name(0.5, 96)  # the one candidate, below or above YOLOV8
-    assert list(rows) == list(peer_bench.NAMES) + [wider]
-    ssd, yolo, variant = rows[peer_bench.NAMES[0]], rows[peer_bench.NAMES[1]], rows[wider]
+                                        equal_latency=False, plot=str(plot))
+    assert list(rows) == list(peer_bench.NAMES)
+    ssd, yolo = rows[peer_bench.NAMES[0]], rows[peer_bench.NAMES[1]]
     assert ssd.params == keras_mnv2.SSDLite(5, alpha=0.35, input_size=96).count_params()
-    assert variant.params == keras_mnv2.SSDLite(5, alpha=0.5, input_size=96).count_params()
     assert yolo.params == 1_412_583  # MobileNetV3-Small YOLOV8, 5 classes (keras_cv_probe)
     assert plot.read_bytes()[:4] == b"\x89PNG"
-    assert any(n.startswith("equal latency: SSDLite sizes chosen from 1 untrained") for n in notes)
-    for row in (ssd, yolo, variant):
+    for row in (ssd, yolo):
         assert row.train_seconds >= 2 and row.steps >= 1  # stopped at the budget, not before
         assert 0 <= row.ap <= row.ap50 <= 1
         assert row.madds > 0
@@ -428,7 +428,6 @@ def test_peer_bench_tiny(tmp_path, capsys):
     table = lines[lines.index(peer_bench.table_lines(rows)[0]):]
     assert table[2].startswith(ssd.name) and f"{ssd.params:,}" in table[2]
     assert table[3].startswith(yolo.name) and f"{yolo.params:,}" in table[3]
-    assert table[4].startswith(variant.name) and f"{variant.params:,}" in table[4]
     assert any("--wall-seconds 2" in n for n in notes)
 
 
@@ -472,6 +471,63 @@ def test_peer_latency_plot(tmp_path):
     assert pb.plot_latency(rows, str(path), title="t") == str(path)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
     assert sorted(p.name for p in tmp_path.iterdir()) == ["peer.png"]
+
+
+def test_peer_equal_latency_rows(tmp_path, monkeypatch):
+    """The equal-latency step on tiny models: the candidates' int8 files are really converted and
+    timed against a stand-in for YOLOV8, and the chosen sizes get rows; the step-time probe and
+    the training are replaced by fakes (both are the baseline's own code, run by
+    test_peer_bench_tiny and test_peer_step_times_tiny), so the test checks what is passed to
+    them and what comes back."""
+    import types
+
+    import keras
+    import numpy as np
+
+    from benchmarks import peer_bench as pb
+    from keras_mnv2.detection.ssdlite import SSDLite
+    from pipelines.jobs import detection
+
+    probes, trained, rows = [], [], {}
+    ms = {(0.35, 48): 100.0, (0.35, 64): 200.0, (0.35, 256): 1600.0}
+    monkeypatch.setattr(pb, "step_times", lambda **kw: probes.append(kw) or {
+        "SSDLite": ms[(kw["alpha"], kw["input_size"])]})
+
+    def fake_train(root, recipe, budget_s, run_dir, verbose):
+        trained.append((recipe, budget_s))
+        model = SSDLite(3, alpha=recipe.alpha, input_size=recipe.input_size)
+        clock = types.SimpleNamespace(seconds=1.5, first_step_s=0.5, steps=recipe.epochs * 10,
+                                      loss=1.0)
+        return {"AP50": 0.5, "AP": 0.25}, model, clock
+
+    monkeypatch.setattr(pb, "train_ssdlite", fake_train)
+    recipe = dataclasses.replace(detection.EMBEDDED, input_size=48, epochs=16)
+    keras.utils.set_random_seed(0)
+    stand_in = SSDLite(3, alpha=1.0, input_size=96)  # YOLOV8's place, between the candidates
+    samples = np.random.default_rng(0).uniform(-1, 1, (2, 96, 96, 3)).astype("float32")
+    converted = {}
+
+    def add_row(name, model, seconds, first, steps, stats, loss, size):
+        rows[name] = (model.count_params(), steps, stats["AP50"], size)
+
+    notes = pb._equal_latency_rows(
+        add_row, recipe, "ROOT", 30.0, 160, 10, types.SimpleNamespace(num_classes=3), samples,
+        {pb.NAMES[1]: stand_in}, converted, [(0.35, 64), (0.35, 256)],
+        str(tmp_path), verbose=0)
+    assert list(converted) == [pb.NAMES[1]] and converted[pb.NAMES[1]][4:8] == b"TFL3"
+    # int8 work grows with width and pixels: the width-1.0 96 px stand-in (measured 0.3 ms)
+    # lies between width 0.35 at 64 px (0.06 ms) and at 256 px (0.8 ms)
+    assert list(rows) == [pb.variant_name(0.35, 64), pb.variant_name(0.35, 256)], notes
+    assert [p["input_size"] for p in probes] == [48, 64, 256]
+    assert all(p["root"] == "ROOT" and p["alpha"] == 0.35 for p in probes)
+    # 160 steps at 100 ms; at 200 ms that is 80 steps, 8 epochs of 10; at 1600 ms 10, 1 epoch
+    assert [(r.alpha, r.input_size, r.epochs) for r, _ in trained] == [(0.35, 64, 8),
+                                                                     (0.35, 256, 1)]
+    assert all(budget == 30.0 for _, budget in trained)
+    assert [r.warmup_epochs for r, _ in trained] == [0.5, 0.25]  # at most a quarter of them
+    assert rows[pb.variant_name(0.35, 256)] == (
+        SSDLite(3, alpha=0.35, input_size=256).count_params(), 10, 0.5, 256)
+    assert notes[0].startswith("equal latency: SSDLite sizes chosen from 2 untrained")
 
 
 def test_peer_step_times_tiny(tmp_path, capsys):
