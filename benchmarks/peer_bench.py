@@ -347,8 +347,8 @@ def candidate_latencies(candidates, num_classes, calibration, repeats=50):
     """int8 ms (process CPU, 1 thread) of the raw heads of untrained SSDLite models at each
     (alpha, input_size) of ``candidates``, converted and timed as the peer rows are;
     ``calibration``: images in [-1, 1] at any size (resized to each input). Untrained weights
-    give the same time as trained ones: a raw int8 graph does the same work whatever its values
-    (0.33 ms for both at width 0.35, 160 px, on the machine of docs/benchmarks.md)."""
+    stand in for trained ones: a raw int8 graph (no NMS) does the same work whatever its values
+    (a trained and an untrained file at width 0.35, 160 px timed alike)."""
     import keras
     import tensorflow as tf
 
