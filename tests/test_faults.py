@@ -747,7 +747,7 @@ def test_run_dir_checked_first(tmp_path):
         driver.prepare_run_dir(run_dir, other)
     message = str(info.value)
     assert "alpha: 0.35 in the run, 0.5 now" in message
-    assert "epochs: 12 in the run, 3 now" in message
+    assert f"epochs: {detection.EMBEDDED.epochs} in the run, 3 now" in message
     assert "new --run-dir" in message and len(message) < 400
 
 
