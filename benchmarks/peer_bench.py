@@ -37,6 +37,7 @@ families.
 import argparse
 import contextlib
 import dataclasses
+import io
 import json
 import os
 import shutil
@@ -424,7 +425,7 @@ def plot_latency(rows, path, title=None):
         ax.legend(loc="lower right")
     if title:
         fig.suptitle(title, fontsize=9)
-    buffer = __import__("io").BytesIO()
+    buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110)
     plt.close(fig)
     write_bytes(path, buffer.getvalue())

@@ -489,7 +489,7 @@ def test_peer_equal_latency_rows(tmp_path, monkeypatch):
     from pipelines.jobs import detection
 
     probes, trained, rows = [], [], {}
-    ms = {(0.35, 48): 100.0, (0.35, 64): 200.0, (0.35, 256): 1600.0}
+    ms = {(0.35, 48): 100.0, (0.35, 64): 200.0, (0.35, 320): 1600.0}
     monkeypatch.setattr(pb, "step_times", lambda **kw: probes.append(kw) or {
         "SSDLite": ms[(kw["alpha"], kw["input_size"])]})
 
@@ -512,21 +512,21 @@ def test_peer_equal_latency_rows(tmp_path, monkeypatch):
 
     notes = pb._equal_latency_rows(
         add_row, recipe, "ROOT", 30.0, 160, 10, types.SimpleNamespace(num_classes=3), samples,
-        {pb.NAMES[1]: stand_in}, converted, [(0.35, 64), (0.35, 256)],
+        {pb.NAMES[1]: stand_in}, converted, [(0.35, 64), (0.35, 320)],
         str(tmp_path), verbose=0)
     assert list(converted) == [pb.NAMES[1]] and converted[pb.NAMES[1]][4:8] == b"TFL3"
-    # int8 work grows with width and pixels: the width-1.0 96 px stand-in (measured 0.3 ms)
-    # lies between width 0.35 at 64 px (0.06 ms) and at 256 px (0.8 ms)
-    assert list(rows) == [pb.variant_name(0.35, 64), pb.variant_name(0.35, 256)], notes
-    assert [p["input_size"] for p in probes] == [48, 64, 256]
+    # int8 work grows with width and pixels: the width-1.0 96 px stand-in (61M MAdds) lies
+    # between width 0.35 at 64 px (6M) and at 320 px (143M), 2.3 times or more from each
+    assert list(rows) == [pb.variant_name(0.35, 64), pb.variant_name(0.35, 320)], notes
+    assert [p["input_size"] for p in probes] == [48, 64, 320]
     assert all(p["root"] == "ROOT" and p["alpha"] == 0.35 for p in probes)
     # 160 steps at 100 ms; at 200 ms that is 80 steps, 8 epochs of 10; at 1600 ms 10, 1 epoch
     assert [(r.alpha, r.input_size, r.epochs) for r, _ in trained] == [(0.35, 64, 8),
-                                                                     (0.35, 256, 1)]
+                                                                     (0.35, 320, 1)]
     assert all(budget == 30.0 for _, budget in trained)
     assert [r.warmup_epochs for r, _ in trained] == [0.5, 0.25]  # at most a quarter of them
-    assert rows[pb.variant_name(0.35, 256)] == (
-        SSDLite(3, alpha=0.35, input_size=256).count_params(), 10, 0.5, 256)
+    assert rows[pb.variant_name(0.35, 320)] == (
+        SSDLite(3, alpha=0.35, input_size=320).count_params(), 10, 0.5, 320)
     assert notes[0].startswith("equal latency: SSDLite sizes chosen from 2 untrained")
 
 
